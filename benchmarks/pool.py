@@ -1,0 +1,67 @@
+"""Pool generation and ingest at two pool sizes in one run: rows/s and peak memory.
+
+Target: peak memory bounded (under 2 GiB) and independent of pool size.
+    python benchmarks/pool.py                 # 100k and 1M rows
+    python benchmarks/pool.py --rows 20000 200000
+"""
+from __future__ import annotations
+
+import argparse
+import platform as host
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+
+from _common import PeakRSS, print_table, write_result
+from instructscale.demo.pool import DemoConfig, make_demo
+from instructscale.pools.ingest import IngestConfig, PoolInput, ingest
+from instructscale.runtime import RayConfig, init_ray
+
+
+def measure(rows: int, work: Path, shards: int) -> dict:
+    data, out = work / f"data-{rows}", work / f"ingest-{rows}"
+    with PeakRSS() as gen_mem:
+        t0 = time.time()
+        make_demo(DemoConfig(out_dir=str(data), rows=rows, shards=shards, eval_rows=0, malformed_jsonl_rows=0))
+        gen_s = time.time() - t0
+    with PeakRSS() as ing_mem:
+        t0 = time.time()
+        m = ingest(IngestConfig(inputs=[PoolInput(path=str(data / "pool"), format="parquet")], out_dir=str(out)))
+        ing_s = time.time() - t0
+    assert m["rows"] == rows, m
+    shutil.rmtree(data)
+    shutil.rmtree(out)
+    return {"rows": rows, "shards": shards, "generate_rows_per_s": rows / gen_s, "generate_peak_gib": gen_mem.gib,
+            "ingest_rows_per_s": rows / ing_s, "ingest_peak_gib": ing_mem.gib}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, nargs=2, default=[100_000, 1_000_000])
+    parser.add_argument("--shards", type=int, default=16, help="same for both sizes: equal parallelism")
+    args = parser.parse_args()
+    init_ray(RayConfig(num_cpus=8))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [measure(n, Path(tmp), args.shards) for n in args.rows]
+    small, large = results
+    ratios = {
+        "rows_ratio": large["rows"] / small["rows"],
+        "ingest_peak_ratio": large["ingest_peak_gib"] / small["ingest_peak_gib"],
+        "generate_peak_ratio": large["generate_peak_gib"] / small["generate_peak_gib"],
+        "ingest_throughput_ratio": large["ingest_rows_per_s"] / small["ingest_rows_per_s"],
+    }
+    print()
+    print_table(results, ["rows", "shards", "generate_rows_per_s", "generate_peak_gib", "ingest_rows_per_s", "ingest_peak_gib"])
+    print(f"\n{large['rows'] // small['rows']}x the rows -> peak memory x{ratios['ingest_peak_ratio']:.2f} (ingest), "
+          f"x{ratios['generate_peak_ratio']:.2f} (generate); target: under 2 GiB and ~flat")
+    write_result("pool", {"host": host.node(), "cpus": ray.cluster_resources().get("CPU"), "results": results,
+                          "ratios": ratios, "target_peak_gib": 2.0,
+                          "within_target": max(r["ingest_peak_gib"] for r in results) < 2.0})
+
+
+if __name__ == "__main__":
+    main()

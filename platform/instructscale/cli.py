@@ -1,0 +1,135 @@
+"""The `instructscale` command line: one sub-command per stage, each driven by a YAML config."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from instructscale import __version__
+from instructscale.config import ConfigError, load_config, parse_config
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set demo.rows=1000")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _load(model, args) -> Any:
+    overrides = _overrides(args.set)
+    if args.config:
+        return load_config(model, args.config, overrides)
+    data: dict = {}
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return parse_config(model, data, "--set")
+
+
+def _print(obj: dict) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_pipeline(args) -> None:
+    from instructscale.pipeline import PipelineConfig, run_pipeline
+
+    summary = run_pipeline(_load(PipelineConfig, args))
+    ing = summary["stages"]["ingest"]
+    print(f"\npipeline done: {summary['run_dir']}")
+    print(f"  pool       {ing['rows']:,} rows -> {summary['pool']}")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(ing["quarantine_reasons"].items())) or "none"
+    print(f"  quarantine {ing['quarantined']:,} rows ({reasons}) -> {summary['run_dir']}/ingest/quarantine")
+    print(f"  summary    {summary['run_dir']}/summary.json")
+
+
+def cmd_make_demo(args) -> None:
+    from instructscale.demo.pool import DemoConfig, make_demo
+    from instructscale.runtime import RayConfig, init_ray
+
+    cfg = _load(DemoConfig, args)
+    init_ray(RayConfig())
+    _print({k: v for k, v in make_demo(cfg, overwrite=args.overwrite).items() if k != "config"})
+
+
+def cmd_ingest(args) -> None:
+    from instructscale.pools.ingest import IngestConfig, ingest
+    from instructscale.runtime import RayConfig, init_ray
+
+    cfg = _load(IngestConfig, args)
+    init_ray(RayConfig())
+    _print({k: v for k, v in ingest(cfg).items() if k != "config"})
+
+
+def cmd_build_models(args) -> None:
+    from instructscale.models.tiny import build_tiny_models
+
+    _print(build_tiny_models(args.out, args.seed))
+
+
+def cmd_check_model(args) -> None:
+    from instructscale.models import check
+
+    if not Path(args.path).exists() and "/" not in args.path:
+        raise ConfigError(f"check-model: {args.path!r} is not a directory")
+    fn = check.check_vllm if args.engine == "vllm" else check.check_transformers
+    print(json.dumps(fn(args.path)), flush=True)  # one line: engines also log to stdout
+
+
+def _with_config(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("config", nargs=None if required else "?", help="YAML config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (dotted key, YAML value); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instructscale", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"instructscale {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands: list[tuple[str, str, Callable, Callable[[argparse.ArgumentParser], None]]] = [
+        ("pipeline", "run the whole pipeline from one config", cmd_pipeline, lambda p: _with_config(p, True)),
+        ("make-demo", "generate the demo instruction pool, eval split and a malformed side file", cmd_make_demo,
+         lambda p: (_with_config(p, False), p.add_argument("--overwrite", action="store_true"))),
+        ("ingest", "read/validate pools into canonical Parquet shards plus a quarantine", cmd_ingest,
+         lambda p: _with_config(p, True)),
+        ("build-models", "build the tiny local tokenizer, student and teacher", cmd_build_models,
+         lambda p: (p.add_argument("--out", required=True, help="output directory"),
+                    p.add_argument("--seed", type=int, default=0))),
+        ("check-model", "load a model in an engine and generate a few tokens", cmd_check_model,
+         lambda p: (p.add_argument("path", help="model directory or hub id"),
+                    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers"))),
+    ]
+    for name, help_text, fn, add_args in commands:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(fn=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.fn(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Demo instruction pool: verifiable tasks plus planted noise, streamed to Parquet shards.
+
+Rows are generated shard by shard in Ray tasks and written in bounded chunks, so a pool of
+millions of rows never sits in memory. The planted noise is labelled in ``metadata.noise``
+(ground truth for measuring selection; no stage may read it to make decisions).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import deque
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from pydantic import Field
+
+from instructscale.config import ConfigError, StrictModel
+from instructscale.demo.tasks import MAX_DIFFICULTY, TASKS
+from instructscale.io import publish_dir, read_manifest, staging_dir, write_parquet_atomic
+from instructscale.schema import POOL_SCHEMA, encode_metadata
+
+
+class NoiseConfig(StrictModel):
+    """Fractions of pool rows that are deliberately bad, by kind."""
+
+    wrong_answer: float = Field(0.05, ge=0, le=1)
+    duplicate: float = Field(0.05, ge=0, le=1)
+    near_duplicate: float = Field(0.05, ge=0, le=1)
+    empty_output: float = Field(0.01, ge=0, le=1)
+    overlong_output: float = Field(0.01, ge=0, le=1)
+
+
+class DemoConfig(StrictModel):
+    """What `instructscale make-demo` generates."""
+
+    out_dir: str | None = Field(None, description="required standalone; a pipeline uses <run_dir>/data")
+    rows: int = Field(20_000, ge=1)
+    shards: int = Field(4, ge=1)
+    eval_rows: int = Field(400, ge=0)
+    seed: int = 0
+    tasks: list[str] = Field(default_factory=lambda: sorted(TASKS))
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    malformed_jsonl_rows: int = Field(200, ge=0, description="rows of a side JSONL file, ~1/4 malformed")
+    chunk_rows: int = Field(8192, ge=1)
+
+
+EVAL_MODULUS = 16  # a row is held out iff hash(instruction, input) % 16 == 0: disjoint by construction
+
+
+def _is_eval(instruction: str, inp: str) -> bool:
+    digest = hashlib.blake2b(f"{instruction}\x1f{inp}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % EVAL_MODULUS == 0
+
+
+def _clean_row(rng: random.Random, tasks: list[str], want_eval: bool) -> tuple[str, str, str, str, int]:
+    while True:
+        task = rng.choice(tasks)
+        difficulty = rng.randint(1, MAX_DIFFICULTY)
+        instruction, inp, answer = TASKS[task](rng, difficulty)
+        if _is_eval(instruction, inp) == want_eval:
+            return task, instruction, inp, answer, difficulty
+
+
+def _near_duplicate(rng: random.Random, instruction: str) -> str:
+    edits = [
+        lambda s: "Please " + s[0].lower() + s[1:],
+        lambda s: s.rstrip(".?") + "!",
+        lambda s: s.upper(),
+        lambda s: s.replace(" ", "  ", 1),
+    ]
+    return rng.choice(edits)(instruction)
+
+
+def _wrong(rng: random.Random, answer: str) -> str:
+    digits = [i for i, ch in enumerate(answer) if ch.isdigit()]
+    if digits:
+        i = rng.choice(digits)
+        return answer[:i] + str((int(answer[i]) + rng.randint(1, 9)) % 10) + answer[i + 1 :]
+    return answer[::-1] + "x"
+
+
+def iter_pool_rows(cfg: DemoConfig, shard: int, n_rows: int) -> Iterator[dict]:
+    """Rows of one pool shard, deterministic in (seed, shard)."""
+    rng = random.Random(f"{cfg.seed}:{shard}")
+    recent: deque[dict] = deque(maxlen=256)
+    noise = cfg.noise
+    thresholds = [
+        ("duplicate", noise.duplicate),
+        ("near_duplicate", noise.near_duplicate),
+        ("wrong_answer", noise.wrong_answer),
+        ("empty_output", noise.empty_output),
+        ("overlong_output", noise.overlong_output),
+    ]
+    for i in range(n_rows):
+        row_id = f"demo-{shard:04d}-{i:08d}"
+        u, kind, acc = rng.random(), None, 0.0
+        for name, p in thresholds:
+            acc += p
+            if u < acc:
+                kind = name
+                break
+        if kind in ("duplicate", "near_duplicate") and recent:
+            src = rng.choice(recent)
+            instruction = src["instruction"]
+            if kind == "near_duplicate":
+                instruction = _near_duplicate(rng, instruction)
+            meta = dict(json.loads(src["metadata"]), noise=kind, duplicate_of=src["id"])
+            row = dict(src, id=row_id, instruction=instruction, metadata=encode_metadata(meta))
+            yield row
+            continue
+        task, instruction, inp, answer, difficulty = _clean_row(rng, cfg.tasks, want_eval=False)
+        output = answer
+        if kind == "wrong_answer":
+            output = _wrong(rng, answer)
+        elif kind == "empty_output":
+            output = ""
+        elif kind == "overlong_output":
+            output = " ".join([answer] * 600)
+        elif kind in ("duplicate", "near_duplicate"):
+            kind = None  # nothing to copy yet at the start of a shard
+        meta = {"task": task, "difficulty": difficulty, "answer": answer, "noise": kind}
+        row = {
+            "id": row_id,
+            "instruction": instruction,
+            "input": inp,
+            "output": output,
+            "messages": None,
+            "source": f"demo/{task}",
+            "metadata": encode_metadata(meta),
+        }
+        if kind is None:
+            recent.append(row)
+        yield row
+
+
+def iter_eval_rows(cfg: DemoConfig) -> Iterator[dict]:
+    """Clean held-out rows; disjoint from the pool by the hash rule in `_is_eval`."""
+    rng = random.Random(f"{cfg.seed}:eval")
+    for i in range(cfg.eval_rows):
+        task, instruction, inp, answer, difficulty = _clean_row(rng, cfg.tasks, want_eval=True)
+        meta = {"task": task, "difficulty": difficulty, "answer": answer, "noise": None}
+        yield {
+            "id": f"eval-{i:06d}",
+            "instruction": instruction,
+            "input": inp,
+            "output": answer,
+            "messages": None,
+            "source": f"demo/{task}",
+            "metadata": encode_metadata(meta),
+        }
+
+
+def _write_rows(path: Path, rows: Iterator[dict], chunk_rows: int) -> int:
+    tmp = path.with_name(f".{path.name}.tmp")
+    n = 0
+    with pq.ParquetWriter(tmp, POOL_SCHEMA) as writer:
+        chunk: list[dict] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= chunk_rows:
+                writer.write_table(pa.Table.from_pylist(chunk, schema=POOL_SCHEMA))
+                n += len(chunk)
+                chunk = []
+        if chunk:
+            writer.write_table(pa.Table.from_pylist(chunk, schema=POOL_SCHEMA))
+            n += len(chunk)
+    tmp.replace(path)
+    return n
+
+
+@ray.remote(num_cpus=1)
+def _write_shard(cfg_json: str, shard: int, n_rows: int, path: str) -> int:
+    cfg = DemoConfig.model_validate_json(cfg_json)
+    return _write_rows(Path(path), iter_pool_rows(cfg, shard, n_rows), cfg.chunk_rows)
+
+
+_MALFORMED = [
+    ("invalid_json", lambda i: '{"instruction": "Compute 1 + 1.", "output": "2"'),
+    ("missing_field", lambda i: json.dumps({"input": "", "output": "2"})),
+    ("wrong_type", lambda i: json.dumps({"instruction": "Compute 2 + 2.", "output": 4})),
+    ("oversize", lambda i: json.dumps({"instruction": "x" * 40_000, "output": "y"})),
+    ("empty_field", lambda i: json.dumps({"instruction": "   ", "output": "3"})),
+]
+
+
+def write_side_jsonl(path: Path, n_rows: int, seed: int) -> dict[str, int]:
+    """An Alpaca-style JSONL file where every 4th line is malformed; returns the planted counts."""
+    rng = random.Random(f"{seed}:side")
+    planted: dict[str, int] = {}
+    lines = []
+    for i in range(n_rows):
+        if i % 4 == 3:
+            kind, make = _MALFORMED[(i // 4) % len(_MALFORMED)]
+            planted[kind] = planted.get(kind, 0) + 1
+            lines.append(make(i))
+        else:
+            task, instruction, inp, answer, difficulty = _clean_row(rng, sorted(TASKS), want_eval=False)
+            lines.append(json.dumps({"instruction": instruction, "input": inp, "output": answer}))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return planted
+
+
+def make_demo(cfg: DemoConfig, overwrite: bool = False) -> dict:
+    """Generate the pool shards, the eval split and the side JSONL; a finished identical output is kept."""
+    if not cfg.out_dir:
+        raise ConfigError("demo.out_dir: required (where to write the demo pool)")
+    out = Path(cfg.out_dir)
+    manifest = read_manifest(out)
+    if manifest and manifest.get("config") == cfg.model_dump(mode="json") and not overwrite:
+        return manifest
+    stage = staging_dir(out)
+    pool_dir = stage / "pool"
+    pool_dir.mkdir()
+    per_shard = [cfg.rows // cfg.shards + (1 if s < cfg.rows % cfg.shards else 0) for s in range(cfg.shards)]
+    cfg_json = cfg.model_dump_json()
+    refs = [
+        _write_shard.remote(cfg_json, s, n, str(pool_dir / f"part-{s:05d}.parquet"))
+        for s, n in enumerate(per_shard)
+        if n
+    ]
+    written = sum(ray.get(refs))
+    (stage / "eval").mkdir()
+    write_parquet_atomic(
+        stage / "eval" / "part-00000.parquet", pa.Table.from_pylist(list(iter_eval_rows(cfg)), schema=POOL_SCHEMA)
+    )
+    planted = {}
+    if cfg.malformed_jsonl_rows:
+        planted = write_side_jsonl(stage / "side.jsonl", cfg.malformed_jsonl_rows, cfg.seed)
+    manifest = {
+        "config": cfg.model_dump(mode="json"),
+        "pool_rows": written,
+        "eval_rows": cfg.eval_rows,
+        "side_jsonl_rows": cfg.malformed_jsonl_rows,
+        "side_jsonl_malformed": planted,
+    }
+    publish_dir(stage, out, manifest)
+    return manifest

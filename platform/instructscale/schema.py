@@ -1,0 +1,46 @@
+"""The one canonical Arrow schema for instruction rows, shared by every stage.
+
+`metadata` is a JSON-encoded object (task family, difficulty, reference answer, ...): Arrow
+structs need one fixed set of keys, and pools from different sources never agree on one.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+POOL_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("instruction", pa.string(), nullable=False),
+        pa.field("input", pa.string(), nullable=False),
+        pa.field("output", pa.string(), nullable=True),
+        pa.field("messages", pa.list_(MESSAGE_TYPE), nullable=True),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("metadata", pa.string(), nullable=False),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("file", pa.string()),
+        pa.field("line", pa.int64()),
+        pa.field("reason", pa.string()),
+        pa.field("raw", pa.string()),
+    ]
+)
+
+POOL_COLUMNS = tuple(POOL_SCHEMA.names)
+
+
+def encode_metadata(meta: dict[str, Any] | None) -> str:
+    """Serialise a metadata dict to the canonical JSON string (sorted keys, compact)."""
+    return json.dumps(meta or {}, sort_keys=True, separators=(",", ":"))
+
+
+def decode_metadata(text: str | None) -> dict[str, Any]:
+    """Inverse of :func:`encode_metadata`; empty or null metadata decodes to ``{}``."""
+    return json.loads(text) if text else {}

@@ -1,0 +1,61 @@
+"""Typed configs: unknown keys, bad values, bad YAML and bad overrides give errors naming them."""
+import subprocess
+import sys
+
+import pytest
+
+from instructscale.cli import main
+from instructscale.config import ConfigError, load_config
+from instructscale.pipeline import PipelineConfig
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_demo_config_loads_and_overrides_apply(tmp_path):
+    cfg = load_config(PipelineConfig, "configs/demo.yaml", {"demo.rows": 10, "run_dir": str(tmp_path)})
+    assert cfg.demo.rows == 10 and cfg.run_dir == str(tmp_path) and cfg.ray.num_cpus == 8
+
+
+def test_unknown_key_is_named_with_its_path(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(PipelineConfig, write(tmp_path, "demo:\n  rowz: 5\n"))
+    assert str(tmp_path / "c.yaml") in str(info.value)
+    assert "demo.rowz: unknown key" in str(info.value)
+
+
+def test_bad_value_is_named_with_input(tmp_path):
+    with pytest.raises(ConfigError, match=r"demo\.rows: .*greater than or equal to 1 \(got -3\)"):
+        load_config(PipelineConfig, write(tmp_path, "demo:\n  rows: -3\n"))
+    with pytest.raises(ConfigError, match=r"inputs\.0\.format: Input should be 'jsonl', 'parquet', 'alpaca' or 'sharegpt'"):
+        load_config(PipelineConfig, write(tmp_path, "inputs:\n  - {path: x, format: csv}\n"))
+
+
+def test_no_data_and_not_a_mapping_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no data: set `inputs` or keep the `demo` section"):
+        load_config(PipelineConfig, write(tmp_path, "demo: null\n"))
+    with pytest.raises(ConfigError, match="top level must be a mapping, got list"):
+        load_config(PipelineConfig, write(tmp_path, "- 1\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(PipelineConfig, write(tmp_path, "demo: [\n"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(PipelineConfig, tmp_path / "missing.yaml")
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
+    assert main(["pipeline", str(write(tmp_path, "ray: {num_cpu: 2}\n"))]) == 2
+    assert "ray.num_cpu: unknown key" in capsys.readouterr().err
+    assert main(["make-demo", "--set", "rows"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["make-demo", "--set", "rows=5"]) == 2
+    assert "demo.out_dir: required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["", "pipeline", "make-demo", "ingest", "build-models", "check-model"])
+def test_every_command_has_help(command):
+    args = [sys.executable, "-m", "instructscale.cli", *([command] if command else []), "--help"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    assert "usage: instructscale" in out

@@ -1,0 +1,98 @@
+"""The ingest stage on real files through Ray Data: good rows, exact quarantine counts, formats."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from instructscale.config import ConfigError
+from instructscale.pools.ingest import IngestConfig, PoolInput, ingest
+from instructscale.schema import POOL_SCHEMA
+
+
+def _quarantine(out) -> list[dict]:
+    rows = []
+    for p in sorted((out / "quarantine").glob("*.jsonl")):
+        rows += [json.loads(line) for line in p.read_text().splitlines()]
+    return rows
+
+
+def _pool(out) -> pa.Table:
+    return pq.read_table(out / "pool", schema=POOL_SCHEMA)
+
+
+def test_jsonl_good_and_malformed_rows_exact_counts(ray_local, tmp_path):
+    lines = [
+        json.dumps({"id": "a", "instruction": "Compute 1 + 1.", "output": "2"}),
+        "",  # blank lines are not rows
+        '{"instruction": "broken"',
+        json.dumps({"id": "b", "instruction": "Say hi.", "input": "", "output": "hi", "tag": 1}),
+        json.dumps({"output": "no instruction"}),
+        json.dumps({"instruction": "x" * 200, "output": "y"}),
+        json.dumps({"instruction": "typed", "output": ["list"]}),
+        json.dumps({"conversations": [{"from": "human", "value": "Hey"}, {"from": "gpt", "value": "Hello"}]}),
+    ]
+    src = tmp_path / "pool.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    m = ingest(IngestConfig(inputs=[PoolInput(path=str(src), format="jsonl")], out_dir=str(out), max_field_chars=100))
+    assert (m["rows"], m["quarantined"]) == (3, 4)
+    assert m["quarantine_reasons"] == {"invalid_json": 1, "missing_field": 1, "oversize": 1, "wrong_type": 1}
+    assert m["quarantine_by_file"] == {str(src): 4}
+    q = sorted(_quarantine(out), key=lambda r: r["line"])
+    assert [(r["line"], r["reason"].split(":")[0]) for r in q] == [
+        (3, "invalid_json"), (5, "missing_field"), (6, "oversize"), (7, "wrong_type")]
+    assert all(r["file"] == str(src) for r in q)
+    assert "field 'output' must be a string" in q[3]["reason"]
+    table = _pool(out)
+    assert table.num_rows == 3
+    assert {"a", "b"} <= set(table["id"].to_pylist())
+    assert json.loads(dict(zip(table["id"].to_pylist(), table["metadata"].to_pylist()))["b"]) == {"tag": 1}
+
+
+def test_alpaca_json_array_sharegpt_and_parquet_union(ray_local, tmp_path):
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "A", "input": "", "output": "1"},
+                                  {"instruction": "B", "input": "x", "output": "2"},
+                                  {"conversations": [{"from": "human", "value": "chat row"}]}]))
+    share = tmp_path / "share.jsonl"
+    share.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "s1", "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
+        {"id": "s2", "instruction": "not chat"},
+    ]))
+    pq_dir = tmp_path / "pq"
+    pq_dir.mkdir()
+    pq.write_table(pa.table({"id": ["p1", "p2"], "instruction": ["P", None], "output": ["o", "o"]}),
+                   pq_dir / "x.parquet")
+    out = tmp_path / "out"
+    m = ingest(IngestConfig(inputs=[
+        PoolInput(path=str(alpaca), format="alpaca", source="alp"),
+        PoolInput(path=str(share), format="sharegpt"),
+        PoolInput(path=str(pq_dir), format="parquet"),
+    ], out_dir=str(out)))
+    assert (m["rows"], m["quarantined"]) == (4, 3)
+    reasons = {(r["file"].rsplit("/", 1)[-1], r["line"]): r["reason"] for r in _quarantine(out)}
+    assert reasons[("alpaca.json", 3)].startswith("wrong_format")
+    assert reasons[("share.jsonl", 2)] == "missing_field: missing field 'conversations' (or 'messages')"
+    assert reasons[("x.parquet", 2)] == "missing_field: missing field 'instruction'"
+    table = _pool(out)
+    by_id = {r["id"]: r for r in table.to_pylist()}
+    assert by_id["s1"]["messages"] == [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    assert {r["source"] for r in by_id.values()} == {"alp", "share.jsonl", "x.parquet"}
+
+
+def test_completed_output_is_reused_and_overwrite_reruns(ray_local, tmp_path):
+    src = tmp_path / "p.jsonl"
+    src.write_text(json.dumps({"instruction": "a"}) + "\n")
+    cfg = IngestConfig(inputs=[PoolInput(path=str(src), format="jsonl")], out_dir=str(tmp_path / "o"))
+    first = ingest(cfg)
+    src.write_text(json.dumps({"instruction": "a"}) + "\n" + json.dumps({"instruction": "b"}) + "\n")
+    assert ingest(cfg) == first  # same config: finished output kept
+    assert ingest(cfg.model_copy(update={"overwrite": True}))["rows"] == 2
+    assert not list(tmp_path.glob(".o.*")), "no staging directories left behind"
+
+
+def test_missing_input_path_is_a_config_error(ray_local, tmp_path):
+    with pytest.raises(ConfigError, match=r"inputs\[0\].path: no file or directory matches"):
+        ingest(IngestConfig(inputs=[PoolInput(path=str(tmp_path / "nope*.jsonl"), format="jsonl")],
+                            out_dir=str(tmp_path / "o")))

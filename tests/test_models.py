@@ -1,0 +1,57 @@
+"""Tiny local models: deterministic, loadable by transformers and by vLLM (CPU build here)."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from instructscale.models.check import check_transformers
+from instructscale.models.tiny import EOS, build_tiny_models
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(load_file(path / "model.safetensors").items()):
+        h.update(name.encode())
+        h.update(tensor.numpy().tobytes())
+    h.update((path / "tokenizer.json").read_bytes())
+    return h.hexdigest()
+
+
+def test_models_are_deterministic_by_seed(tiny_models, tmp_path):
+    again = build_tiny_models(tmp_path / "again", seed=0)
+    other = build_tiny_models(tmp_path / "other", seed=1)
+    for name in ("student", "teacher"):
+        assert _digest(Path(tiny_models[name])) == _digest(Path(again[name]))
+        assert _digest(Path(tiny_models[name])) != _digest(Path(other[name]))
+
+
+def test_shapes_and_chat_template(tiny_models):
+    from transformers import AutoConfig, AutoTokenizer
+
+    student, teacher = (AutoConfig.from_pretrained(tiny_models[n]) for n in ("student", "teacher"))
+    assert student.hidden_size // student.num_attention_heads == 64
+    assert teacher.hidden_size // teacher.num_attention_heads == 64
+    assert teacher.num_hidden_layers > student.num_hidden_layers
+    tok = AutoTokenizer.from_pretrained(tiny_models["student"])
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
+    assert text == "<|user|>\nHi<|end|>\n<|assistant|>\n"
+    assert tok.eos_token == EOS and tok.convert_ids_to_tokens(tok(text).input_ids)[0] == "<|user|>"
+
+
+def test_student_loads_and_generates_in_transformers(tiny_models):
+    out = check_transformers(tiny_models["student"])
+    assert 300_000 < out["parameters"] < 1_000_000
+    assert out["tokens"] >= 1
+
+
+def test_teacher_loads_and_generates_in_vllm(tiny_models):
+    proc = subprocess.run(
+        [sys.executable, "-m", "instructscale.cli", "check-model", tiny_models["teacher"], "--engine", "vllm"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith('{"engine"')))
+    assert result["engine"] == "vllm" and result["tokens"] >= 1
