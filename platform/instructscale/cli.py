@@ -12,6 +12,7 @@ import yaml
 
 from instructscale import __version__
 from instructscale.config import ConfigError, load_config, parse_config
+from instructscale.generate.backends import GenerationError
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -51,6 +52,11 @@ def cmd_pipeline(args) -> None:
     print(f"  pool       {ing['rows']:,} rows -> {summary['pool']}")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(ing["quarantine_reasons"].items())) or "none"
     print(f"  quarantine {ing['quarantined']:,} rows ({reasons}) -> {summary['run_dir']}/ingest/quarantine")
+    if "generate" in summary["stages"]:
+        gen = summary["stages"]["generate"]
+        run = gen["this_run"]
+        print(f"  generate   {gen['rows']:,} rows, {sum(gen['rejected'].values()):,} rejected {gen['rejected']}, "
+              f"{run['tokens']:,} teacher tokens this run -> {summary['run_dir']}/generate")
     print(f"  summary    {summary['run_dir']}/summary.json")
 
 
@@ -70,6 +76,16 @@ def cmd_ingest(args) -> None:
     cfg = _load(IngestConfig, args)
     init_ray(RayConfig())
     _print({k: v for k, v in ingest(cfg).items() if k != "config"})
+
+
+def cmd_generate(args) -> None:
+    from instructscale.generate.config import GenerateConfig
+    from instructscale.generate.stage import generate
+    from instructscale.runtime import RayConfig, init_ray
+
+    cfg = _load(GenerateConfig, args)
+    init_ray(RayConfig())
+    _print({k: v for k, v in generate(cfg).items() if k != "config"})
 
 
 def cmd_build_models(args) -> None:
@@ -105,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
          lambda p: (_with_config(p, False), p.add_argument("--overwrite", action="store_true"))),
         ("ingest", "read/validate pools into canonical Parquet shards plus a quarantine", cmd_ingest,
          lambda p: _with_config(p, True)),
+        ("generate", "teacher generation: distill, k-sample, self-instruct or evolve a pool", cmd_generate,
+         lambda p: _with_config(p, True)),
         ("build-models", "build the tiny local tokenizer, student and teacher", cmd_build_models,
          lambda p: (p.add_argument("--out", required=True, help="output directory"),
                     p.add_argument("--seed", type=int, default=0))),
@@ -128,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except GenerationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -58,3 +58,9 @@ def staging_dir(final: str | Path) -> Path:
     path = final.with_name(f".{final.name}.staging-{uuid.uuid4().hex[:8]}")
     path.mkdir(parents=True)
     return path
+
+
+def local_or_hub(path: str) -> str:
+    """An existing local path made absolute (Ray workers may run in another directory);
+    anything else (a hub id) unchanged."""
+    return os.path.abspath(path) if os.path.exists(path) else path

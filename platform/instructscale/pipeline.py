@@ -9,6 +9,8 @@ from pydantic import Field, model_validator
 
 from instructscale.config import StrictModel, dump_config
 from instructscale.demo.pool import DemoConfig, make_demo
+from instructscale.generate.config import GenerateConfig, GenerateOptions
+from instructscale.generate.stage import generate
 from instructscale.io import write_json_atomic
 from instructscale.models.tiny import ensure_tiny_models
 from instructscale.pools.ingest import IngestConfig, IngestOptions, PoolInput, ingest
@@ -34,6 +36,9 @@ class PipelineConfig(StrictModel):
     demo: DemoConfig | None = Field(default_factory=DemoConfig, description="null: use `inputs` only")
     inputs: list[PoolInput] = Field(default_factory=list)
     ingest: IngestOptions = Field(default_factory=IngestOptions)
+    generate: GenerateOptions | None = Field(
+        default_factory=lambda: GenerateOptions(mode="distill", only_missing=True),
+        description="teacher generation over the ingested pool; null skips it")
 
     @model_validator(mode="after")
     def _has_data(self) -> "PipelineConfig":
@@ -72,5 +77,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     manifest = ingest(ingest_cfg)
     summary["stages"]["ingest"] = {k: v for k, v in manifest.items() if k != "config"}
     summary["pool"] = str(run / "ingest" / "pool")
+
+    if cfg.generate is not None:
+        gen_cfg = GenerateConfig(**cfg.generate.model_dump(), input=summary["pool"], out_dir=str(run / "generate"),
+                                 model=models["teacher"])
+        manifest = generate(gen_cfg)
+        summary["stages"]["generate"] = {k: v for k, v in manifest.items() if k != "config"}
+        summary["pool"] = str(run / "generate")
     write_json_atomic(run / "summary.json", summary)
     return summary

@@ -1,0 +1,110 @@
+"""Teacher generation throughput, three ways on the same tiny teacher and the same prompts, in one run:
+(1) the generation stage (Ray Data + vLLM actor), (2) raw `vllm.LLM.chat` in one process,
+(3) Hugging Face `generate` loops: one prompt per call (the plain loop) and 64 prompts per call.
+"wall" timings include loading the engine/model; "gen" timings are generation alone (for the
+stage: the replica's time inside its batch calls).
+
+Targets: stage >= 0.9x raw vLLM, and >= 10x the HF loop.
+    python benchmarks/generate.py --rows 4096
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from _common import print_table, write_result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--hf-rows", type=int, default=256, help="rows for the batched HF loop")
+    parser.add_argument("--hf-plain-rows", type=int, default=64, help="rows for the one-prompt-per-call HF loop")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    args = parser.parse_args()
+
+    from instructscale.demo.pool import DemoConfig, iter_pool_rows
+    from instructscale.generate.backends import HFGenerator
+    from instructscale.generate.config import GenerateConfig, HFBackend, SamplingConfig
+    from instructscale.generate.modes import Distill
+    from instructscale.generate.stage import generate
+    from instructscale.io import write_parquet_atomic
+    from instructscale.models.tiny import build_tiny_models
+    from instructscale.runtime import RayConfig, init_ray
+    from instructscale.schema import POOL_SCHEMA
+
+    work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
+    teacher = build_tiny_models(work / "models")["teacher"]
+    rows = list(iter_pool_rows(DemoConfig(out_dir="x"), 0, args.rows))
+    write_parquet_atomic(work / "pool" / "part-0.parquet", pa.Table.from_pylist(rows, schema=POOL_SCHEMA))
+    sampling = SamplingConfig(max_tokens=args.max_tokens, temperature=0.0, seed=0)
+    cfg = GenerateConfig(input=str(work / "pool"), out_dir=str(work / "out"), model=teacher, sampling=sampling,
+                         replicas={"batch_size": args.batch_size})
+    prompts = Distill(cfg).prompts(rows)
+    results = []
+
+    # (2) raw vLLM in this process
+    from vllm import SamplingParams
+
+    from instructscale.engines import make_llm
+
+    t0 = time.time()
+    llm = make_llm(teacher)
+    t_loaded = time.time()
+    outs = llm.chat(prompts, SamplingParams(max_tokens=args.max_tokens, temperature=0.0, seed=0), use_tqdm=False)
+    t1 = time.time()
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    results.append({"method": "raw vllm.LLM", "rows": len(rows), "tokens": tokens, "seconds": t1 - t0,
+                    "gen_s": t1 - t_loaded})
+    del llm, outs
+    gc.collect()
+
+    # (1) the stage: Ray Data actor pool around the same engine
+    init_ray(RayConfig(num_cpus=8))
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    t0 = time.time()
+    m = generate(cfg)
+    results.append({"method": "instructscale generate", "rows": m["inputs"], "tokens": m["this_run"]["tokens"],
+                    "seconds": time.time() - t0, "gen_s": m["this_run"]["replica_busy_s"]})
+    ray.shutdown()
+
+    # (3) Hugging Face generate loops: one prompt per call, then 64 per call
+    for label, n_rows, batch in (("HF loop, 1 prompt/call", args.hf_plain_rows, 1),
+                                 ("HF loop, 64 prompts/call", args.hf_rows, 64)):
+        t0 = time.time()
+        hf = HFGenerator(teacher, HFBackend())
+        t_loaded = time.time()
+        tokens = 0
+        for i in range(0, n_rows, batch):
+            tokens += sum(c[0].num_tokens for c in hf.generate(prompts[i:i + batch], sampling))
+        t1 = time.time()
+        results.append({"method": label, "rows": n_rows, "tokens": tokens, "seconds": t1 - t0,
+                        "gen_s": t1 - t_loaded})
+
+    for r in results:
+        r["wall_rows_per_s"] = r["rows"] / r["seconds"]
+        r["gen_tokens_per_s"] = r["tokens"] / r["gen_s"]
+    raw, stage, hf_plain, hf_batched = results
+    ratios = {"stage_vs_raw_vllm_wall": stage["wall_rows_per_s"] / raw["wall_rows_per_s"],
+              "stage_vs_raw_vllm_gen": stage["gen_tokens_per_s"] / raw["gen_tokens_per_s"],
+              "stage_vs_hf_plain_wall": stage["wall_rows_per_s"] / hf_plain["wall_rows_per_s"],
+              "stage_vs_hf_batched_wall": stage["wall_rows_per_s"] / hf_batched["wall_rows_per_s"]}
+    print()
+    print_table(results, ["method", "rows", "tokens", "seconds", "gen_s", "wall_rows_per_s", "gen_tokens_per_s"])
+    print(f"\nstage / raw vLLM: {ratios['stage_vs_raw_vllm_wall']:.2f}x rows/s wall, "
+          f"{ratios['stage_vs_raw_vllm_gen']:.2f}x tokens/s generating (target >= 0.9)")
+    print(f"stage / HF loop:  {ratios['stage_vs_hf_plain_wall']:.1f}x (1 prompt/call), "
+          f"{ratios['stage_vs_hf_batched_wall']:.1f}x (64 prompts/call) rows/s wall (target >= 10)")
+    write_result("generate", {"args": vars(args), "results": results, "ratios": ratios})
+
+
+if __name__ == "__main__":
+    main()

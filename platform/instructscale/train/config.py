@@ -1,0 +1,86 @@
+"""Typed config of the training stage (Ray Train + DeepSpeed, full or LoRA, with a curriculum)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from instructscale.config import StrictModel
+from instructscale.train.curriculum import CurriculumConfig
+
+
+class LoraSettings(StrictModel):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    merge: bool = Field(True, description="also export the adapter merged into the base weights")
+
+
+class DeepSpeedSettings(StrictModel):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = Field(False, description="ZeRO-3 only")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_clipping: float = Field(1.0, ge=0)
+    config_file: str | None = Field(None, description="a DeepSpeed JSON/YAML merged over the generated config")
+
+
+class OptimSettings(StrictModel):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+
+
+class ScalingSettings(StrictModel):
+    """Multi-node is configuration only: more workers, GPUs per worker, resources per worker."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(1, ge=0, description="used when use_gpu is true")
+
+
+class TrainOptions(StrictModel):
+    """Everything but the data, the model and the output dir; the `train` section of a pipeline."""
+
+    lora: LoraSettings | None = Field(default_factory=LoraSettings, description="null: full fine-tuning")
+    deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
+    optim: OptimSettings = Field(default_factory=OptimSettings)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    micro_batch_size: int = Field(8, ge=1, description="rows per worker per forward pass")
+    grad_accum: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    max_length: int = Field(256, ge=8)
+    packing: bool = False
+    log_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
+    seed: int = 0
+    kill_worker_at_step: int | None = Field(
+        None, ge=1, description="fault injection: SIGKILL worker 1 once at this step (resume drills)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainOptions":
+        if self.deepspeed.precision == "fp16" and not self.scaling.use_gpu:
+            raise ValueError("deepspeed.precision fp16 needs GPUs (scaling.use_gpu: true); use fp32 or bf16 on CPU")
+        if self.deepspeed.offload_params and self.deepspeed.zero_stage != 3:
+            raise ValueError("deepspeed.offload_params needs zero_stage 3")
+        return self
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch_size * self.grad_accum * self.scaling.num_workers
+
+
+class TrainConfig(TrainOptions):
+    """`instructscale train`: a pool of rows with responses -> a fine-tuned model in out_dir."""
+
+    data: str = Field(description="directory of Parquet rows (selection or generation output)")
+    model: str = Field(description="student: local directory or hub id")
+    out_dir: str
+    overwrite: bool = False

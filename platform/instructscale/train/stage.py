@@ -1,0 +1,111 @@
+"""The training stage: Ray Train's TorchTrainer running one DeepSpeed engine per worker.
+
+The driver reads only ids and difficulties, builds the curriculum schedule, and hands the rows to
+the workers as a Ray Dataset; each worker keeps the rows its slice of the schedule needs.
+Checkpoints (DeepSpeed state plus Hugging Face exports) go through Ray Train, and a worker group
+that loses a worker restarts from the last one (FailureConfig).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import ray
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from instructscale.config import ConfigError
+from instructscale.io import local_or_hub, read_manifest, write_json_atomic
+from instructscale.train.config import TrainConfig
+from instructscale.train.curriculum import build_schedule
+from instructscale.train.data import difficulty_of, read_training_columns, usable_rows
+from instructscale.train.worker import train_loop
+
+log = logging.getLogger(__name__)
+
+
+def plan(cfg: TrainConfig) -> tuple[list[str], list[float], list[list[int]]]:
+    """Row ids, their difficulty (0 where the strategy needs none), and the global schedule."""
+    key = cfg.curriculum.difficulty_key
+    table = read_training_columns(cfg.data, ["id", "metadata", key])
+    ids = table["id"].to_pylist()
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"data: {cfg.data} has duplicate row ids; training needs unique ids")
+    try:
+        if cfg.curriculum.strategy == "random":
+            difficulty = [0.0] * len(ids)
+        else:
+            difficulty = [difficulty_of(r, key) for r in table.to_pylist()]
+        schedule = build_schedule(difficulty, cfg.curriculum, global_batch=cfg.global_batch, epochs=cfg.epochs,
+                                  seed=cfg.seed, max_steps=cfg.max_steps)
+    except ValueError as err:
+        raise ConfigError(f"data: {err}") from None
+    return ids, difficulty, schedule
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) and export the model to ``out_dir/model``; returns the manifest."""
+    out = Path(cfg.out_dir).resolve()
+    identity = cfg.model_dump(mode="json", exclude={"overwrite"})
+    done = read_manifest(out)
+    if done and done["config"] == identity and not cfg.overwrite:
+        log.info("train: %s already complete, skipping", out)
+        return done
+    if not os.path.exists(cfg.data):
+        raise ConfigError(f"data: {cfg.data!r} does not exist")
+    if (os.path.isabs(cfg.model) or cfg.model.startswith(".")) and not os.path.isdir(cfg.model):
+        raise ConfigError(f"model: {cfg.model!r} is not a directory")
+    cfg = cfg.model_copy(update={"data": local_or_hub(cfg.data), "model": local_or_hub(cfg.model), "out_dir": str(out)})
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ids, difficulty, schedule = plan(cfg)
+    log.info("train: %d rows, %d steps of %d rows (%s curriculum), %d workers", len(ids), len(schedule),
+             cfg.global_batch, cfg.curriculum.strategy, cfg.scaling.num_workers)
+
+    ds = ray.data.read_parquet(cfg.data).map_batches(usable_rows, batch_format="pyarrow")
+    s = cfg.scaling
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "ids": ids, "schedule": schedule,
+                           "difficulty": difficulty},
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                     resources_per_worker={"CPU": s.cpus_per_worker,
+                                                           **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}),
+        datasets={"train": ds},
+        dataset_config=DataConfig(datasets_to_split=[]),  # each worker filters its own schedule slice
+        run_config=RunConfig(
+            name="ray_train", storage_path=str(out),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.max_failures)),
+    )
+    t0 = time.time()
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as ckpt:
+        hf = Path(ckpt) / "hf"
+        for sub in ("model", "adapter"):
+            if (hf / sub).exists():
+                tmp = out / f".{sub}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(hf / sub, tmp)
+                shutil.rmtree(out / sub, ignore_errors=True)
+                os.replace(tmp, out / sub)
+    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+    manifest = {
+        "config": identity,
+        "rows": len(ids),
+        "steps": len(schedule),
+        "model": str(out / "model"),
+        "adapter": str(out / "adapter") if (out / "adapter").exists() else None,
+        "checkpoint": result.checkpoint.path,
+        "final_loss": result.metrics.get("loss"),
+        "seconds": round(time.time() - t0, 2),
+        "history": [{k: r.get(k) for k in ("step", "loss", "tokens_per_s", "lr", "difficulty_mean")} for r in history],
+    }
+    write_json_atomic(out / "_manifest.json", manifest)
+    return manifest

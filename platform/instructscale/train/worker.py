@@ -1,0 +1,145 @@
+"""The per-worker training loop that Ray Train runs: DeepSpeed engine over a transformers model."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+from instructscale.train.config import TrainConfig
+from instructscale.train.curriculum import worker_slice
+from instructscale.train.data import Example, collate, pack, tokenize
+from instructscale.train.deepspeed_config import build_deepspeed_config
+
+STATE = "state.json"
+
+
+def _build_model(cfg: TrainConfig):
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
+    if cfg.lora is None:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _load_examples(cfg: TrainConfig, wanted: set[str], tokenizer) -> dict[str, Example]:
+    shard = ray.train.get_dataset_shard("train")
+    examples: dict[str, Example] = {}
+    for batch in shard.iter_batches(batch_size=1024, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            if row["id"] in wanted:
+                examples[row["id"]] = tokenize(row, tokenizer, cfg.max_length)
+    missing = wanted - examples.keys()
+    if missing:
+        raise RuntimeError(f"{len(missing)} scheduled rows missing from the training data, e.g. {sorted(missing)[:3]}")
+    return examples
+
+
+def _export_hf(engine, cfg: TrainConfig, tokenizer, out: Path) -> None:
+    """Hugging Face files of the current weights (rank 0 writes; ZeRO-3 gathers first)."""
+    import deepspeed
+
+    model = engine.module
+    params = list(model.parameters()) if cfg.deepspeed.zero_stage == 3 else []
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params)):
+        if dist.get_rank() != 0:
+            return
+        if cfg.lora is None:
+            model.save_pretrained(out / "model", safe_serialization=True)
+        else:
+            model.save_pretrained(out / "adapter")
+            if cfg.lora.merge:
+                import copy
+
+                copy.deepcopy(model).merge_and_unload().save_pretrained(out / "model", safe_serialization=True)
+        for sub in ("model", "adapter"):
+            if (out / sub).exists():
+                tokenizer.save_pretrained(out / sub)
+
+
+def _save_checkpoint(engine, cfg, tokenizer, step: int, metrics: dict, final: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        engine.save_checkpoint(str(tmp_path / "ds"), tag="ds")
+        if final or cfg.lora is not None:  # LoRA exports are tiny: every checkpoint is loadable
+            _export_hf(engine, cfg, tokenizer, tmp_path / "hf")
+        if dist.get_rank() == 0:
+            (tmp_path / STATE).write_text(json.dumps({"step": step, "final": final}))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train entry: ``config`` holds the TrainConfig, the id list and the global schedule."""
+    import deepspeed
+    from transformers import AutoTokenizer
+
+    cfg = TrainConfig.model_validate(config["cfg"])
+    ids: list[str] = config["ids"]
+    schedule: list[list[int]] = config["schedule"]
+    difficulty: list[float] = config["difficulty"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed + rank)
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    mine = [[ids[i] for i in worker_slice(b, rank, world)] for b in schedule]
+    examples = _load_examples(cfg, {i for step in mine for i in step}, tokenizer)
+
+    model = _build_model(cfg)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=build_deepspeed_config(cfg, len(schedule)), dist_init_required=False)
+
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            engine.load_checkpoint(os.path.join(d, "ds"), tag="ds")
+            start = json.loads(Path(d, STATE).read_text())["step"]
+
+    kill_marker = Path(cfg.out_dir) / ".killed_once"
+    t_last, tokens_since = time.time(), 0
+    for step in range(start, len(schedule)):
+        if cfg.kill_worker_at_step == step + 1 and rank == 1 and not kill_marker.exists():
+            kill_marker.parent.mkdir(parents=True, exist_ok=True)
+            kill_marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)  # a lost worker, for resume drills
+        rows = [examples[i] for i in mine[step]]
+        if cfg.packing:
+            rows = pack(rows, cfg.max_length)
+        micro = [rows[k::cfg.grad_accum] for k in range(cfg.grad_accum)]
+        losses = []
+        for part in micro:
+            batch = collate(part, tokenizer.pad_token_id)
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+            tokens_since += int(batch["attention_mask"].sum())
+        done = step + 1
+        final = done == len(schedule)
+        if done % cfg.log_every and done % cfg.checkpoint_every and not final:
+            continue
+        stats = torch.tensor([sum(losses) / len(losses), float(tokens_since)])
+        dist.all_reduce(stats)
+        elapsed = time.time() - t_last
+        metrics = {"step": done, "loss": stats[0].item() / world, "tokens_per_s": stats[1].item() / elapsed,
+                   "lr": engine.get_lr()[0],
+                   "difficulty_mean": sum(difficulty[i] for i in schedule[step]) / len(schedule[step])}
+        t_last, tokens_since = time.time(), 0
+        if done % cfg.checkpoint_every == 0 or final:
+            _save_checkpoint(engine, cfg, tokenizer, done, metrics, final)
+        else:
+            ray.train.report(metrics)

@@ -1,0 +1,180 @@
+"""Generation stage: vLLM and HF backends for real through Ray Data, the OpenAI backend against a
+local server, resume after a kill, and clear errors for bad configs and unreachable endpoints."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pyarrow as pa
+import pytest
+
+from instructscale.config import ConfigError, parse_config
+from instructscale.demo.pool import DemoConfig, NoiseConfig, iter_pool_rows
+from instructscale.generate.backends import GenerationError
+from instructscale.generate.config import GenerateConfig
+from instructscale.generate.stage import generate, read_generated
+from instructscale.io import write_parquet_atomic
+from instructscale.schema import POOL_SCHEMA, decode_metadata
+from openai_stub import StubServer
+
+
+def make_pool(path, n, blank_outputs=()):
+    rows = list(iter_pool_rows(DemoConfig(out_dir="x", noise={k: 0 for k in NoiseConfig.model_fields}), 0, n))
+    for i in blank_outputs:
+        rows[i]["output"] = ""
+    write_parquet_atomic(path / "part-0.parquet", pa.Table.from_pylist(rows, schema=POOL_SCHEMA))
+    return rows
+
+
+def cfg_for(tmp_path, teacher, **kw):
+    base = {"input": str(tmp_path / "pool"), "out_dir": str(tmp_path / "out"), "model": teacher,
+            "replicas": {"batch_size": 8}, "sampling": {"max_tokens": 8}}
+    for key, value in kw.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
+    return parse_config(GenerateConfig, base)
+
+
+def test_vllm_backend_k_samples_through_ray_data(ray_local, tiny_models, tmp_path):
+    rows = make_pool(tmp_path / "pool", 20)
+    cfg = cfg_for(tmp_path, tiny_models["teacher"], mode="sample", backend={"kind": "vllm"},
+                  sampling={"n": 3, "temperature": 1.0, "max_tokens": 6, "stop": ["\n"]})
+    m = generate(cfg)
+    table = read_generated(cfg.out_dir, include_rejected=True)
+    assert table.num_rows == 60 and m["inputs"] == 20
+    assert len(set(table["id"].to_pylist())) == 60
+    assert Counter(table["parent_id"].to_pylist()) == {r["id"]: 3 for r in rows}
+    assert sorted(set(table["sample_idx"].to_pylist())) == [0, 1, 2]
+    assert all(0 < t <= 6 for t in table["gen_tokens"].to_pylist())
+    assert all(lp is not None and lp <= 0 for lp in table["gen_logprob"].to_pylist())
+    assert not any("\n" in o for o in table["output"].to_pylist())
+    accepted = read_generated(cfg.out_dir)
+    assert m["rows"] == accepted.num_rows and m["rows"] + sum(m["rejected"].values()) == 60
+    meta = decode_metadata(table["metadata"][0].as_py())
+    assert "original_output" in meta and table["gen_model"][0].as_py() == tiny_models["teacher"]
+
+
+def test_hf_backend_distill_only_missing_is_seeded(ray_local, tiny_models, tmp_path):
+    make_pool(tmp_path / "pool", 24, blank_outputs=[1, 5, 9])
+    cfg = cfg_for(tmp_path, tiny_models["teacher"], backend={"kind": "hf"}, only_missing=True,
+                  sampling={"temperature": 0.9, "seed": 7})
+    m = generate(cfg)
+    table = read_generated(cfg.out_dir, include_rejected=True)
+    assert m["inputs"] == 24 and table.num_rows == 24
+    asked = [r for r in table.to_pylist() if r["gen_model"]]
+    assert len(asked) == 3 and all(r["gen_tokens"] <= 8 for r in asked)
+    again = generate(cfg.model_copy(update={"out_dir": str(tmp_path / "again")}))
+    assert again["rows"] == m["rows"]
+    first = {r["id"]: r["output"] for r in table.to_pylist()}
+    second = {r["id"]: r["output"] for r in read_generated(tmp_path / "again", include_rejected=True).to_pylist()}
+    assert first == second, "same seed, same outputs"
+
+
+@pytest.mark.parametrize("mode", ["self_instruct", "evolve"])
+def test_synthesis_modes_with_hf_backend(ray_local, tiny_models, tmp_path, mode):
+    rows = make_pool(tmp_path / "pool", 16)
+    cfg = cfg_for(tmp_path, tiny_models["teacher"], mode=mode, backend={"kind": "hf"},
+                  sampling={"temperature": 1.0, "n": 2, "max_tokens": 12},
+                  templates={"evolve": "Make it harder ({operation}): {instruction} {input_line}"})
+    m = generate(cfg)
+    table = read_generated(cfg.out_dir, include_rejected=True).to_pylist()
+    assert len(table) == 32 and m["rows"] + sum(m["rejected"].values()) == 32
+    by_parent = Counter(r["parent_id"] for r in table)
+    assert by_parent == {r["id"]: 2 for r in rows}
+    for r in table:
+        meta = decode_metadata(r["metadata"])
+        assert r["output"] is None
+        assert meta.get("synthesized_from" if mode == "self_instruct" else "evolved_from") == r["parent_id"]
+        assert (r["reject_reason"] is None) == bool(r["instruction"].strip()) or r["reject_reason"] == "unchanged_instruction"
+
+
+def test_openai_backend_against_local_server_with_retries(ray_local, tmp_path, monkeypatch):
+    make_pool(tmp_path / "pool", 12)
+    server = StubServer(fail_first=2)
+    monkeypatch.setenv("STUB_KEY", "sk-test-123")
+    try:
+        cfg = cfg_for(tmp_path, "stub-model", backend={"kind": "openai", "base_url": server.url,
+                                                       "api_key_env": "STUB_KEY", "backoff_s": 0.01,
+                                                       "max_concurrency": 4},
+                      mode="sample", sampling={"n": 2, "temperature": 0.7})
+        m = generate(cfg)
+    finally:
+        server.close()
+    table = read_generated(cfg.out_dir).to_pylist()
+    assert m["rows"] == 24 and len(table) == 24
+    assert server.requests == 12 + 2  # two 503s were retried
+    assert server.auth == {"Bearer sk-test-123"}
+    assert all(r["output"].startswith(f"reply {r['sample_idx']}: ") for r in table)
+    assert all(r["gen_logprob"] == pytest.approx(-0.5) for r in table)
+    assert "sk-test" not in json.dumps(m) and "sk-test" not in (tmp_path / "out" / "_config.json").read_text()
+
+
+def test_unreachable_endpoint_and_exhausted_retries_are_clear(ray_local, tmp_path):
+    make_pool(tmp_path / "pool", 4)
+    cfg = cfg_for(tmp_path, "m", backend={"kind": "openai", "base_url": "http://127.0.0.1:9/v1"})
+    with pytest.raises(GenerationError, match=r"cannot reach http://127.0.0.1:9/v1"):
+        generate(cfg)
+    server = StubServer(fail_first=10**6)
+    try:
+        cfg = cfg_for(tmp_path, "m", backend={"kind": "openai", "base_url": server.url, "max_retries": 1,
+                                              "backoff_s": 0.01})
+        with pytest.raises(GenerationError, match=r"failed after 2 attempt\(s\): HTTP 503"):
+            generate(cfg)
+    finally:
+        server.close()
+
+
+def test_bad_configs_are_named(tmp_path, tiny_models):
+    with pytest.raises(ConfigError, match="mode 'sample' needs sampling.n >= 2"):
+        parse_config(GenerateConfig, {"input": "x", "out_dir": "y", "model": "m", "mode": "sample"})
+    with pytest.raises(ConfigError, match=r"backend: Input tag 'tgi' found using 'kind' does not match any of the expected tags"):
+        parse_config(GenerateConfig, {"input": "x", "out_dir": "y", "model": "m", "backend": {"kind": "tgi"}})
+    with pytest.raises(ConfigError, match=r"replicas: Value error, max_replicas \(1\) < min_replicas \(2\)"):
+        parse_config(GenerateConfig, {"input": "x", "out_dir": "y", "model": "m", "replicas": {"min_replicas": 2}})
+    make_pool(tmp_path / "pool", 4)
+    with pytest.raises(ConfigError, match="model: '/nonexistent/teacher' is not a directory"):
+        generate(cfg_for(tmp_path, "/nonexistent/teacher"))
+    with pytest.raises(ConfigError, match="input: .* does not exist"):
+        generate(cfg_for(tmp_path, tiny_models["teacher"], input=str(tmp_path / "nope")))
+
+
+RESUME_SCRIPT = """
+import sys
+from instructscale.config import load_config
+from instructscale.generate.config import GenerateConfig
+from instructscale.generate.stage import generate
+from instructscale.runtime import RayConfig, init_ray
+if __name__ == "__main__":
+    init_ray(RayConfig(num_cpus=2))
+    generate(load_config(GenerateConfig, sys.argv[1]))
+"""
+
+
+def test_resume_after_kill_has_exact_rows_and_no_duplicates(ray_local, tiny_models, tmp_path):
+    rows = make_pool(tmp_path / "pool", 64)
+    cfg = cfg_for(tmp_path, tiny_models["teacher"], backend={"kind": "hf"}, sampling={"max_tokens": 48},
+                  replicas={"batch_size": 4})
+    cfg_file = tmp_path / "gen.yaml"
+    cfg_file.write_text(json.dumps(cfg.model_dump(mode="json")))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, str(cfg_file)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list(out.glob("part-*.parquet"))) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert 3 <= len(before) < 16, "killed mid-run"
+    assert not (out / "_manifest.json").exists()
+
+    m = generate(cfg)
+    table = read_generated(out, include_rejected=True)
+    assert table.num_rows == 64 and m["inputs"] == 64
+    assert sorted(table["id"].to_pylist()) == sorted(r["id"] for r in rows)
+    assert m["resumed_inputs"] == 4 * len(before)
+    assert all(out.joinpath(n).stat().st_mtime_ns == t for n, t in before.items()), "finished files kept"
+    with pytest.raises(ConfigError, match="holds a run with a different config"):
+        generate(cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"max_tokens": 5})}))
