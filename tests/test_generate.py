@@ -134,7 +134,7 @@ def test_bad_configs_are_named(tmp_path, tiny_models):
     with pytest.raises(ConfigError, match=r"replicas: Value error, max_replicas \(1\) < min_replicas \(2\)"):
         parse_config(GenerateConfig, {"input": "x", "out_dir": "y", "model": "m", "replicas": {"min_replicas": 2}})
     make_pool(tmp_path / "pool", 4)
-    with pytest.raises(ConfigError, match="model: '/nonexistent/teacher' is not a directory"):
+    with pytest.raises(ConfigError, match="model: '/nonexistent/teacher' is not a model directory"):
         generate(cfg_for(tmp_path, "/nonexistent/teacher"))
     with pytest.raises(ConfigError, match="input: .* does not exist"):
         generate(cfg_for(tmp_path, tiny_models["teacher"], input=str(tmp_path / "nope")))

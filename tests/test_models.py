@@ -1,14 +1,12 @@
 """Tiny local models: deterministic, loadable by transformers and by vLLM (CPU build here)."""
 import hashlib
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from safetensors.torch import load_file
 
 from instructscale.models.check import check_transformers
 from instructscale.models.tiny import EOS, build_tiny_models
+from helpers import check_in_vllm
 
 
 def _digest(path: Path) -> str:
@@ -48,10 +46,5 @@ def test_student_loads_and_generates_in_transformers(tiny_models):
 
 
 def test_teacher_loads_and_generates_in_vllm(tiny_models):
-    proc = subprocess.run(
-        [sys.executable, "-m", "instructscale.cli", "check-model", tiny_models["teacher"], "--engine", "vllm"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith('{"engine"')))
+    result = check_in_vllm(tiny_models["teacher"])
     assert result["engine"] == "vllm" and result["tokens"] >= 1

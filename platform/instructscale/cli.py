@@ -88,6 +88,17 @@ def cmd_generate(args) -> None:
     _print({k: v for k, v in generate(cfg).items() if k != "config"})
 
 
+def cmd_train(args) -> None:
+    from instructscale.runtime import RayConfig, init_ray
+    from instructscale.train.config import TrainConfig
+    from instructscale.train.stage import train
+
+    cfg = _load(TrainConfig, args)
+    init_ray(RayConfig())
+    manifest = train(cfg)
+    _print({k: v for k, v in manifest.items() if k not in ("config", "history")})
+
+
 def cmd_build_models(args) -> None:
     from instructscale.models.tiny import build_tiny_models
 
@@ -123,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
          lambda p: _with_config(p, True)),
         ("generate", "teacher generation: distill, k-sample, self-instruct or evolve a pool", cmd_generate,
          lambda p: _with_config(p, True)),
+        ("train", "fine-tune a student with Ray Train + DeepSpeed (full or LoRA) and a curriculum", cmd_train,
+         lambda p: _with_config(p, False)),
         ("build-models", "build the tiny local tokenizer, student and teacher", cmd_build_models,
          lambda p: (p.add_argument("--out", required=True, help="output directory"),
                     p.add_argument("--seed", type=int, default=0))),

@@ -11,6 +11,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from instructscale.config import ConfigError
+
 MANIFEST = "_manifest.json"
 
 
@@ -60,7 +62,19 @@ def staging_dir(final: str | Path) -> Path:
     return path
 
 
-def local_or_hub(path: str) -> str:
-    """An existing local path made absolute (Ray workers may run in another directory);
-    anything else (a hub id) unchanged."""
-    return os.path.abspath(path) if os.path.exists(path) else path
+def existing_path(path: str, field: str) -> str:
+    """``path`` made absolute (Ray workers may run in another directory); a ConfigError naming
+    the config ``field`` if it does not exist."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{field}: {path!r} does not exist")
+    return os.path.abspath(path)
+
+
+def model_ref(ref: str, field: str = "model") -> str:
+    """A local model directory made absolute, or a hub id unchanged; a path-like ``ref``
+    (absolute, ./ or ../, or existing) that is not a directory is a ConfigError."""
+    if os.path.isdir(ref):
+        return os.path.abspath(ref)
+    if os.path.isabs(ref) or ref.startswith(".") or os.path.exists(ref):
+        raise ConfigError(f"{field}: {ref!r} is not a model directory")
+    return ref

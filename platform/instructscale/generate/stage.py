@@ -28,7 +28,7 @@ from instructscale.config import ConfigError
 from instructscale.generate.backends import GenerationError, OpenAIGenerator, make_backend, resolve_api_key
 from instructscale.generate.config import GenerateConfig, OpenAIBackend
 from instructscale.generate.modes import Distill, make_mode
-from instructscale.io import read_manifest, write_json_atomic, write_parquet_atomic
+from instructscale.io import existing_path, model_ref, read_manifest, write_json_atomic, write_parquet_atomic
 from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -114,21 +114,21 @@ def _pending(batch: pa.Table, done: list) -> pa.Table:
     return batch.filter(pc.invert(pc.is_in(batch["id"], value_set=ray.get(done[0]))))
 
 
-def _check(cfg: GenerateConfig) -> None:
-    if not os.path.exists(cfg.input):
-        raise ConfigError(f"input: {cfg.input!r} does not exist")
-    model = cfg.model
-    if (os.path.isabs(model) or model.startswith(".")) and not os.path.isdir(model):
-        raise ConfigError(f"model: {model!r} is not a directory")
-    if isinstance(cfg.backend, OpenAIBackend):  # fail before starting actors
+def _resolve(cfg: GenerateConfig) -> GenerateConfig:
+    """``cfg`` with absolute local paths, after checking that input, model and endpoint exist."""
+    if isinstance(cfg.backend, OpenAIBackend):  # fail before starting actors; the model is remote
         OpenAIGenerator(cfg.model, cfg.backend).check_reachable()
+        model = cfg.model
+    else:
+        model = model_ref(cfg.model)
+    return cfg.model_copy(update={"input": existing_path(cfg.input, "input"), "model": model,
+                                  "out_dir": os.path.abspath(cfg.out_dir)})
 
 
-def _prepare_out(cfg: GenerateConfig, out: Path) -> None:
+def _prepare_out(cfg: GenerateConfig, out: Path, identity: dict) -> None:
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    identity = cfg.model_dump(mode="json", exclude={"overwrite", "replicas"})
     cfg_file = out / CONFIG_FILE
     if cfg_file.exists() and json.loads(cfg_file.read_text()) != identity:
         raise ConfigError(f"out_dir: {out} holds a run with a different config; "
@@ -144,8 +144,8 @@ def generate(cfg: GenerateConfig) -> dict:
     if done and done["config"] == identity and not cfg.overwrite:
         log.info("generate: %s already complete, skipping", out)
         return done
-    _check(cfg)
-    _prepare_out(cfg, out)
+    cfg = _resolve(cfg)
+    _prepare_out(cfg, out, identity)
     (out / "_manifest.json").unlink(missing_ok=True)
 
     finished = _done_parents(out)

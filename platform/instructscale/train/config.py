@@ -56,7 +56,7 @@ class TrainOptions(StrictModel):
     max_steps: int | None = Field(None, ge=1)
     max_length: int = Field(256, ge=8)
     packing: bool = False
-    log_every: int = Field(1, ge=1)
+    log_every: int = Field(1, ge=1, description="steps between metric records (out_dir/metrics.jsonl)")
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")

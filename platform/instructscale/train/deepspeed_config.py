@@ -13,8 +13,10 @@ from instructscale.train.config import TrainOptions
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
 
-def _scheduler(opts: TrainOptions, total_steps: int) -> dict:
+def _scheduler(opts: TrainOptions, total_steps: int) -> dict | None:
     o = opts.optim
+    if o.schedule == "constant" and o.warmup_steps == 0:
+        return None  # the optimizer's lr from the first step
     if o.schedule == "constant":
         return {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": o.lr,
                                                "warmup_num_steps": max(o.warmup_steps, 1), "warmup_type": "linear"}}
@@ -42,12 +44,14 @@ def build_deepspeed_config(opts: TrainOptions, total_steps: int) -> dict:
         "gradient_clipping": ds.gradient_clipping,
         "zero_optimization": zero,
         "optimizer": {"type": "AdamW", "params": {"lr": opts.optim.lr, "weight_decay": opts.optim.weight_decay}},
-        "scheduler": _scheduler(opts, total_steps),
         "bf16": {"enabled": ds.precision == "bf16"},
         "fp16": {"enabled": ds.precision == "fp16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    scheduler = _scheduler(opts, total_steps)
+    if scheduler:
+        config["scheduler"] = scheduler
     if ds.config_file:
         path = Path(ds.config_file)
         if not path.is_file():

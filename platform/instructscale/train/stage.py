@@ -7,6 +7,7 @@ that loses a worker restarts from the last one (FailureConfig).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,11 +19,12 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from instructscale.config import ConfigError
-from instructscale.io import local_or_hub, read_manifest, write_json_atomic
+from instructscale.io import existing_path, model_ref, read_manifest, write_json_atomic
 from instructscale.train.config import TrainConfig
 from instructscale.train.curriculum import build_schedule
+from instructscale.train.deepspeed_config import build_deepspeed_config
 from instructscale.train.data import difficulty_of, read_training_columns, usable_rows
-from instructscale.train.worker import train_loop
+from instructscale.train.worker import METRICS, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,15 @@ def plan(cfg: TrainConfig) -> tuple[list[str], list[float], list[list[int]]]:
     return ids, difficulty, schedule
 
 
+def _history(path: Path) -> list[dict]:
+    """Logged metrics per step; a step logged again after a restart keeps its latest record."""
+    by_step = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) and export the model to ``out_dir/model``; returns the manifest."""
     out = Path(cfg.out_dir).resolve()
@@ -54,15 +65,13 @@ def train(cfg: TrainConfig) -> dict:
     if done and done["config"] == identity and not cfg.overwrite:
         log.info("train: %s already complete, skipping", out)
         return done
-    if not os.path.exists(cfg.data):
-        raise ConfigError(f"data: {cfg.data!r} does not exist")
-    if (os.path.isabs(cfg.model) or cfg.model.startswith(".")) and not os.path.isdir(cfg.model):
-        raise ConfigError(f"model: {cfg.model!r} is not a directory")
-    cfg = cfg.model_copy(update={"data": local_or_hub(cfg.data), "model": local_or_hub(cfg.model), "out_dir": str(out)})
+    cfg = cfg.model_copy(update={"data": existing_path(cfg.data, "data"), "model": model_ref(cfg.model),
+                                 "out_dir": str(out)})
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     ids, difficulty, schedule = plan(cfg)
+    build_deepspeed_config(cfg, len(schedule))  # a bad DeepSpeed file fails here, not in the workers
     log.info("train: %d rows, %d steps of %d rows (%s curriculum), %d workers", len(ids), len(schedule),
              cfg.global_batch, cfg.curriculum.strategy, cfg.scaling.num_workers)
 
@@ -95,7 +104,7 @@ def train(cfg: TrainConfig) -> dict:
                 shutil.copytree(hf / sub, tmp)
                 shutil.rmtree(out / sub, ignore_errors=True)
                 os.replace(tmp, out / sub)
-    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+    history = _history(out / METRICS)
     manifest = {
         "config": identity,
         "rows": len(ids),
@@ -105,7 +114,7 @@ def train(cfg: TrainConfig) -> dict:
         "checkpoint": result.checkpoint.path,
         "final_loss": result.metrics.get("loss"),
         "seconds": round(time.time() - t0, 2),
-        "history": [{k: r.get(k) for k in ("step", "loss", "tokens_per_s", "lr", "difficulty_mean")} for r in history],
+        "history": history,
     }
     write_json_atomic(out / "_manifest.json", manifest)
     return manifest

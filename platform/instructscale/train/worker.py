@@ -18,6 +18,7 @@ from instructscale.train.data import Example, collate, pack, tokenize
 from instructscale.train.deepspeed_config import build_deepspeed_config
 
 STATE = "state.json"
+METRICS = "metrics.jsonl"  # rank 0 appends every logged step; a resumed run appends again
 
 
 def _build_model(cfg: TrainConfig):
@@ -110,7 +111,7 @@ def train_loop(config: dict) -> None:
             start = json.loads(Path(d, STATE).read_text())["step"]
 
     kill_marker = Path(cfg.out_dir) / ".killed_once"
-    t_last, tokens_since = time.time(), 0
+    t_last, tokens_since, losses = time.time(), 0, []
     for step in range(start, len(schedule)):
         if cfg.kill_worker_at_step == step + 1 and rank == 1 and not kill_marker.exists():
             kill_marker.parent.mkdir(parents=True, exist_ok=True)
@@ -119,10 +120,8 @@ def train_loop(config: dict) -> None:
         rows = [examples[i] for i in mine[step]]
         if cfg.packing:
             rows = pack(rows, cfg.max_length)
-        micro = [rows[k::cfg.grad_accum] for k in range(cfg.grad_accum)]
-        losses = []
-        for part in micro:
-            batch = collate(part, tokenizer.pad_token_id)
+        for k in range(cfg.grad_accum):
+            batch = collate(rows[k::cfg.grad_accum], tokenizer.pad_token_id)
             loss = engine(**batch).loss
             engine.backward(loss)
             engine.step()
@@ -136,10 +135,15 @@ def train_loop(config: dict) -> None:
         dist.all_reduce(stats)
         elapsed = time.time() - t_last
         metrics = {"step": done, "loss": stats[0].item() / world, "tokens_per_s": stats[1].item() / elapsed,
-                   "lr": engine.get_lr()[0],
+                   "lr": engine.get_lr()[0], "resumed_from": start,
                    "difficulty_mean": sum(difficulty[i] for i in schedule[step]) / len(schedule[step])}
-        t_last, tokens_since = time.time(), 0
+        if rank == 0:
+            with open(Path(cfg.out_dir) / METRICS, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            print(f"train step {done}/{len(schedule)} loss {metrics['loss']:.4f} "
+                  f"{metrics['tokens_per_s']:.0f} tok/s lr {metrics['lr']:.2e}", flush=True)
+        # Ray Train's report blocks until its controller polls (every ~2 s), so it is called only
+        # with checkpoints; every logged step is in metrics.jsonl.
         if done % cfg.checkpoint_every == 0 or final:
             _save_checkpoint(engine, cfg, tokenizer, done, metrics, final)
-        else:
-            ray.train.report(metrics)
+        t_last, tokens_since, losses = time.time(), 0, []
