@@ -7,7 +7,8 @@ from instructscale.cli import main
 def test_pipeline_demo_run(ray_local, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["pipeline", "configs/demo.yaml", "--set", f"run_dir={run}", "--set", "demo.rows=2000",
-            "--set", "demo.eval_rows=50", "--set", "demo.malformed_jsonl_rows=40"]
+            "--set", "demo.eval_rows=50", "--set", "demo.malformed_jsonl_rows=40",
+            "--set", "train.max_steps=4", "--set", "train.micro_batch_size=4"]
     assert main(args) == 0
     assert "pipeline done" in capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
@@ -16,5 +17,10 @@ def test_pipeline_demo_run(ray_local, tmp_path, capsys):
     assert sum(ing["quarantine_reasons"].values()) == 10
     assert (run / "models" / "student" / "model.safetensors").is_file()
     assert (run / "config.yaml").is_file()
+    gen = summary["stages"]["generate"]
+    assert gen["inputs"] == ing["rows"] and gen["this_run"]["tokens"] > 0  # the teacher filled empty outputs
+    tr = summary["stages"]["train"]
+    assert tr["steps"] == 4 and (run / "train" / "model" / "model.safetensors").is_file()
+    assert summary["model"] == str(run / "train" / "model")
     assert main(args) == 0  # second run reuses every finished stage
     assert json.loads((run / "summary.json").read_text())["stages"]["ingest"] == ing

@@ -57,6 +57,15 @@ def cmd_pipeline(args) -> None:
         run = gen["this_run"]
         print(f"  generate   {gen['rows']:,} rows, {sum(gen['rejected'].values()):,} rejected {gen['rejected']}, "
               f"{run['tokens']:,} teacher tokens this run -> {summary['run_dir']}/generate")
+    if "select" in summary["stages"]:
+        sel = summary["stages"]["select"]
+        removed = ", ".join(f"{k} {v}" for k, v in sel["removed"].items()) or "none"
+        print(f"  select     {sel['selected']:,} of {sel['input_rows']:,} rows (removed: {removed}; "
+              f"{sel['not_selected']:,} over budget) -> {summary['run_dir']}/select")
+    if "train" in summary["stages"]:
+        tr = summary["stages"]["train"]
+        print(f"  train      {tr['steps']:,} steps on {tr['rows']:,} rows, final loss {tr['final_loss']:.4f}, "
+              f"{tr['seconds']:.0f} s -> {summary['model']}")
     print(f"  summary    {summary['run_dir']}/summary.json")
 
 
@@ -86,6 +95,16 @@ def cmd_generate(args) -> None:
     cfg = _load(GenerateConfig, args)
     init_ray(RayConfig())
     _print({k: v for k, v in generate(cfg).items() if k != "config"})
+
+
+def cmd_select(args) -> None:
+    from instructscale.runtime import RayConfig, init_ray
+    from instructscale.select.config import SelectConfig
+    from instructscale.select.stage import select
+
+    cfg = _load(SelectConfig, args)
+    init_ray(RayConfig())
+    _print({k: v for k, v in select(cfg).items() if k != "config"})
 
 
 def cmd_train(args) -> None:
@@ -134,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
          lambda p: _with_config(p, True)),
         ("generate", "teacher generation: distill, k-sample, self-instruct or evolve a pool", cmd_generate,
          lambda p: _with_config(p, True)),
+        ("select", "score (heuristics, verifier, dedup, perplexity, IFD, embeddings) and select a budget",
+         cmd_select, lambda p: _with_config(p, False)),
         ("train", "fine-tune a student with Ray Train + DeepSpeed (full or LoRA) and a curriculum", cmd_train,
          lambda p: _with_config(p, False)),
         ("build-models", "build the tiny local tokenizer, student and teacher", cmd_build_models,

@@ -15,6 +15,10 @@ from instructscale.io import write_json_atomic
 from instructscale.models.tiny import ensure_tiny_models
 from instructscale.pools.ingest import IngestConfig, IngestOptions, PoolInput, ingest
 from instructscale.runtime import RayConfig, init_ray
+from instructscale.select.config import SelectConfig, SelectOptions
+from instructscale.select.stage import select
+from instructscale.train.config import TrainConfig, TrainOptions
+from instructscale.train.stage import train
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,10 @@ class PipelineConfig(StrictModel):
     generate: GenerateOptions | None = Field(
         default_factory=lambda: GenerateOptions(mode="distill", only_missing=True),
         description="teacher generation over the ingested pool; null skips it")
+    select: SelectOptions | None = Field(default_factory=SelectOptions,
+                                         description="score, filter, dedup and select; null skips it")
+    train: TrainOptions | None = Field(default_factory=TrainOptions,
+                                       description="fine-tune the student on the pool; null skips it")
 
     @model_validator(mode="after")
     def _has_data(self) -> "PipelineConfig":
@@ -84,5 +92,21 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         manifest = generate(gen_cfg)
         summary["stages"]["generate"] = {k: v for k, v in manifest.items() if k != "config"}
         summary["pool"] = str(run / "generate")
+
+    if cfg.select is not None:
+        options = cfg.select
+        if options.scoring.enabled and not options.scoring.model:
+            options = options.model_copy(update={"scoring": options.scoring.model_copy(update={"model": models["student"]})})
+        sel_cfg = SelectConfig(**options.model_dump(), input=summary["pool"], out_dir=str(run / "select"))
+        manifest = select(sel_cfg)
+        summary["stages"]["select"] = {k: v for k, v in manifest.items() if k != "config"}
+        summary["pool"] = str(run / "select" / "selected")
+
+    if cfg.train is not None:
+        train_cfg = TrainConfig(**cfg.train.model_dump(), data=summary["pool"], model=models["student"],
+                                out_dir=str(run / "train"))
+        manifest = train(train_cfg)
+        summary["stages"]["train"] = {k: v for k, v in manifest.items() if k not in ("config", "history")}
+        summary["model"] = manifest["model"]
     write_json_atomic(run / "summary.json", summary)
     return summary

@@ -28,13 +28,17 @@ def conversation(row: dict) -> list[dict[str, str]]:
 
 def tokenize(row: dict, tokenizer, max_length: int) -> Example:
     """Token ids of the templated conversation; labels are -100 except on the final response."""
-    turns = conversation(row)
+    return tokenize_turns(conversation(row), tokenizer, max_length, row.get("id"))
+
+
+def tokenize_turns(turns: list[dict[str, str]], tokenizer, max_length: int, row_id: str | None = None) -> Example:
+    """As :func:`tokenize`, for chat turns that end with the assistant's response."""
     prompt_text = tokenizer.apply_chat_template(turns[:-1], add_generation_prompt=True, tokenize=False)
     full_text = tokenizer.apply_chat_template(turns, tokenize=False)
     prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     full = tokenizer(full_text, add_special_tokens=False)["input_ids"]
     if full[: len(prompt)] != prompt:
-        raise ValueError(f"row {row.get('id')}: chat template does not extend the prompt with the response")
+        raise ValueError(f"row {row_id}: chat template does not extend the prompt with the response")
     labels = [IGNORE] * len(prompt) + full[len(prompt):]
     return Example(full[:max_length], labels[:max_length])
 

@@ -112,7 +112,7 @@ def train(cfg: TrainConfig) -> dict:
         "model": str(out / "model"),
         "adapter": str(out / "adapter") if (out / "adapter").exists() else None,
         "checkpoint": result.checkpoint.path,
-        "final_loss": result.metrics.get("loss"),
+        "final_loss": history[-1]["loss"],
         "seconds": round(time.time() - t0, 2),
         "history": history,
     }

@@ -134,7 +134,8 @@ def train_loop(config: dict) -> None:
         stats = torch.tensor([sum(losses) / len(losses), float(tokens_since)])
         dist.all_reduce(stats)
         elapsed = time.time() - t_last
-        metrics = {"step": done, "loss": stats[0].item() / world, "tokens_per_s": stats[1].item() / elapsed,
+        metrics = {"step": done, "loss": stats[0].item() / world, "tokens": int(stats[1].item()),
+                   "seconds": elapsed, "tokens_per_s": stats[1].item() / elapsed,
                    "lr": engine.get_lr()[0], "resumed_from": start,
                    "difficulty_mean": sum(difficulty[i] for i in schedule[step]) / len(schedule[step])}
         if rank == 0:

@@ -1,0 +1,97 @@
+"""Spending a row budget: weighted scores, quota allocation per stratum, and the selectors
+(top-k, DEITA-style score-first diversity, k-center greedy, random)."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def percentile_ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank in [0, 1] (ties share their mean rank); NaN ranks 0.5 (no evidence)."""
+    out = np.full(len(values), 0.5)
+    ok = ~np.isnan(values)
+    if ok.sum() > 1:
+        out[ok] = (rankdata(values[ok]) - 1) / (ok.sum() - 1)
+    return out
+
+
+def weighted_score(columns: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Sum of weight x percentile rank; a negative weight prefers low values."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    score = np.zeros(n)
+    for name, w in weights.items():
+        score += w * percentile_ranks(np.asarray(columns[name], dtype=float))
+    return score
+
+
+def allocate(budget: int, available: dict[str, int], quotas: dict[str, float] | None) -> dict[str, int]:
+    """Rows per stratum: quotas (default: proportional to availability) by largest remainder,
+    capped by what each stratum has; what a capped stratum cannot fill is re-split among the others."""
+    total_available = sum(available.values())
+    shares = quotas or {k: v / max(total_available, 1) for k, v in available.items()}
+    alloc = {k: 0 for k in available}
+    remaining = min(budget, total_available)
+    open_ = {k for k in available if available[k] > 0 and shares.get(k, 0) > 0}
+    while remaining > 0 and open_:
+        total = sum(shares[k] for k in open_)
+        exact = {k: remaining * shares[k] / total for k in open_}
+        capped = {k for k in open_ if int(exact[k]) >= available[k]}
+        if capped:  # fill them and split the rest again
+            for k in capped:
+                alloc[k] = available[k]
+            remaining -= sum(available[k] for k in capped)
+            open_ -= capped
+            continue
+        for k in open_:
+            alloc[k] = int(exact[k])
+        left = remaining - sum(alloc[k] for k in open_)
+        for k in sorted(open_, key=lambda k: (-(exact[k] - int(exact[k])), k))[:left]:
+            alloc[k] += 1
+        break
+    return alloc
+
+
+def _unit(emb: np.ndarray) -> np.ndarray:
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+def topk(score: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` best scores (ties: lower position first)."""
+    return np.argsort(-score, kind="stable")[:k]
+
+
+def diverse(score: np.ndarray, emb: np.ndarray, k: int, min_distance: float) -> np.ndarray:
+    """DEITA's score-first selection: walk rows by score, keep one if its cosine distance to every
+    kept row is at least ``min_distance``; if that leaves fewer than ``k``, fill by score."""
+    unit = _unit(emb)
+    chosen: list[int] = []
+    kept = np.empty((k, unit.shape[1]))
+    for i in np.argsort(-score, kind="stable"):
+        if len(chosen) == k:
+            break
+        if not chosen or 1 - float((kept[:len(chosen)] @ unit[i]).max()) >= min_distance:
+            kept[len(chosen)] = unit[i]
+            chosen.append(int(i))
+    if len(chosen) < k:
+        taken = set(chosen)
+        chosen += [int(i) for i in np.argsort(-score, kind="stable") if i not in taken][:k - len(chosen)]
+    return np.asarray(chosen, dtype=int)
+
+
+def kcenter(score: np.ndarray, emb: np.ndarray, k: int) -> np.ndarray:
+    """k-center greedy (Sener & Savarese 2018) on cosine distance, seeded with the best row."""
+    unit = _unit(emb)
+    first = int(np.argmax(score))
+    chosen = [first]
+    dist = 1 - unit @ unit[first]
+    dist[first] = -np.inf
+    while len(chosen) < min(k, len(score)):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, 1 - unit @ unit[nxt])
+        dist[chosen] = -np.inf
+    return np.asarray(chosen, dtype=int)
+
+
+def random_pick(n: int, k: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(k, n), replace=False))

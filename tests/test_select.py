@@ -1,0 +1,184 @@
+"""Selection: each scorer on hand-computed cases, selectors' budgets and quotas, and the stage
+end to end on a demo pool through Ray Data."""
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pytest
+import torch
+
+from instructscale.config import ConfigError, parse_config
+from instructscale.demo.pool import DemoConfig, iter_pool_rows
+from instructscale.io import write_parquet_atomic
+from instructscale.schema import POOL_SCHEMA, decode_metadata
+from instructscale.select import selectors
+from instructscale.select.config import DedupSettings, HeuristicSettings, SelectConfig
+from instructscale.select.dedup import find_duplicates
+from instructscale.select.features import heuristic_reason, minhash, normalize_text, repetition, verified
+from instructscale.select.model_scores import ModelScorer
+from instructscale.select.stage import select
+
+
+def row(i, instruction, output="ok", inp="", meta=None):
+    return {"id": f"r{i}", "instruction": instruction, "input": inp, "output": output, "messages": None,
+            "source": "t", "metadata": json.dumps(meta or {})}
+
+
+def test_heuristics_and_verifier_on_hand_computed_rows():
+    assert repetition("a b c a b c a b c") == pytest.approx(1 - 3 / 7)
+    assert repetition("one two three four") == 0 and repetition("short") == 0
+    h = HeuristicSettings(max_output_chars=50, max_non_ascii=0.3)
+    assert heuristic_reason("Add 2 and 3.", "5", 0.0, h) is None
+    assert heuristic_reason("Hi", "5", 0.0, h) == "instruction_too_short"
+    assert heuristic_reason("Add 2 and 3.", "  ", 0.0, h) == "output_too_short"
+    assert heuristic_reason("Add 2 and 3.", "5 " * 30, 0.0, h) == "output_too_long"
+    assert heuristic_reason("Add 2 and 3.", "x", 0.6, h) == "repetitive_output"
+    assert heuristic_reason("Add 2 and 3.", "I'm sorry, I can't.", 0.0, h) == "refusal"
+    assert heuristic_reason("Add \x00 3.", "5", 0.0, h) == "control_characters"
+    assert heuristic_reason("Ответь на вопрос", "да", 0.0, h) == "non_ascii"
+    assert verified(row(0, "q", "The answer is 5", meta={"answer": "5"})) is False
+    assert verified(row(0, "q", " 5. ", meta={"answer": "5"})) is True
+    assert verified(row(0, "q", "5")) is None
+
+
+def test_dedup_removes_exactly_the_planted_duplicates():
+    cfg = DedupSettings()
+    texts = {
+        "a": "Write a short poem about the sea and the moon in the style of a sonnet.",
+        "a_exact": "write a SHORT poem about the sea, and the moon in the style of a sonnet",
+        "a_near": "Write a short poem about the sea and the moon in the style of a sonnet please.",
+        "b": "Compute 37 + 52.",
+        "b_other": "Compute 37 + 53.",  # a different task, not a duplicate
+        "c": "Explain how photosynthesis converts light into chemical energy in plants.",
+        "c_near": "Explain how photosynthesis converts light into chemical energy in plants today.",
+    }
+    ids = list(texts)
+    norm = [normalize_text(t) for t in texts.values()]
+    sigs = [minhash(t, cfg) for t in norm]
+    import hashlib
+    hashes = [hashlib.sha1(t.encode()).hexdigest() for t in norm]
+    priority = np.zeros(len(ids))
+    priority[ids.index("c_near")] = 1.0  # the better-scored copy is the one kept
+    dups = find_duplicates(ids, hashes, sigs, priority, cfg)
+    found = {ids[i]: (reason, ids[of]) for i, (reason, of) in dups.items()}
+    assert found == {"a_exact": ("exact_duplicate", "a"), "a_near": ("near_duplicate", "a"),
+                     "c": ("near_duplicate", "c_near")}
+
+
+def test_ifd_and_losses_match_a_hand_computation(tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    scorer = ModelScorer(tiny_models["student"], max_length=128)
+    rows = [row(0, "Reverse the letters of the word.", "elppa", inp="apple"),
+            row(1, "", "the same text either way"),
+            row(2, "Compute 2 + 3, then explain every step of the sum in detail.", "5"),
+            row(3, "No response yet.", "")]
+    got = scorer.score_rows(rows)
+    # row 1: an empty instruction is the unconditioned prompt itself, so IFD is exactly 1
+    assert got["ifd"][1] == pytest.approx(1.0, abs=1e-6)
+    assert got["loss"][3] is None and got["ifd"][3] is None and got["embedding"][3] is None
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["student"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["student"]).eval()
+
+    def manual_loss(user: str, response: str) -> float:  # one unpadded sequence, explicit log-softmax
+        prompt = tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                         tokenize=False)
+        full = tok.apply_chat_template([{"role": "user", "content": user},
+                                        {"role": "assistant", "content": response}], tokenize=False)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids = tok(full, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+        return -float(np.mean([logp[t - 1, ids[t]].item() for t in range(len(p_ids), len(ids))]))
+
+    for i, user in ((0, "Reverse the letters of the word.\n\napple"),
+                    (2, "Compute 2 + 3, then explain every step of the sum in detail.")):
+        cond, alone = manual_loss(user, rows[i]["output"]), manual_loss("", rows[i]["output"])
+        assert got["loss"][i] == pytest.approx(cond, rel=1e-4)
+        assert got["loss_uncond"][i] == pytest.approx(alone, rel=1e-4)
+        assert got["ifd"][i] == pytest.approx(cond / alone, rel=1e-4)
+        assert got["ppl"][i] == pytest.approx(math.exp(cond), rel=1e-4)
+    assert len(got["embedding"][0]) == model.config.hidden_size
+
+
+def test_selectors_budgets_quotas_and_diversity():
+    assert selectors.allocate(10, {"a": 50, "b": 30, "c": 20}, None) == {"a": 5, "b": 3, "c": 2}
+    assert selectors.allocate(10, {"a": 50, "b": 2, "c": 20}, {"a": 0.2, "b": 0.5, "c": 0.3}) == \
+        {"a": 3, "b": 2, "c": 5}  # b has only 2 of its 5; the other 8 split 0.2:0.3 = 3.2:4.8
+    assert selectors.allocate(100, {"a": 3, "b": 4}, None) == {"a": 3, "b": 4}
+    assert sum(selectors.allocate(7, {"a": 1, "b": 1, "c": 1, "d": 100}, None).values()) == 7
+
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.1])
+    assert selectors.topk(score, 2).tolist() == [0, 1]
+    emb = np.array([[1, 0], [1, 0.001], [0, 1], [0.001, 1], [-1, 0]], dtype=float)
+    # rows 1 and 3 are near copies of 0 and 2: score-first diversity skips them
+    assert selectors.diverse(score, emb, 3, min_distance=0.05).tolist() == [0, 2, 4]
+    assert selectors.diverse(score, emb, 5, min_distance=0.05).tolist() == [0, 2, 4, 1, 3]  # filled by score
+    assert sorted(selectors.kcenter(score, emb, 3).tolist()) == [0, 2, 4]
+    assert len(set(selectors.random_pick(5, 3, seed=0).tolist())) == 3
+    ranks = selectors.percentile_ranks(np.array([3.0, 1.0, np.nan, 3.0, 2.0]))
+    assert ranks.tolist() == [pytest.approx(2.5 / 3), 0.0, 0.5, pytest.approx(2.5 / 3), pytest.approx(1 / 3)]
+
+
+def test_bad_select_configs_are_named(tmp_path):
+    base = {"input": "x", "out_dir": "y"}
+    with pytest.raises(ConfigError, match="unknown score column\\(s\\) \\['quality'\\]"):
+        parse_config(SelectConfig, base | {"selector": {"weights": {"quality": 1}}})
+    with pytest.raises(ConfigError, match="quotas must sum to 1"):
+        parse_config(SelectConfig, base | {"selector": {"stratify_by": "task", "quotas": {"a": 0.5}}})
+    with pytest.raises(ConfigError, match="needs embeddings"):
+        parse_config(SelectConfig, base | {"scoring": {"enabled": False}, "selector": {"weights": {}},
+                                           "difficulty": {"source": "length"}})
+    with pytest.raises(ConfigError, match="scoring.model: required"):
+        select(parse_config(SelectConfig, {"input": str(tmp_path), "out_dir": str(tmp_path / "o")}))
+
+
+def demo_pool(path, n):
+    rows = list(iter_pool_rows(DemoConfig(out_dir="x"), 0, n))
+    write_parquet_atomic(path / "part-0.parquet", pa.Table.from_pylist(rows, schema=POOL_SCHEMA))
+    return rows
+
+
+def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
+    rows = demo_pool(tmp_path / "pool", 600)
+    noise = {r["id"]: decode_metadata(r["metadata"])["noise"] for r in rows}
+    originals = {r["id"]: decode_metadata(r["metadata"]).get("duplicate_of") for r in rows}
+    cfg = parse_config(SelectConfig, {
+        "input": str(tmp_path / "pool"), "out_dir": str(tmp_path / "sel"),
+        "scoring": {"model": tiny_models["student"], "batch_size": 32, "max_replicas": 2, "ifd_max": None},
+        "selector": {"method": "diverse", "budget": 200, "stratify_by": "task",
+                     "quotas": {"arithmetic": 0.4, "string": 0.2, "sorting": 0.2, "units": 0.2}},
+        "difficulty": {"source": "metadata"}, "batch_size": 100})
+    m = select(cfg)
+    scores = pads.dataset(str(tmp_path / "sel" / "scores"), format="parquet").to_table()
+    selected = pads.dataset(str(tmp_path / "sel" / "selected"), format="parquet").to_table()
+    # every input row is accounted for, once, with a status and (unless selected) a reason
+    assert sorted(scores["id"].to_pylist()) == sorted(noise)
+    status = Counter(scores["status"].to_pylist())
+    assert status == {"selected": 200, "removed": sum(m["removed"].values()), "not_selected": m["not_selected"]}
+    assert all((s == "selected") == (r is None) for s, r in zip(scores["status"].to_pylist(), scores["reason"].to_pylist()))
+    assert m["selected"] == selected.num_rows == 200
+    assert m["selected_by_stratum"] == {"arithmetic": 80, "string": 40, "sorting": 40, "units": 40}
+    # planted noise: wrong answers fail the verifier, exact copies are duplicates, loops are too long
+    reason = dict(zip(scores["id"].to_pylist(), scores["reason"].to_pylist()))
+    for rid, kind in noise.items():
+        if kind == "wrong_answer":
+            assert reason[rid] == "verifier_wrong"
+        if kind == "duplicate":  # identical copies: one of the pair goes (the smaller id stays on a tie)
+            src = originals[rid]
+            assert "exact_duplicate" in (reason[rid], reason[src]) or reason[rid] == reason[src] is not None
+        if kind == "overlong_output":
+            assert reason[rid] in ("output_too_long", "repetitive_output")
+        if kind == "empty_output":
+            assert reason[rid] == "output_too_short"
+    assert "minhash" not in selected.column_names and "embedding" not in selected.column_names
+    assert selected["difficulty"].null_count == 0 and set(selected["difficulty"].to_pylist()) <= {1, 2, 3, 4, 5}
+    assert all(v is not None for v in selected["ifd"].to_pylist())
+
+    # changing only the budget reuses the features and re-decides
+    again = select(cfg.model_copy(update={"selector": cfg.selector.model_copy(update={"budget": 100})}))
+    assert again["selected"] == 100 and again["features_seconds"] == m["features_seconds"]
