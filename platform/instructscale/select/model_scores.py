@@ -14,6 +14,7 @@ import torch
 
 from instructscale.train.data import IGNORE, Example, collate, conversation, tokenize_turns
 
+MICRO_BATCH = 16  # rows per forward pass, grouped by length
 MODEL_SCHEMA = {"loss": pa.float32(), "loss_uncond": pa.float32(), "ppl": pa.float32(), "ifd": pa.float32(),
                 "embedding": pa.list_(pa.float32())}
 
@@ -53,13 +54,15 @@ class ModelScorer:
             uncond.append(tokenize_turns([{"role": "user", "content": ""}, turns[-1]], self.tokenizer,
                                          self.max_length, rows[i]["id"]))
         scores: dict[int, tuple] = {}
-        if todo:
-            pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.pad_token_id
+        by_length = sorted(range(len(todo)), key=lambda k: len(cond[k].input_ids))
+        for start in range(0, len(by_length), MICRO_BATCH):  # similar lengths together: little padding
+            part = by_length[start:start + MICRO_BATCH]
             with torch.no_grad():
-                loss_c, emb = response_losses(self.model, cond, pad)
-                loss_u, _ = response_losses(self.model, uncond, pad)
-            for k, i in enumerate(todo):
-                scores[i] = (loss_c[k], loss_u[k], emb[k].tolist())
+                loss_c, emb = response_losses(self.model, [cond[k] for k in part], pad)
+                loss_u, _ = response_losses(self.model, [uncond[k] for k in part], pad)
+            for j, k in enumerate(part):
+                scores[todo[k]] = (loss_c[j], loss_u[j], emb[j].tolist())
         for i in range(len(rows)):
             lc, lu, e = scores.get(i, (math.nan, math.nan, None))
             ok = not math.isnan(lc)

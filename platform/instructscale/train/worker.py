@@ -18,6 +18,7 @@ from instructscale.train.data import Example, collate, pack, tokenize
 from instructscale.train.deepspeed_config import build_deepspeed_config
 
 STATE = "state.json"
+PRINT_EVERY_S = 10.0
 METRICS = "metrics.jsonl"  # rank 0 appends every logged step; a resumed run appends again
 
 
@@ -112,6 +113,7 @@ def train_loop(config: dict) -> None:
 
     kill_marker = Path(cfg.out_dir) / ".killed_once"
     t_last, tokens_since, losses = time.time(), 0, []
+    t_print = 0.0
     for step in range(start, len(schedule)):
         if cfg.kill_worker_at_step == step + 1 and rank == 1 and not kill_marker.exists():
             kill_marker.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +143,8 @@ def train_loop(config: dict) -> None:
         if rank == 0:
             with open(Path(cfg.out_dir) / METRICS, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+        if rank == 0 and (time.time() - t_print > PRINT_EVERY_S or final):  # console progress, throttled
+            t_print = time.time()
             print(f"train step {done}/{len(schedule)} loss {metrics['loss']:.4f} "
                   f"{metrics['tokens_per_s']:.0f} tok/s lr {metrics['lr']:.2e}", flush=True)
         # Ray Train's report blocks until its controller polls (every ~2 s), so it is called only

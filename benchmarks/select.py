@@ -1,0 +1,89 @@
+"""Selection throughput and memory on a generated demo pool, at 1 and 2 workers, in one run:
+(1) the cheap scorers with MinHash signatures (Ray Data tasks) over the whole pool,
+(2) LSH duplicate resolution (driver, datasketch) over the whole pool,
+(3) the model scorer (loss, IFD, embeddings; Ray Data actors) over a slice of the pool
+    (the tiny student forward-passes every row twice, which at CPU speed would take hours at 200k).
+Peak memory is the summed PSS of the driver and every Ray process.
+    python benchmarks/select.py --rows 200000 --model-rows 4096
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from _common import PeakRSS, print_table, write_result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--model-rows", type=int, default=4096)
+    args = parser.parse_args()
+
+    import numpy as np
+    import pyarrow.dataset as pads
+    import ray
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    from instructscale.demo.pool import DemoConfig, make_demo
+    from instructscale.models.tiny import build_tiny_models
+    from instructscale.runtime import RayConfig, init_ray
+    from instructscale.select.config import SelectOptions
+    from instructscale.select.dedup import find_duplicates
+    from instructscale.select.features import text_features
+    from instructscale.select.model_scores import ModelScorer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-select-"))
+    student = build_tiny_models(work / "models")["student"]
+    init_ray(RayConfig(num_cpus=8))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    make_demo(DemoConfig(out_dir=str(work / "data"), rows=args.rows, shards=8, eval_rows=0, malformed_jsonl_rows=0))
+    pool = str(work / "data" / "pool")
+    opts = SelectOptions()
+    kwargs = {"heuristics": opts.heuristics.model_dump(), "dedup": opts.dedup.model_dump()}
+    results = []
+
+    for workers in (1, 2):
+        out = work / f"features-{workers}"
+        with PeakRSS() as mem:
+            t0 = time.time()
+            ray.data.read_parquet(pool).map_batches(
+                text_features, batch_format="pyarrow", batch_size=opts.batch_size, fn_kwargs=kwargs,
+                compute=TaskPoolStrategy(size=workers)).write_parquet(str(out))
+            seconds = time.time() - t0
+        results.append({"step": "cheap scorers + MinHash", "workers": workers, "rows": args.rows,
+                        "seconds": seconds, "rows_per_s": args.rows / seconds, "peak_gib": mem.gib})
+
+    table = pads.dataset(str(work / "features-2"), format="parquet").to_table(columns=["id", "text_hash", "minhash"])
+    with PeakRSS() as mem:
+        t0 = time.time()
+        dups = find_duplicates(table["id"].to_pylist(), table["text_hash"].to_pylist(), table["minhash"].to_pylist(),
+                               np.zeros(table.num_rows), opts.dedup)
+        seconds = time.time() - t0
+    results.append({"step": f"LSH dedup ({len(dups):,} duplicates)", "workers": 1, "rows": table.num_rows,
+                    "seconds": seconds, "rows_per_s": table.num_rows / seconds, "peak_gib": mem.gib})
+
+    s = opts.scoring
+    for workers in (1, 2):
+        with PeakRSS() as mem:
+            t0 = time.time()
+            n = ray.data.read_parquet(pool).limit(args.model_rows).map_batches(
+                ModelScorer, fn_constructor_kwargs={"model": student, "max_length": s.max_length},
+                batch_size=s.batch_size, batch_format="pyarrow", num_cpus=1,
+                compute=ActorPoolStrategy(min_size=workers, max_size=workers)).count()
+            seconds = time.time() - t0
+        results.append({"step": "model scorer (loss, IFD, embedding)", "workers": workers, "rows": n,
+                        "seconds": seconds, "rows_per_s": n / seconds, "peak_gib": mem.gib})
+
+    print_table(results, ["step", "workers", "rows", "seconds", "rows_per_s", "peak_gib"])
+    cheap = results[1]["rows_per_s"] / results[0]["rows_per_s"]
+    model = results[4]["rows_per_s"] / results[3]["rows_per_s"]
+    print(f"\n2 vs 1 workers on {os.cpu_count()} cores: cheap scorers {cheap:.2f}x, model scorer {model:.2f}x")
+    write_result("select", {"args": vars(args), "results": results, "scaling_cheap": cheap, "scaling_model": model})
+
+
+if __name__ == "__main__":
+    main()
