@@ -52,8 +52,9 @@ def test_loss_is_masked_to_the_response(tiny_models):
 
 def test_lora_zero2_two_workers_loss_drops_and_exports_load(ray_local, tiny_models, tmp_path):
     make_data(tmp_path / "data", 16)
+    make_data(tmp_path / "eval", 12)
     cfg = cfg_for(tmp_path, tiny_models["student"], lora={"r": 8, "alpha": 16, "merge": True, "target_modules": ALL_LINEAR},
-                  optim={"lr": 5e-3}, epochs=8,
+                  optim={"lr": 5e-3}, epochs=8, eval_data=str(tmp_path / "eval"), eval_every=8,
                   curriculum={"strategy": "easy_to_hard"}, checkpoint_every=100)
     m = train(cfg)
     assert m["steps"] == 16 and m["rows"] == 16  # 16 rows / (4 x 2 workers) x 8 epochs
@@ -64,6 +65,8 @@ def test_lora_zero2_two_workers_loss_drops_and_exports_load(ray_local, tiny_mode
     per_epoch = [r["difficulty_mean"] for r in m["history"][:2]]
     assert per_epoch[0] <= per_epoch[1] and per_epoch * 8 == [r["difficulty_mean"] for r in m["history"]]
     assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in m["history"])
+    evals = [(r["step"], r["eval_loss"]) for r in m["history"] if "eval_loss" in r]
+    assert [s for s, _ in evals] == [8, 16] and m["eval_loss"] == evals[-1][1] and 0 < evals[-1][1] < 20
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

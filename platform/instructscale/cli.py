@@ -118,6 +118,16 @@ def cmd_train(args) -> None:
     _print({k: v for k, v in manifest.items() if k not in ("config", "history")})
 
 
+def cmd_tune(args) -> None:
+    from instructscale.runtime import RayConfig, init_ray
+    from instructscale.tune.config import TuneConfig
+    from instructscale.tune.search import run_search
+
+    cfg = _load(TuneConfig, args)
+    init_ray(RayConfig())
+    _print(run_search(cfg))
+
+
 def cmd_build_models(args) -> None:
     from instructscale.models.tiny import build_tiny_models
 
@@ -157,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
          cmd_select, lambda p: _with_config(p, False)),
         ("train", "fine-tune a student with Ray Train + DeepSpeed (full or LoRA) and a curriculum", cmd_train,
          lambda p: _with_config(p, False)),
+        ("tune", "Ray Tune search (Optuna + ASHA) over selection, curriculum and LoRA settings", cmd_tune,
+         lambda p: _with_config(p, True)),
         ("build-models", "build the tiny local tokenizer, student and teacher", cmd_build_models,
          lambda p: (p.add_argument("--out", required=True, help="output directory"),
                     p.add_argument("--seed", type=int, default=0))),

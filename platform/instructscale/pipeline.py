@@ -104,7 +104,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     if cfg.train is not None:
         train_cfg = TrainConfig(**cfg.train.model_dump(), data=summary["pool"], model=models["student"],
-                                out_dir=str(run / "train"))
+                                out_dir=str(run / "train"), eval_data=summary.get("eval_split"))
         manifest = train(train_cfg)
         summary["stages"]["train"] = {k: v for k, v in manifest.items() if k not in ("config", "history")}
         summary["model"] = manifest["model"]

@@ -120,4 +120,6 @@ class SelectConfig(SelectOptions):
 
     input: str = Field(description="directory of Parquet rows (generation or ingest output)")
     out_dir: str
+    features_dir: str | None = Field(None, description="reuse the features of an earlier run on the same input "
+                                                       "and scorers (tuning trials re-select from one feature table)")
     overwrite: bool = False

@@ -43,21 +43,23 @@ DECISION_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("rea
 HEAVY = ["embedding", "minhash"]
 
 
-def _features(cfg: SelectConfig, out: Path) -> dict:
-    """Compute (or reuse) the per-row feature table; returns its manifest."""
+def _features(cfg: SelectConfig, out: Path) -> tuple[str, dict]:
+    """Compute (or reuse) the per-row feature table; returns its directory and manifest."""
     identity = cfg.model_dump(mode="json", include={"input", "heuristics", "dedup", "scoring", "batch_size"})
-    final = out / "features"
+    final = Path(cfg.features_dir) if cfg.features_dir else out / "features"
     done = read_manifest(final)
     if done and done["config"] == identity:
         log.info("select: reusing features in %s", final)
-        return done
+        return str(final), done
+    if cfg.features_dir:
+        raise ConfigError(f"features_dir: {final} holds no features for this input and these scorer settings")
     t0 = time.time()
     ds = ray.data.read_parquet(cfg.input)
     ds = ds.map_batches(text_features, batch_format="pyarrow", batch_size=cfg.batch_size,
                         fn_kwargs={"heuristics": cfg.heuristics.model_dump(), "dedup": cfg.dedup.model_dump()})
     s = cfg.scoring
-    if s.enabled:
-        ds = ds.map_batches(ModelScorer, fn_constructor_kwargs={"model": s.model, "max_length": s.max_length,
+    if s.enabled:  # blocks of a few batches, so that every scorer replica gets work
+        ds = ds.repartition(target_num_rows_per_block=s.batch_size * 4).map_batches(ModelScorer, fn_constructor_kwargs={"model": s.model, "max_length": s.max_length,
                                                                  "device": "cuda" if s.num_gpus else "cpu"},
                             batch_size=s.batch_size, batch_format="pyarrow", num_cpus=s.num_cpus, num_gpus=s.num_gpus,
                             compute=ActorPoolStrategy(min_size=s.min_replicas, max_size=s.max_replicas))
@@ -67,7 +69,7 @@ def _features(cfg: SelectConfig, out: Path) -> dict:
     manifest = {"config": identity, "rows": rows, "seconds": round(time.time() - t0, 2)}
     publish_dir(staging, final, manifest)
     log.info("select: features for %d rows in %.1f s", rows, manifest["seconds"])
-    return manifest
+    return str(final), manifest
 
 
 def _stratum(table: pa.Table, key: str | None) -> list[str]:
@@ -230,7 +232,7 @@ def _only_selected(batch: pa.Table) -> pa.Table:
 def select(cfg: SelectConfig) -> dict:
     """Score, filter, dedup and select; returns the manifest written to ``out_dir``."""
     out = Path(cfg.out_dir).resolve()
-    identity = cfg.model_dump(mode="json", exclude={"overwrite"})
+    identity = cfg.model_dump(mode="json", exclude={"overwrite", "features_dir"})
     done = read_manifest(out)
     if done and done.get("config") == identity and not cfg.overwrite:
         log.info("select: %s already complete, skipping", out)
@@ -247,8 +249,7 @@ def select(cfg: SelectConfig) -> dict:
     (out / "_manifest.json").unlink(missing_ok=True)
 
     t0 = time.time()
-    feats = _features(cfg, out)
-    features = str(out / "features")
+    features, feats = _features(cfg, out)
     decisions, summary = _decide(cfg, features)
     ref = [ray.put(decisions)]
     ds = ray.data.read_parquet(features).map_batches(_attach, batch_format="pyarrow", fn_kwargs={"decisions": ref})

@@ -60,6 +60,8 @@ class TrainOptions(StrictModel):
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
+    eval_every: int | None = Field(None, ge=1, description="steps between held-out loss evaluations (and at the end)")
+    eval_rows: int = Field(256, ge=1, description="at most this many rows of eval_data")
     seed: int = 0
     kill_worker_at_step: int | None = Field(
         None, ge=1, description="fault injection: SIGKILL worker 1 once at this step (resume drills)")
@@ -83,4 +85,5 @@ class TrainConfig(TrainOptions):
     data: str = Field(description="directory of Parquet rows (selection or generation output)")
     model: str = Field(description="student: local directory or hub id")
     out_dir: str
+    eval_data: str | None = Field(None, description="held-out Parquet rows: eval_loss in the metrics")
     overwrite: bool = False

@@ -66,7 +66,8 @@ def train(cfg: TrainConfig) -> dict:
         log.info("train: %s already complete, skipping", out)
         return done
     cfg = cfg.model_copy(update={"data": existing_path(cfg.data, "data"), "model": model_ref(cfg.model),
-                                 "out_dir": str(out)})
+                                 "out_dir": str(out),
+                                 "eval_data": cfg.eval_data and existing_path(cfg.eval_data, "eval_data")})
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,12 @@ def train(cfg: TrainConfig) -> dict:
             failure_config=FailureConfig(max_failures=cfg.max_failures)),
     )
     t0 = time.time()
-    result = trainer.fit()
+    ctx = ray.data.DataContext.get_current()  # workers' shard reads would each draw progress bars
+    bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False
+    try:
+        result = trainer.fit()
+    finally:
+        ctx.enable_progress_bars = bars
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as ckpt:
@@ -113,6 +119,7 @@ def train(cfg: TrainConfig) -> dict:
         "adapter": str(out / "adapter") if (out / "adapter").exists() else None,
         "checkpoint": result.checkpoint.path,
         "final_loss": history[-1]["loss"],
+        "eval_loss": history[-1].get("eval_loss"),
         "seconds": round(time.time() - t0, 2),
         "history": history,
     }

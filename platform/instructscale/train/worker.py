@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from instructscale.train.config import TrainConfig
 from instructscale.train.curriculum import worker_slice
-from instructscale.train.data import Example, collate, pack, tokenize
+from instructscale.train.data import Example, collate, pack, read_training_columns, tokenize
 from instructscale.train.deepspeed_config import build_deepspeed_config
 
 STATE = "state.json"
@@ -47,6 +47,29 @@ def _load_examples(cfg: TrainConfig, wanted: set[str], tokenizer) -> dict[str, E
     if missing:
         raise RuntimeError(f"{len(missing)} scheduled rows missing from the training data, e.g. {sorted(missing)[:3]}")
     return examples
+
+
+def _eval_examples(cfg: TrainConfig, tokenizer, rank: int, world: int) -> list[Example]:
+    """This worker's share of the held-out rows (the first ``eval_rows`` usable ones)."""
+    if not cfg.eval_data or not cfg.eval_every:
+        return []
+    table = read_training_columns(cfg.eval_data, ["id", "instruction", "input", "output", "messages"])
+    rows = table.slice(0, cfg.eval_rows).to_pylist()
+    return [tokenize(r, tokenizer, cfg.max_length) for r in rows[rank::world]]
+
+
+def eval_loss(engine, examples: list[Example], pad_id: int, micro_batch: int) -> float:
+    """Token-weighted mean response loss over every worker's held-out examples (all ranks call it)."""
+    total = torch.zeros(2)
+    engine.eval()
+    with torch.no_grad():
+        for k in range(0, len(examples), micro_batch):
+            batch = collate(examples[k:k + micro_batch], pad_id)
+            n = float((batch["labels"][:, 1:] != -100).sum())
+            total += torch.tensor([engine(**batch).loss.item() * n, n])
+    engine.train()
+    dist.all_reduce(total)
+    return (total[0] / total[1].clamp(min=1)).item()
 
 
 def _export_hf(engine, cfg: TrainConfig, tokenizer, out: Path) -> None:
@@ -98,6 +121,7 @@ def train_loop(config: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     mine = [[ids[i] for i in worker_slice(b, rank, world)] for b in schedule]
     examples = _load_examples(cfg, {i for step in mine for i in step}, tokenizer)
+    held_out = _eval_examples(cfg, tokenizer, rank, world)
 
     model = _build_model(cfg)
     engine, _, _, _ = deepspeed.initialize(
@@ -131,7 +155,8 @@ def train_loop(config: dict) -> None:
             tokens_since += int(batch["attention_mask"].sum())
         done = step + 1
         final = done == len(schedule)
-        if done % cfg.log_every and done % cfg.checkpoint_every and not final:
+        evaluate = bool(held_out) and (done % cfg.eval_every == 0 or final)
+        if done % cfg.log_every and done % cfg.checkpoint_every and not final and not evaluate:
             continue
         stats = torch.tensor([sum(losses) / len(losses), float(tokens_since)])
         dist.all_reduce(stats)
@@ -140,12 +165,15 @@ def train_loop(config: dict) -> None:
                    "seconds": elapsed, "tokens_per_s": stats[1].item() / elapsed,
                    "lr": engine.get_lr()[0], "resumed_from": start,
                    "difficulty_mean": sum(difficulty[i] for i in schedule[step]) / len(schedule[step])}
+        if evaluate:
+            metrics["eval_loss"] = eval_loss(engine, held_out, tokenizer.pad_token_id, cfg.micro_batch_size)
         if rank == 0:
             with open(Path(cfg.out_dir) / METRICS, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         if rank == 0 and (time.time() - t_print > PRINT_EVERY_S or final):  # console progress, throttled
             t_print = time.time()
-            print(f"train step {done}/{len(schedule)} loss {metrics['loss']:.4f} "
+            held = f" eval_loss {metrics['eval_loss']:.4f}" if evaluate else ""
+            print(f"train step {done}/{len(schedule)} loss {metrics['loss']:.4f}{held} "
                   f"{metrics['tokens_per_s']:.0f} tok/s lr {metrics['lr']:.2e}", flush=True)
         # Ray Train's report blocks until its controller polls (every ~2 s), so it is called only
         # with checkpoints; every logged step is in metrics.jsonl.
