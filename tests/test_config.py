@@ -54,7 +54,7 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
     assert "demo.out_dir: required" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["", "pipeline", "make-demo", "ingest", "generate", "select", "train", "tune", "build-models", "check-model"])
+@pytest.mark.parametrize("command", ["", "pipeline", "make-demo", "ingest", "generate", "select", "train", "tune", "evaluate", "submit", "status", "stop", "logs", "build-models", "check-model"])
 def test_every_command_has_help(command):
     args = [sys.executable, "-m", "instructscale.cli", *([command] if command else []), "--help"]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout

@@ -22,5 +22,13 @@ def test_pipeline_demo_run(ray_local, tmp_path, capsys):
     tr = summary["stages"]["train"]
     assert tr["steps"] == 4 and (run / "train" / "model" / "model.safetensors").is_file()
     assert summary["model"] == str(run / "train" / "model")
+    sel = summary["stages"]["select"]
+    assert sel["selected"] + sel["not_selected"] + sum(sel["removed"].values()) == gen["rows"] + sum(gen["rejected"].values())
+    ev = summary["stages"]["evaluate"]
+    assert set(ev) == {"base", "tuned"} and ev["tuned"]["overall"]["rows"] == 50
+    report = (run / "report.md").read_text()
+    for section in ("## Ingest", "## Selection", "## Training", "## Evaluation on the held-out split"):
+        assert section in report
+    assert (run / "training.png").is_file() and (run / "scores.png").is_file()
     assert main(args) == 0  # second run reuses every finished stage
     assert json.loads((run / "summary.json").read_text())["stages"]["ingest"] == ing

@@ -66,7 +66,13 @@ def cmd_pipeline(args) -> None:
         tr = summary["stages"]["train"]
         print(f"  train      {tr['steps']:,} steps on {tr['rows']:,} rows, final loss {tr['final_loss']:.4f}, "
               f"{tr['seconds']:.0f} s -> {summary['model']}")
+    for name, ev in summary["stages"].get("evaluate", {}).items():
+        o = ev["overall"]
+        loss = f", loss {o['loss']:.4f}" if o["loss"] is not None else ""
+        print(f"  evaluate   {name:5s} exact_match {o['exact_match']:.3f}, rouge_l {o['rouge_l']:.3f}{loss} "
+              f"on {o['rows']} held-out rows")
     print(f"  summary    {summary['run_dir']}/summary.json")
+    print(f"  report     {summary['report']}")
 
 
 def cmd_make_demo(args) -> None:
@@ -118,6 +124,15 @@ def cmd_train(args) -> None:
     _print({k: v for k, v in manifest.items() if k not in ("config", "history")})
 
 
+def cmd_evaluate(args) -> None:
+    from instructscale.evaluate import EvalConfig, evaluate
+    from instructscale.runtime import RayConfig, init_ray
+
+    cfg = _load(EvalConfig, args)
+    init_ray(RayConfig())
+    _print({k: v for k, v in evaluate(cfg).items() if k != "config"})
+
+
 def cmd_tune(args) -> None:
     from instructscale.runtime import RayConfig, init_ray
     from instructscale.tune.config import TuneConfig
@@ -126,6 +141,46 @@ def cmd_tune(args) -> None:
     cfg = _load(TuneConfig, args)
     init_ray(RayConfig())
     _print(run_search(cfg))
+
+
+def cmd_submit(args) -> int:
+    from instructscale import submit
+
+    env = dict(pair.split("=", 1) for pair in args.env)
+    job_id = submit.submit(args.config, args.stage, args.address, args.set, args.pip, env, args.job_id)
+    print(f"submitted {job_id} ({args.stage}); follow: instructscale logs {job_id}", flush=True)
+    if args.no_wait:
+        return 0
+    state = submit.follow(job_id, args.address)
+    print(f"\njob {job_id}: {state}")
+    return 0 if state == "SUCCEEDED" else 1
+
+
+def cmd_job(args) -> int:
+    from instructscale import submit
+
+    if args.command == "status":
+        print(submit.status(args.job_id, args.address))
+    elif args.command == "stop":
+        print("stopped" if submit.stop(args.job_id, args.address) else "not running")
+    else:
+        print(submit.logs(args.job_id, args.address), end="")
+    return 0
+
+
+def _job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id")
+    p.add_argument("--address", help="Ray dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS or local)")
+
+
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    _with_config(p, True)
+    p.add_argument("--stage", default="pipeline", help="pipeline (default), generate, select, train, tune, evaluate")
+    p.add_argument("--address", help="Ray dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS or local)")
+    p.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job; repeatable")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job env var; repeatable")
+    p.add_argument("--job-id", help="submission id (default: generated)")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting instead of streaming logs")
 
 
 def cmd_build_models(args) -> None:
@@ -167,8 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
          cmd_select, lambda p: _with_config(p, False)),
         ("train", "fine-tune a student with Ray Train + DeepSpeed (full or LoRA) and a curriculum", cmd_train,
          lambda p: _with_config(p, False)),
+        ("evaluate", "evaluate a model on held-out rows: exact match, token F1, ROUGE-L, loss, per task",
+         cmd_evaluate, lambda p: _with_config(p, False)),
         ("tune", "Ray Tune search (Optuna + ASHA) over selection, curriculum and LoRA settings", cmd_tune,
          lambda p: _with_config(p, True)),
+        ("submit", "submit a stage or the pipeline as a Ray job to a cluster and stream its logs", cmd_submit,
+         _submit_args),
+        ("status", "status of a submitted job", cmd_job, _job_args),
+        ("stop", "stop a submitted job", cmd_job, _job_args),
+        ("logs", "logs of a submitted job", cmd_job, _job_args),
         ("build-models", "build the tiny local tokenizer, student and teacher", cmd_build_models,
          lambda p: (p.add_argument("--out", required=True, help="output directory"),
                     p.add_argument("--seed", type=int, default=0))),
@@ -188,14 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        args.fn(args)
+        code = args.fn(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except GenerationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ from pydantic import Field, model_validator
 from instructscale.config import StrictModel, dump_config
 from instructscale.demo.pool import DemoConfig, make_demo
 from instructscale.generate.config import GenerateConfig, GenerateOptions
+from instructscale.evaluate import EvalConfig, EvalOptions, evaluate
 from instructscale.generate.stage import generate
 from instructscale.io import write_json_atomic
 from instructscale.models.tiny import ensure_tiny_models
+from instructscale.report import write_report
 from instructscale.pools.ingest import IngestConfig, IngestOptions, PoolInput, ingest
 from instructscale.runtime import RayConfig, init_ray
 from instructscale.select.config import SelectConfig, SelectOptions
@@ -45,6 +47,9 @@ class PipelineConfig(StrictModel):
         description="teacher generation over the ingested pool; null skips it")
     select: SelectOptions | None = Field(default_factory=SelectOptions,
                                          description="score, filter, dedup and select; null skips it")
+    eval_data: str | None = Field(None, description="held-out Parquet rows (the demo provides its own)")
+    evaluate: EvalOptions | None = Field(default_factory=EvalOptions,
+                                         description="evaluate the student before and after training")
     train: TrainOptions | None = Field(default_factory=TrainOptions,
                                        description="fine-tune the student on the pool; null skips it")
 
@@ -70,6 +75,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     summary["stages"]["models"] = {"seconds": round(time.time() - t0, 2)}
 
     inputs = list(cfg.inputs)
+    if cfg.eval_data:
+        summary["eval_split"] = cfg.eval_data
     if cfg.demo is not None:
         demo_cfg = cfg.demo if cfg.demo.out_dir else cfg.demo.model_copy(update={"out_dir": str(run / "data")})
         t0 = time.time()
@@ -79,7 +86,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         inputs.append(PoolInput(path=str(data / "pool"), format="parquet"))
         if demo_cfg.malformed_jsonl_rows:
             inputs.append(PoolInput(path=str(data / "side.jsonl"), format="alpaca", source="demo/side"))
-        summary["eval_split"] = str(data / "eval")
+        summary["eval_split"] = cfg.eval_data or str(data / "eval")
 
     ingest_cfg = IngestConfig(**cfg.ingest.model_dump(), inputs=inputs, out_dir=str(run / "ingest"))
     manifest = ingest(ingest_cfg)
@@ -108,5 +115,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         manifest = train(train_cfg)
         summary["stages"]["train"] = {k: v for k, v in manifest.items() if k not in ("config", "history")}
         summary["model"] = manifest["model"]
+
+    if cfg.evaluate is not None and summary.get("eval_split"):
+        summary["stages"]["evaluate"] = {}
+        for name, model in (("base", models["student"]), ("tuned", summary.get("model"))):
+            if model is None:
+                continue
+            ev = evaluate(EvalConfig(**cfg.evaluate.model_dump(), model=model, data=summary["eval_split"],
+                                     out_dir=str(run / "evaluate" / name)))
+            summary["stages"]["evaluate"][name] = {k: v for k, v in ev.items() if k != "config"}
+    summary["report"] = str(write_report(run, summary))
     write_json_atomic(run / "summary.json", summary)
     return summary

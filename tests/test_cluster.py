@@ -1,0 +1,116 @@
+"""Cluster configs validate against Ray's own schema, KubeRay manifests have the expected
+structure, and the demo pipeline runs as a Ray job submitted with the CLI to a real local head."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from instructscale.cli import main
+
+CLUSTER = Path(__file__).parents[1] / "cluster"
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_cluster_launcher_configs_validate(name):
+    config = yaml.safe_load((CLUSTER / name).read_text())
+    validate_config(config)
+    validate_config(prepare_config(config))
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+    gpu = {k: v for k, v in types.items() if v["resources"].get("GPU")}
+    assert set(gpu) == {"gpu_teacher", "gpu_trainer"} and all(v["min_workers"] == 0 for v in gpu.values())
+    broken = dict(config, available_node_types={**types, "gpu_teacher": {**types["gpu_teacher"], "min_worker": 0}})
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(broken)
+
+
+def _check_raycluster_spec(spec: dict) -> None:
+    assert spec["enableInTreeAutoscaling"] is True
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert head["template"]["spec"]["containers"][0]["image"].startswith("rayproject/ray")
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    for name in ("gpu-teacher", "gpu-trainer"):
+        g = groups[name]
+        assert g["minReplicas"] == 0 < g["maxReplicas"] and g["replicas"] == 0
+        limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert int(limits["nvidia.com/gpu"]) >= 1
+    for g in groups.values():
+        assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+
+
+def test_kuberay_manifests_have_the_expected_structure():
+    cluster = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    _check_raycluster_spec(cluster["spec"])
+    job = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert "jobs/pipeline.py" in job["spec"]["entrypoint"] and job["spec"]["shutdownAfterJobFinishes"] is True
+    assert "working_dir" in yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    _check_raycluster_spec(job["spec"]["rayClusterSpec"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def local_head(tmp_path):
+    """A real Ray head on loopback (`ray start --head --block`), torn down with its processes."""
+    port, dash = _free_port(), _free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    proc = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=8",
+         f"--temp-dir={tmp_path / 'ray'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "RAY_ADDRESS": ""})
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            from ray.job_submission import JobSubmissionClient
+
+            JobSubmissionClient(address).list_jobs()
+            break
+        except Exception:
+            time.sleep(2)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail("local Ray head did not come up")
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def test_submit_demo_pipeline_to_a_local_head(local_head, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["submit", "configs/demo.yaml", "--address", local_head, "--job-id", "demo-job",
+            "--set", f"run_dir={run}", "--set", "demo.rows=400", "--set", "demo.eval_rows=20",
+            "--set", "demo.malformed_jsonl_rows=8", "--set", "generate=null",
+            "--set", "select.scoring.max_replicas=1", "--set", "train.max_steps=2",
+            "--set", "train.micro_batch_size=4", "--set", "train.eval_every=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "submitted demo-job" in out and "pipeline done" in out and "job demo-job: SUCCEEDED" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["stages"]) == {"models", "demo", "ingest", "select", "train"}
+    assert summary["stages"]["train"]["steps"] == 2 and (run / "train" / "model" / "config.json").is_file()
+
+    assert main(["status", "demo-job", "--address", local_head]) == 0
+    assert capsys.readouterr().out.strip() == "SUCCEEDED"
+    assert main(["logs", "demo-job", "--address", local_head]) == 0
+    assert "pipeline done" in capsys.readouterr().out
+    assert main(["submit", "configs/nope.yaml", "--address", local_head]) == 2
+    assert "config: configs/nope.yaml not found" in capsys.readouterr().err
