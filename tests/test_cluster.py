@@ -2,10 +2,12 @@
 structure, and the demo pipeline runs as a Ray job submitted with the CLI to a real local head."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from instructscale import submit
 from instructscale.cli import main
 
 CLUSTER = Path(__file__).parents[1] / "cluster"
@@ -66,23 +69,23 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def local_head(tmp_path):
+def local_head():
     """A real Ray head on loopback (`ray start --head --block`), torn down with its processes."""
     port, dash = _free_port(), _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths have a length limit
     ray_bin = Path(sys.executable).with_name("ray")
     proc = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=8",
-         f"--temp-dir={tmp_path / 'ray'}"],
+         f"--temp-dir={temp_dir}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "RAY_ADDRESS": ""})
+        # the cluster's `python` is this environment's, as on a node set up by cluster/*.yaml
+        env={**os.environ, "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            from ray.job_submission import JobSubmissionClient
-
-            JobSubmissionClient(address).list_jobs()
+            submit._client(address).list_jobs()
             break
         except Exception:
             time.sleep(2)
@@ -92,13 +95,14 @@ def local_head(tmp_path):
     yield address
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_submit_demo_pipeline_to_a_local_head(local_head, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["submit", "configs/demo.yaml", "--address", local_head, "--job-id", "demo-job",
             "--set", f"run_dir={run}", "--set", "demo.rows=400", "--set", "demo.eval_rows=20",
-            "--set", "demo.malformed_jsonl_rows=8", "--set", "generate=null",
+            "--set", "demo.malformed_jsonl_rows=8", "--set", "generate=null", "--set", "evaluate=null",
             "--set", "select.scoring.max_replicas=1", "--set", "train.max_steps=2",
             "--set", "train.micro_batch_size=4", "--set", "train.eval_every=2"]
     assert main(args) == 0

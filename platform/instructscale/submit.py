@@ -17,7 +17,9 @@ from pathlib import Path
 import instructscale
 from instructscale.config import ConfigError
 
-STAGES = ("pipeline", "generate", "select", "train", "tune", "evaluate")
+# stage -> entry point; not jobs/select.py, which would shadow the standard library's `select`
+ENTRYPOINTS = {"pipeline": "pipeline.py", "generate": "generate.py", "select": "selection.py", "train": "train.py",
+               "tune": "tune.py", "evaluate": "evaluate.py"}
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -25,7 +27,10 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 def _client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
     address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # as `ray job submit` does
     try:
         return JobSubmissionClient(address)
     except Exception as err:  # connection refused, bad scheme, no dashboard
@@ -43,8 +48,8 @@ def _jobs_dir() -> Path:
 def submit(config: str, stage: str = "pipeline", address: str | None = None, overrides: list[str] = (),
            pip: list[str] = (), env: dict[str, str] | None = None, job_id: str | None = None) -> str:
     """Submit ``jobs/<stage>.py CONFIG`` as a Ray job; returns the job id."""
-    if stage not in STAGES:
-        raise ConfigError(f"--stage: {stage!r} is not one of {', '.join(STAGES)}")
+    if stage not in ENTRYPOINTS:
+        raise ConfigError(f"--stage: {stage!r} is not one of {', '.join(ENTRYPOINTS)}")
     if not Path(config).is_file():
         raise ConfigError(f"config: {config} not found")
     client = _client(address)
@@ -58,7 +63,7 @@ def submit(config: str, stage: str = "pipeline", address: str | None = None, ove
         if pip:
             runtime_env["pip"] = list(pip)
         sets = " ".join(f"--set {shlex.quote(s)}" for s in overrides)
-        entrypoint = f"python jobs/{stage}.py config.yaml {sets}".strip()
+        entrypoint = f"python jobs/{ENTRYPOINTS[stage]} config.yaml {sets}".strip()
         return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
