@@ -10,8 +10,9 @@ class StubServer:
     """Serves /v1/models and /v1/chat/completions on 127.0.0.1; the first ``fail_first``
     completion requests get HTTP 503. Records every request's Authorization header."""
 
-    def __init__(self, fail_first: int = 0):
+    def __init__(self, fail_first: int = 0, reply=None):
         self.fail_first, self.requests, self.auth = fail_first, 0, set()
+        reply = reply or (lambda prompt, i: f"reply {i}: {prompt[:24]}")
         lock = threading.Lock()
         stub = self
 
@@ -40,7 +41,7 @@ class StubServer:
                     return self._send(503, {"error": "overloaded"})
                 prompt = payload["messages"][-1]["content"]
                 choices = [{"index": i, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": f"reply {i}: {prompt[:24]}"},
+                            "message": {"role": "assistant", "content": reply(prompt, i)},
                             "logprobs": {"content": [{"logprob": -0.25}, {"logprob": -0.75}]}}
                            for i in range(payload.get("n", 1))]
                 self._send(200, {"choices": choices, "usage": {"completion_tokens": 2 * len(choices)}})

@@ -147,13 +147,22 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
     rows = demo_pool(tmp_path / "pool", 600)
     noise = {r["id"]: decode_metadata(r["metadata"])["noise"] for r in rows}
     originals = {r["id"]: decode_metadata(r["metadata"]).get("duplicate_of") for r in rows}
+    from openai_stub import StubServer
+
+    judge = StubServer(reply=lambda prompt, i: f"Score: {1 + len(prompt) % 10}")
     cfg = parse_config(SelectConfig, {
         "input": str(tmp_path / "pool"), "out_dir": str(tmp_path / "sel"),
         "scoring": {"model": tiny_models["student"], "batch_size": 32, "max_replicas": 2, "ifd_max": None},
+        "judge": {"enabled": True, "model": "stub", "backend": {"kind": "openai", "base_url": judge.url,
+                                                                 "api_key_env": None}},
         "selector": {"method": "diverse", "budget": 200, "stratify_by": "task",
+                     "weights": {"ifd": 1.0, "loss": -0.5, "judge": 0.5},
                      "quotas": {"arithmetic": 0.4, "string": 0.2, "sorting": 0.2, "units": 0.2}},
         "difficulty": {"source": "metadata"}, "batch_size": 100})
-    m = select(cfg)
+    try:
+        m = select(cfg)
+    finally:
+        judge.close()
     scores = pads.dataset(str(tmp_path / "sel" / "scores"), format="parquet").to_table()
     selected = pads.dataset(str(tmp_path / "sel" / "selected"), format="parquet").to_table()
     # every input row is accounted for, once, with a status and (unless selected) a reason
@@ -178,7 +187,37 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
     assert "minhash" not in selected.column_names and "embedding" not in selected.column_names
     assert selected["difficulty"].null_count == 0 and set(selected["difficulty"].to_pylist()) <= {1, 2, 3, 4, 5}
     assert all(v is not None for v in selected["ifd"].to_pylist())
+    assert m["judge_unparsable"] == 0 and set(scores["judge"].to_pylist()) <= set(range(1, 11))
 
     # changing only the budget reuses the features and re-decides
     again = select(cfg.model_copy(update={"selector": cfg.selector.model_copy(update={"budget": 100})}))
     assert again["selected"] == 100 and again["features_seconds"] == m["features_seconds"]
+
+
+def test_llm_judge_scores_through_the_openai_backend():
+    from openai_stub import StubServer
+
+    from instructscale.select.config import JudgeSettings
+    from instructscale.select.judge import JudgeScorer, parse_score
+
+    assert parse_score("Score: 7") == 7.0 and parse_score("score=8.5\nbecause") == 8.5
+    assert parse_score("I think it is fine") is None and parse_score("Score: 42") is None
+
+    def reply(prompt, i):  # a judge that likes correct sums and cannot decide on anything else
+        if "Response:\n5" in prompt:
+            return "Score: 9"
+        return "Score: 2" if "Response:\n6" in prompt else "hard to say"
+
+    server = StubServer(reply=reply)
+    try:
+        settings = JudgeSettings(enabled=True, model="stub", backend={"kind": "openai", "base_url": server.url,
+                                                                       "api_key_env": None})
+        rows = [row(0, "Add 2 and 3.", "5"), row(1, "Add 2 and 3.", "6"), row(2, "Add 2 and 3.", "five")]
+        assert JudgeScorer(settings.model_dump_json()).scores(rows) == [9.0, 2.0, None]
+    finally:
+        server.close()
+    with pytest.raises(ConfigError, match="weights.judge needs judge.enabled"):
+        parse_config(SelectConfig, {"input": "x", "out_dir": "y", "selector": {"weights": {"judge": 1.0}}})
+    with pytest.raises(ConfigError, match="judge.template must contain \\{response\\}"):
+        parse_config(SelectConfig, {"input": "x", "out_dir": "y",
+                                    "judge": {"enabled": True, "model": "m", "template": "{instruction}"}})

@@ -6,9 +6,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from instructscale.config import StrictModel
+from instructscale.generate.config import Backend, VllmBackend
 
 MODEL_COLUMNS = ("loss", "loss_uncond", "ppl", "ifd")
-SCORE_COLUMNS = (*MODEL_COLUMNS, "prompt_chars", "output_chars", "repetition")
+SCORE_COLUMNS = (*MODEL_COLUMNS, "judge", "prompt_chars", "output_chars", "repetition")
+DEFAULT_JUDGE_TEMPLATE = (
+    "Rate how helpful, correct and complete the response is for the instruction, from 1 (useless) "
+    "to 10 (excellent).\n\nInstruction:\n{instruction}\n\nResponse:\n{response}\n\n"
+    "Answer with one line: Score: <1-10>")
 DEFAULT_REFUSALS = ["as an ai", "i cannot", "i can't", "i'm sorry", "i am sorry", "i am unable", "i'm unable"]
 
 
@@ -56,6 +61,30 @@ class ModelScoring(StrictModel):
         return self
 
 
+class JudgeSettings(StrictModel):
+    """An LLM judge's 1-10 quality score through any generation backend (column `judge`)."""
+
+    enabled: bool = False
+    model: str | None = Field(None, description="judge model: local dir, hub id or the endpoint's model name")
+    backend: Backend = Field(default_factory=VllmBackend)
+    template: str = Field(DEFAULT_JUDGE_TEMPLATE, description="text with {instruction} and {response}")
+    max_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(256, ge=1)
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "JudgeSettings":
+        if self.enabled and not self.model:
+            raise ValueError("judge.model is required when the judge is enabled")
+        missing = [k for k in ("{instruction}", "{response}") if k not in self.template]
+        if missing:
+            raise ValueError(f"judge.template must contain {' and '.join(missing)}")
+        return self
+
+
 class DifficultySettings(StrictModel):
     """Where the `difficulty` column for the curriculum comes from."""
 
@@ -100,6 +129,7 @@ class SelectOptions(StrictModel):
     verify: bool = Field(True, description="remove rows whose metadata.answer the output does not match")
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     scoring: ModelScoring = Field(default_factory=ModelScoring)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
     difficulty: DifficultySettings = Field(default_factory=DifficultySettings)
     selector: SelectorSettings = Field(default_factory=SelectorSettings)
     batch_size: int = Field(2048, ge=1, description="rows per batch of the cheap scorers")
@@ -110,6 +140,8 @@ class SelectOptions(StrictModel):
         model_cols = used & set(MODEL_COLUMNS)
         if model_cols and not self.scoring.enabled:
             raise ValueError(f"{sorted(model_cols)} need scoring.enabled: true")
+        if "judge" in self.selector.weights and not self.judge.enabled:
+            raise ValueError("weights.judge needs judge.enabled: true")
         if self.selector.method in ("diverse", "kcenter") and not self.scoring.enabled:
             raise ValueError(f"selector.method {self.selector.method} needs embeddings (scoring.enabled: true)")
         return self

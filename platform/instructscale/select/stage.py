@@ -28,11 +28,14 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from instructscale.config import ConfigError
+from instructscale.generate.backends import resolve_api_key
+from instructscale.generate.config import OpenAIBackend
 from instructscale.io import existing_path, model_ref, publish_dir, read_manifest, staging_dir, write_json_atomic
 from instructscale.schema import decode_metadata
 from instructscale.select.config import MODEL_COLUMNS, SelectConfig, SelectorSettings
 from instructscale.select.dedup import find_duplicates
 from instructscale.select.features import text_features
+from instructscale.select.judge import JudgeScorer
 from instructscale.select.model_scores import ModelScorer
 from instructscale.select import selectors
 
@@ -45,7 +48,7 @@ HEAVY = ["embedding", "minhash"]
 
 def _features(cfg: SelectConfig, out: Path) -> tuple[str, dict]:
     """Compute (or reuse) the per-row feature table; returns its directory and manifest."""
-    identity = cfg.model_dump(mode="json", include={"input", "heuristics", "dedup", "scoring", "batch_size"})
+    identity = cfg.model_dump(mode="json", include={"input", "heuristics", "dedup", "scoring", "judge", "batch_size"})
     final = Path(cfg.features_dir) if cfg.features_dir else out / "features"
     done = read_manifest(final)
     if done and done["config"] == identity:
@@ -63,6 +66,12 @@ def _features(cfg: SelectConfig, out: Path) -> tuple[str, dict]:
                                                                  "device": "cuda" if s.num_gpus else "cpu"},
                             batch_size=s.batch_size, batch_format="pyarrow", num_cpus=s.num_cpus, num_gpus=s.num_gpus,
                             compute=ActorPoolStrategy(min_size=s.min_replicas, max_size=s.max_replicas))
+    j = cfg.judge
+    if j.enabled:  # the key travels as an actor argument, never in the config or a log
+        api_key = resolve_api_key(j.backend) if isinstance(j.backend, OpenAIBackend) else None
+        ds = ds.map_batches(JudgeScorer, fn_constructor_kwargs={"settings_json": j.model_dump_json(), "api_key": api_key},
+                            batch_size=j.batch_size, batch_format="pyarrow", num_cpus=j.num_cpus, num_gpus=j.num_gpus,
+                            compute=ActorPoolStrategy(min_size=j.min_replicas, max_size=j.max_replicas))
     staging = staging_dir(final)
     ds.write_parquet(str(staging))
     rows = pads.dataset(str(staging), format="parquet").count_rows()
@@ -159,7 +168,7 @@ def _decide(cfg: SelectConfig, features: str) -> tuple[pa.Table, dict]:
     """Status, reason, duplicate_of, score and difficulty for every row, plus the summary."""
     names = pads.dataset(features, format="parquet").schema.names
     wanted = ["id", "metadata", "source", "heuristic_reason", "verified", "text_hash", "minhash",
-              "prompt_chars", "output_chars", "repetition", "reject_reason", *MODEL_COLUMNS]
+              "prompt_chars", "output_chars", "repetition", "reject_reason", "judge", *MODEL_COLUMNS]
     t = pads.dataset(features, format="parquet").to_table(columns=[c for c in wanted if c in names])
     ids = t["id"].to_pylist()
     if len(set(ids)) != len(ids):
@@ -212,6 +221,8 @@ def _decide(cfg: SelectConfig, features: str) -> tuple[pa.Table, dict]:
         "selected_by_stratum": dict(sorted(Counter(strata[i] for i in range(len(ids)) if status[i] == "selected").items())),
         "allocation": alloc,
     }
+    if "judge" in t.column_names:
+        summary["judge_unparsable"] = t["judge"].null_count
     return decisions, summary
 
 
@@ -242,6 +253,8 @@ def select(cfg: SelectConfig) -> dict:
         if not cfg.scoring.model:
             raise ConfigError("scoring.model: required when scoring.enabled (a small causal LM, e.g. the student)")
         updates["scoring"] = cfg.scoring.model_copy(update={"model": model_ref(cfg.scoring.model, "scoring.model")})
+    if cfg.judge.enabled and not isinstance(cfg.judge.backend, OpenAIBackend):
+        updates["judge"] = cfg.judge.model_copy(update={"model": model_ref(cfg.judge.model, "judge.model")})
     cfg = cfg.model_copy(update=updates)
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)

@@ -4,7 +4,7 @@
 (3) the model scorer (loss, IFD, embeddings; Ray Data actors) over a slice of the pool
     (the tiny student forward-passes every row twice, which at CPU speed would take hours at 200k).
 Peak memory is the summed PSS of the driver and every Ray process.
-    python benchmarks/select.py --rows 200000 --model-rows 4096
+    python benchmarks/selection.py --rows 200000 --model-rows 4096
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def main() -> None:
     cheap = results[1]["rows_per_s"] / results[0]["rows_per_s"]
     model = results[4]["rows_per_s"] / results[3]["rows_per_s"]
     print(f"\n2 vs 1 workers on {os.cpu_count()} cores: cheap scorers {cheap:.2f}x, model scorer {model:.2f}x")
-    write_result("select", {"args": vars(args), "results": results, "scaling_cheap": cheap, "scaling_model": model})
+    write_result("selection", {"args": vars(args), "results": results, "scaling_cheap": cheap, "scaling_model": model})
 
 
 if __name__ == "__main__":
