@@ -50,7 +50,7 @@ def main() -> None:
         out = work / f"features-{workers}"
         with PeakRSS() as mem:
             t0 = time.time()
-            ray.data.read_parquet(pool).map_batches(
+            ray.data.read_parquet(pool).repartition(target_num_rows_per_block=opts.batch_size * 2).map_batches(
                 text_features, batch_format="pyarrow", batch_size=opts.batch_size, fn_kwargs=kwargs,
                 compute=TaskPoolStrategy(size=workers)).write_parquet(str(out))
             seconds = time.time() - t0
@@ -70,7 +70,8 @@ def main() -> None:
     for workers in (1, 2):
         with PeakRSS() as mem:
             t0 = time.time()
-            n = ray.data.read_parquet(pool).limit(args.model_rows).map_batches(
+            n = ray.data.read_parquet(pool).limit(args.model_rows).repartition(
+                target_num_rows_per_block=s.batch_size * 2).map_batches(
                 ModelScorer, fn_constructor_kwargs={"model": student, "max_length": s.max_length},
                 batch_size=s.batch_size, batch_format="pyarrow", num_cpus=1,
                 compute=ActorPoolStrategy(min_size=workers, max_size=workers)).count()

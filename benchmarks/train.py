@@ -22,6 +22,14 @@ from _common import print_table, write_result
 
 
 def bare_deepspeed(cfg, rows: list[dict], steps: int) -> dict:
+    """The bare loop in a fresh process (DeepSpeed keeps process-group state between runs)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_bare_loop, (cfg, rows, steps))
+
+
+def _bare_loop(cfg, rows: list[dict], steps: int) -> dict:
     """The same model, optimizer config, rows and batch geometry, one process, no Ray."""
     import deepspeed
     import torch

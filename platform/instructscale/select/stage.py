@@ -57,12 +57,13 @@ def _features(cfg: SelectConfig, out: Path) -> tuple[str, dict]:
     if cfg.features_dir:
         raise ConfigError(f"features_dir: {final} holds no features for this input and these scorer settings")
     t0 = time.time()
-    ds = ray.data.read_parquet(cfg.input)
+    # blocks of a few batches, so that every scorer task and replica gets work
+    ds = ray.data.read_parquet(cfg.input).repartition(target_num_rows_per_block=cfg.batch_size * 2)
     ds = ds.map_batches(text_features, batch_format="pyarrow", batch_size=cfg.batch_size,
                         fn_kwargs={"heuristics": cfg.heuristics.model_dump(), "dedup": cfg.dedup.model_dump()})
     s = cfg.scoring
-    if s.enabled:  # blocks of a few batches, so that every scorer replica gets work
-        ds = ds.repartition(target_num_rows_per_block=s.batch_size * 4).map_batches(ModelScorer, fn_constructor_kwargs={"model": s.model, "max_length": s.max_length,
+    if s.enabled:
+        ds = ds.map_batches(ModelScorer, fn_constructor_kwargs={"model": s.model, "max_length": s.max_length,
                                                                  "device": "cuda" if s.num_gpus else "cpu"},
                             batch_size=s.batch_size, batch_format="pyarrow", num_cpus=s.num_cpus, num_gpus=s.num_gpus,
                             compute=ActorPoolStrategy(min_size=s.min_replicas, max_size=s.max_replicas))
