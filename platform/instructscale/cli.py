@@ -84,63 +84,45 @@ def cmd_make_demo(args) -> None:
     _print({k: v for k, v in make_demo(cfg, overwrite=args.overwrite).items() if k != "config"})
 
 
-def cmd_ingest(args) -> None:
-    from instructscale.pools.ingest import IngestConfig, ingest
+def _run_stage(args, config_model: str, run: str, hide: tuple[str, ...] = ("config",)) -> None:
+    """Load ``module.Class`` config from the args, start or join Ray, run ``module.function``
+    and print its manifest without the ``hide`` keys."""
+    from importlib import import_module
+
     from instructscale.runtime import RayConfig, init_ray
 
-    cfg = _load(IngestConfig, args)
+    def resolve(dotted: str):
+        module, _, name = dotted.rpartition(".")
+        return getattr(import_module(module), name)
+
+    cfg = _load(resolve(config_model), args)
     init_ray(RayConfig())
-    _print({k: v for k, v in ingest(cfg).items() if k != "config"})
+    _print({k: v for k, v in resolve(run)(cfg).items() if k not in hide})
+
+
+def cmd_ingest(args) -> None:
+    _run_stage(args, "instructscale.pools.ingest.IngestConfig", "instructscale.pools.ingest.ingest")
 
 
 def cmd_generate(args) -> None:
-    from instructscale.generate.config import GenerateConfig
-    from instructscale.generate.stage import generate
-    from instructscale.runtime import RayConfig, init_ray
-
-    cfg = _load(GenerateConfig, args)
-    init_ray(RayConfig())
-    _print({k: v for k, v in generate(cfg).items() if k != "config"})
+    _run_stage(args, "instructscale.generate.config.GenerateConfig", "instructscale.generate.stage.generate")
 
 
 def cmd_select(args) -> None:
-    from instructscale.runtime import RayConfig, init_ray
-    from instructscale.select.config import SelectConfig
-    from instructscale.select.stage import select
-
-    cfg = _load(SelectConfig, args)
-    init_ray(RayConfig())
-    _print({k: v for k, v in select(cfg).items() if k != "config"})
+    _run_stage(args, "instructscale.select.config.SelectConfig", "instructscale.select.stage.select")
 
 
 def cmd_train(args) -> None:
-    from instructscale.runtime import RayConfig, init_ray
-    from instructscale.train.config import TrainConfig
-    from instructscale.train.stage import train
-
-    cfg = _load(TrainConfig, args)
-    init_ray(RayConfig())
-    manifest = train(cfg)
-    _print({k: v for k, v in manifest.items() if k not in ("config", "history")})
+    _run_stage(args, "instructscale.train.config.TrainConfig", "instructscale.train.stage.train",
+               hide=("config", "history"))
 
 
 def cmd_evaluate(args) -> None:
-    from instructscale.evaluate import EvalConfig, evaluate
-    from instructscale.runtime import RayConfig, init_ray
-
-    cfg = _load(EvalConfig, args)
-    init_ray(RayConfig())
-    _print({k: v for k, v in evaluate(cfg).items() if k != "config"})
+    _run_stage(args, "instructscale.evaluate.EvalConfig", "instructscale.evaluate.evaluate")
 
 
 def cmd_tune(args) -> None:
-    from instructscale.runtime import RayConfig, init_ray
-    from instructscale.tune.config import TuneConfig
-    from instructscale.tune.search import run_search
-
-    cfg = _load(TuneConfig, args)
-    init_ray(RayConfig())
-    _print(run_search(cfg))
+    _run_stage(args, "instructscale.tune.config.TuneConfig", "instructscale.tune.search.run_search", hide=())
 
 
 def cmd_submit(args) -> int:

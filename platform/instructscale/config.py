@@ -68,3 +68,9 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def dump_config(cfg: BaseModel, path: str | Path) -> None:
     """Write a config back as YAML (used to record the exact config next to a run's outputs)."""
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def check_replica_range(min_replicas: int, max_replicas: int) -> None:
+    """An actor pool's autoscaling range must not be empty."""
+    if max_replicas < min_replicas:
+        raise ValueError(f"max_replicas ({max_replicas}) < min_replicas ({min_replicas})")

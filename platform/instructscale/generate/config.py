@@ -5,7 +5,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from instructscale.config import StrictModel
+from instructscale.config import StrictModel, check_replica_range
 from instructscale.engines import VllmConfig
 
 DEFAULT_EVOLVE_OPS = {
@@ -63,8 +63,7 @@ class ReplicaConfig(StrictModel):
 
     @model_validator(mode="after")
     def _order(self) -> "ReplicaConfig":
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        check_replica_range(self.min_replicas, self.max_replicas)
         return self
 
 

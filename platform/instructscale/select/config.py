@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from instructscale.config import StrictModel
+from instructscale.config import StrictModel, check_replica_range
 from instructscale.generate.config import Backend, VllmBackend
 
 MODEL_COLUMNS = ("loss", "loss_uncond", "ppl", "ifd")
@@ -56,8 +56,7 @@ class ModelScoring(StrictModel):
 
     @model_validator(mode="after")
     def _replicas(self) -> "ModelScoring":
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        check_replica_range(self.min_replicas, self.max_replicas)
         return self
 
 
@@ -77,6 +76,7 @@ class JudgeSettings(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "JudgeSettings":
+        check_replica_range(self.min_replicas, self.max_replicas)
         if self.enabled and not self.model:
             raise ValueError("judge.model is required when the judge is enabled")
         missing = [k for k in ("{instruction}", "{response}") if k not in self.template]
