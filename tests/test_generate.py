@@ -65,6 +65,7 @@ def test_hf_backend_distill_only_missing_is_seeded(ray_local, tiny_models, tmp_p
     assert m["inputs"] == 24 and table.num_rows == 24
     asked = [r for r in table.to_pylist() if r["gen_model"]]
     assert len(asked) == 3 and all(r["gen_tokens"] <= 8 for r in asked)
+    assert all(r["gen_logprob"] is None for r in asked), "n=1: no log-probs unless sampling.logprobs"
     again = generate(cfg.model_copy(update={"out_dir": str(tmp_path / "again")}))
     assert again["rows"] == m["rows"]
     first = {r["id"]: r["output"] for r in table.to_pylist()}

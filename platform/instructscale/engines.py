@@ -28,6 +28,9 @@ class VllmConfig(StrictModel):
     kv_cache_gb: float = Field(1.0, gt=0, description="CPU only: VLLM_CPU_KVCACHE_SPACE")
     max_model_len: int | None = Field(None, ge=16)
     enforce_eager: bool | None = None
+    engine_process: bool | None = Field(
+        None, description="run vLLM's engine core in its own process (vLLM's default; None: on GPU only). "
+                          "On CPU the extra process costs start-up time and throughput")
     seed: int = 0
 
 
@@ -38,6 +41,8 @@ def make_llm(model: str, cfg: VllmConfig = VllmConfig()):
     cuda = has_cuda()
     if not cuda:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.kv_cache_gb))))
+    engine_process = cfg.engine_process if cfg.engine_process is not None else cuda
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if engine_process else "0"
     return LLM(
         model=model,
         dtype=cfg.dtype or ("auto" if cuda else "float32"),

@@ -1,7 +1,7 @@
 """Generation backends behind one interface: vLLM, Hugging Face transformers, OpenAI-compatible HTTP.
 
 Each takes chat conversations and returns, per conversation, ``sampling.n`` completions with their
-token count and mean token log-probability (the score best-of-n selection uses).
+token count and, when ``sampling.want_logprobs``, mean token log-probability (best-of-n's score).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class VllmGenerator:
 
         params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                 max_tokens=sampling.max_tokens, seed=sampling.seed, stop=sampling.stop or None,
-                                logprobs=0)
+                                logprobs=0 if sampling.want_logprobs else None)
         results = self.llm.chat(conversations, params, use_tqdm=False)
         return [[Completion(o.text, len(o.token_ids),
                             o.cumulative_logprob / len(o.token_ids) if o.token_ids and o.cumulative_logprob is not None else None,
@@ -87,10 +87,11 @@ class HFGenerator:
                 **enc, max_new_tokens=sampling.max_tokens, do_sample=sample,
                 temperature=sampling.temperature if sample else None, top_p=sampling.top_p if sample else None,
                 num_return_sequences=sampling.n, pad_token_id=self.tok.pad_token_id,
-                eos_token_id=self.tok.eos_token_id, output_scores=True, return_dict_in_generate=True,
+                eos_token_id=self.tok.eos_token_id, output_scores=sampling.want_logprobs, return_dict_in_generate=True,
                 stop_strings=sampling.stop or None, tokenizer=self.tok if sampling.stop else None)
         new = out.sequences[:, enc["input_ids"].shape[1]:]
-        logp = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        logp = (self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+                if sampling.want_logprobs else None)
         results: list[list[Completion]] = []
         for i in range(new.shape[0]):
             valid = new[i] != self.tok.pad_token_id
@@ -98,7 +99,7 @@ class HFGenerator:
             full = self.tok.decode(new[i], skip_special_tokens=True)
             text = _cut_at_stop(full, sampling.stop)
             stopped = bool((new[i] == self.tok.eos_token_id).any()) or text != full
-            mean = float(logp[i][valid].mean()) if n_tok else None
+            mean = float(logp[i][valid].mean()) if n_tok and logp is not None else None
             if i % sampling.n == 0:
                 results.append([])
             results[-1].append(Completion(text, n_tok, mean, "stop" if stopped else "length"))
@@ -155,7 +156,7 @@ class OpenAIGenerator:
     def _one(self, conversation: Conversation, sampling: SamplingConfig) -> list[Completion]:
         payload = {"model": self.model, "messages": conversation, "max_tokens": sampling.max_tokens,
                    "temperature": sampling.temperature, "top_p": sampling.top_p, "n": sampling.n,
-                   "logprobs": True}
+                   "logprobs": sampling.want_logprobs}
         if sampling.seed is not None:
             payload["seed"] = sampling.seed
         if sampling.stop:
