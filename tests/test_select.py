@@ -189,9 +189,19 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
     assert all(v is not None for v in selected["ifd"].to_pylist())
     assert m["judge_unparsable"] == 0 and set(scores["judge"].to_pylist()) <= set(range(1, 11))
 
-    # changing only the budget reuses the features and re-decides
-    again = select(cfg.model_copy(update={"selector": cfg.selector.model_copy(update={"budget": 100})}))
-    assert again["selected"] == 100 and again["features_seconds"] == m["features_seconds"]
+    # changing only the selector reuses the features and re-decides; default quotas follow the input's
+    # task mix (quota_basis input) or the mix left after filters and dedup (eligible)
+    tasks = {r["id"]: decode_metadata(r["metadata"])["task"] for r in rows}
+    eligible = Counter(tasks[i] for i, st in zip(scores["id"].to_pylist(), scores["status"].to_pylist())
+                       if st != "removed")
+    alloc = {}
+    for basis, weights in (("input", Counter(tasks.values())), ("eligible", eligible)):
+        selector = cfg.selector.model_copy(update={"budget": 100, "quotas": None, "quota_basis": basis})
+        again = select(cfg.model_copy(update={"selector": selector}))
+        assert again["selected"] == 100 and again["features_seconds"] == m["features_seconds"]
+        assert again["allocation"] == selectors.allocate(100, dict(eligible), dict(weights))
+        alloc[basis] = again["allocation"]
+    assert alloc["input"] != alloc["eligible"]
 
 
 def test_llm_judge_scores_through_the_openai_backend():

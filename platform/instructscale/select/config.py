@@ -104,6 +104,9 @@ class SelectorSettings(StrictModel):
     min_distance: float = Field(0.05, ge=0, le=2, description="diverse: cosine distance to every chosen row")
     stratify_by: str | None = Field(None, description="column or metadata key, e.g. task or source")
     quotas: dict[str, float] | None = Field(None, description="share of the budget per stratum; default proportional")
+    quota_basis: Literal["input", "eligible"] = Field(
+        "input", description="default quotas: each stratum's share of the input rows (keeps the pool's mix, "
+                             "so dedup cannot starve a template-heavy task) or of the rows left after filters")
     shard_rows: int = Field(50_000, ge=100, description="diverse/kcenter run per shard of this size, then merge")
     oversample: float = Field(2.0, ge=1, description="candidates each shard passes to the merge, x its share")
     seed: int = 0

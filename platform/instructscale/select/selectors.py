@@ -25,7 +25,7 @@ def weighted_score(columns: dict[str, np.ndarray], weights: dict[str, float]) ->
 
 
 def allocate(budget: int, available: dict[str, int], quotas: dict[str, float] | None) -> dict[str, int]:
-    """Rows per stratum: quotas (default: proportional to availability) by largest remainder,
+    """Rows per stratum: quotas (relative weights; default: proportional to availability) by largest remainder,
     capped by what each stratum has; what a capped stratum cannot fill is re-split among the others."""
     total_available = sum(available.values())
     shares = quotas or {k: v / max(total_available, 1) for k, v in available.items()}

@@ -198,7 +198,8 @@ def _decide(cfg: SelectConfig, features: str) -> tuple[pa.Table, dict]:
         if unknown:
             raise ConfigError(f"select.selector.quotas: no eligible rows in stratum/strata {sorted(unknown)} "
                               f"of {s.stratify_by}; present: {sorted(available)}")
-    alloc = selectors.allocate(budget, dict(available), s.quotas)
+    shares = s.quotas or (Counter(strata) if s.quota_basis == "input" else None)
+    alloc = selectors.allocate(budget, dict(available), shares)
     chosen: set[str] = set()
     for stratum, k in sorted(alloc.items()):
         members = [i for i in eligible if strata[i] == stratum]
