@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -70,7 +70,24 @@ def dump_config(cfg: BaseModel, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-def check_replica_range(min_replicas: int, max_replicas: int) -> None:
-    """An actor pool's autoscaling range must not be empty."""
-    if max_replicas < min_replicas:
-        raise ValueError(f"max_replicas ({max_replicas}) < min_replicas ({min_replicas})")
+class ActorPool(StrictModel):
+    """An autoscaling Ray Data actor pool: replica range, rows per call, resources per replica."""
+
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(1, ge=1)
+    batch_size: int = Field(256, ge=1, description="rows per actor call")
+    num_cpus: float = Field(1, ge=0, description="per replica")
+    num_gpus: float = Field(0, ge=0, description="per replica")
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> "ActorPool":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        return self
+
+    def map_batches_args(self) -> dict[str, Any]:
+        """The `Dataset.map_batches` arguments that run a callable class on this pool."""
+        from ray.data import ActorPoolStrategy
+
+        return {"compute": ActorPoolStrategy(min_size=self.min_replicas, max_size=self.max_replicas),
+                "batch_size": self.batch_size, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}

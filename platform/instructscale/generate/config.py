@@ -5,7 +5,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from instructscale.config import StrictModel, check_replica_range
+from instructscale.config import ActorPool, StrictModel
 from instructscale.engines import VllmConfig
 
 DEFAULT_EVOLVE_OPS = {
@@ -59,19 +59,12 @@ class OpenAIBackend(StrictModel):
 Backend = Annotated[Union[VllmBackend, HFBackend, OpenAIBackend], Field(discriminator="kind")]
 
 
-class ReplicaConfig(StrictModel):
-    """The actor pool: it autoscales between min and max replicas; resources are per replica."""
+class ReplicaConfig(ActorPool):
+    """The teacher actor pool: it autoscales between min and max replicas; resources are per replica."""
 
-    min_replicas: int = Field(1, ge=1)
-    max_replicas: int = Field(1, ge=1)
     batch_size: int = Field(256, ge=1, description="rows per actor call, written as one output file")
     num_cpus: float = Field(1, ge=0, description="per replica; on CPU also the engine's thread count")
     num_gpus: float = Field(0, ge=0, description="per replica; set to tensor_parallel_size on GPUs")
-
-    @model_validator(mode="after")
-    def _order(self) -> "ReplicaConfig":
-        check_replica_range(self.min_replicas, self.max_replicas)
-        return self
 
 
 class GenerateOptions(StrictModel):

@@ -22,7 +22,6 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
-from ray.data import ActorPoolStrategy
 
 from instructscale.config import ConfigError
 from instructscale.generate.backends import GenerationError, OpenAIGenerator, make_backend, resolve_api_key
@@ -160,10 +159,7 @@ def generate(cfg: GenerateConfig) -> dict:
     api_key = resolve_api_key(cfg.backend) if isinstance(cfg.backend, OpenAIBackend) else None
     results = ds.map_batches(
         GenerationActor, fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "api_key": api_key},
-        batch_size=r.batch_size, batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=r.min_replicas, max_size=r.max_replicas),
-        num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-    )
+        batch_format="pyarrow", **r.map_batches_args())
     t0, inputs, rows, tokens, rejected = time.time(), 0, 0, 0, Counter()
     load_s, busy_s = [], 0.0
     try:

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from instructscale.config import StrictModel, check_replica_range
+from instructscale.config import ActorPool, StrictModel
 from instructscale.generate.config import Backend, VllmBackend
 
 MODEL_COLUMNS = ("loss", "loss_uncond", "ppl", "ifd")
@@ -41,26 +41,19 @@ class DedupSettings(StrictModel):
     seed: int = 1
 
 
-class ModelScoring(StrictModel):
+class ModelScoring(ActorPool):
     """Perplexity, IFD and embeddings from one small causal LM, batched in an actor pool."""
 
     enabled: bool = True
     model: str | None = Field(None, description="scorer model; default: the pipeline's student")
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(256, ge=8)
-    min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(2, ge=1)
     num_cpus: float = Field(1, gt=0)
-    num_gpus: float = Field(0, ge=0)
     ifd_max: float | None = Field(1.0, gt=0, description="remove rows whose response does not help (IFD above)")
 
-    @model_validator(mode="after")
-    def _replicas(self) -> "ModelScoring":
-        check_replica_range(self.min_replicas, self.max_replicas)
-        return self
 
-
-class JudgeSettings(StrictModel):
+class JudgeSettings(ActorPool):
     """An LLM judge's 1-10 quality score through any generation backend (column `judge`)."""
 
     enabled: bool = False
@@ -68,15 +61,9 @@ class JudgeSettings(StrictModel):
     backend: Backend = Field(default_factory=VllmBackend)
     template: str = Field(DEFAULT_JUDGE_TEMPLATE, description="text with {instruction} and {response}")
     max_tokens: int = Field(16, ge=1)
-    batch_size: int = Field(256, ge=1)
-    min_replicas: int = Field(1, ge=1)
-    max_replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(1, ge=0)
-    num_gpus: float = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> "JudgeSettings":
-        check_replica_range(self.min_replicas, self.max_replicas)
         if self.enabled and not self.model:
             raise ValueError("judge.model is required when the judge is enabled")
         missing = [k for k in ("{instruction}", "{response}") if k not in self.template]

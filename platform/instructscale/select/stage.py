@@ -25,7 +25,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
-from ray.data import ActorPoolStrategy
 
 from instructscale.config import ConfigError
 from instructscale.generate.backends import resolve_api_key
@@ -65,14 +64,12 @@ def _features(cfg: SelectConfig, out: Path) -> tuple[str, dict]:
     if s.enabled:
         ds = ds.map_batches(ModelScorer, fn_constructor_kwargs={"model": s.model, "max_length": s.max_length,
                                                                  "device": "cuda" if s.num_gpus else "cpu"},
-                            batch_size=s.batch_size, batch_format="pyarrow", num_cpus=s.num_cpus, num_gpus=s.num_gpus,
-                            compute=ActorPoolStrategy(min_size=s.min_replicas, max_size=s.max_replicas))
+                            batch_format="pyarrow", **s.map_batches_args())
     j = cfg.judge
     if j.enabled:  # the key travels as an actor argument, never in the config or a log
         api_key = resolve_api_key(j.backend) if isinstance(j.backend, OpenAIBackend) else None
         ds = ds.map_batches(JudgeScorer, fn_constructor_kwargs={"settings_json": j.model_dump_json(), "api_key": api_key},
-                            batch_size=j.batch_size, batch_format="pyarrow", num_cpus=j.num_cpus, num_gpus=j.num_gpus,
-                            compute=ActorPoolStrategy(min_size=j.min_replicas, max_size=j.max_replicas))
+                            batch_format="pyarrow", **j.map_batches_args())
     staging = staging_dir(final)
     ds.write_parquet(str(staging))
     rows = pads.dataset(str(staging), format="parquet").count_rows()
