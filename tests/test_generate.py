@@ -5,8 +5,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pytest
@@ -17,6 +19,7 @@ from instructscale.generate.backends import GenerationError
 from instructscale.generate.config import GenerateConfig
 from instructscale.generate.stage import generate, read_generated
 from instructscale.io import write_parquet_atomic
+from instructscale.runtime import ModelThread
 from instructscale.schema import POOL_SCHEMA, decode_metadata
 from openai_stub import StubServer
 
@@ -35,6 +38,17 @@ def cfg_for(tmp_path, teacher, **kw):
     for key, value in kw.items():
         base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
     return parse_config(GenerateConfig, base)
+
+
+def test_model_thread_runs_every_call_on_one_thread():
+    """A replica builds and calls its engine on one thread, whichever threads call the actor."""
+    model_thread = ModelThread()
+    built_on = model_thread.run(threading.get_ident)
+    with ThreadPoolExecutor(2) as callers:
+        called_on = {f.result() for f in [callers.submit(model_thread.run, threading.get_ident) for _ in range(4)]}
+    assert called_on == {built_on} and built_on != threading.get_ident()
+    with pytest.raises(ZeroDivisionError):  # errors reach the caller
+        model_thread.run(lambda: 1 / 0)
 
 
 def test_vllm_backend_k_samples_through_ray_data(ray_local, tiny_models, tmp_path):

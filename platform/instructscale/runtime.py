@@ -1,8 +1,11 @@
-"""Connecting to Ray: an embedded local cluster by default, or an existing cluster by address."""
+"""Ray runtime: connecting (an embedded local cluster by default, or an existing cluster by address),
+and running an actor's model on one thread of its own."""
 from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
 
 import ray
 from pydantic import Field
@@ -10,6 +13,7 @@ from pydantic import Field
 from instructscale.config import StrictModel
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RayConfig(StrictModel):
@@ -31,3 +35,19 @@ def init_ray(cfg: RayConfig) -> None:
         return
     store = int(cfg.object_store_memory_gb * 2**30) if cfg.object_store_memory_gb else None
     ray.init(num_cpus=cfg.num_cpus, object_store_memory=store, include_dashboard=False, log_to_driver=True)
+
+
+class ModelThread:
+    """One thread that builds and runs an actor's model, whichever thread calls the actor.
+
+    Ray Data builds a callable-class actor on the worker's main thread but calls it from a helper
+    thread. When torch starts OpenMP parallel regions from both, libgomp manages more threads than
+    there are cores and stops spin-waiting between regions; the threads then sleep and wake for
+    every region. On 2 cores this made vLLM generate ~30% slower (CPU 25% idle) than in one thread.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+    def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        return self._pool.submit(fn, *args, **kwargs).result()

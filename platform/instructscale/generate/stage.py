@@ -28,6 +28,7 @@ from instructscale.generate.backends import GenerationError, OpenAIGenerator, ma
 from instructscale.generate.config import GenerateConfig, OpenAIBackend
 from instructscale.generate.modes import Distill, make_mode
 from instructscale.io import existing_path, model_ref, read_manifest, write_json_atomic, write_parquet_atomic
+from instructscale.runtime import ModelThread
 from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,15 @@ CONFIG_FILE = "_config.json"
 
 
 class GenerationActor:
-    """One replica: loads the backend once, then turns batches of rows into output files."""
+    """One replica: loads the backend once (on its own `ModelThread`), then turns batches of rows
+    into output files."""
 
     def __init__(self, cfg_json: str, api_key: str | None = None):
         t0 = time.time()
         self.cfg = GenerateConfig.model_validate_json(cfg_json)
         self.mode = make_mode(self.cfg)
-        self.backend = make_backend(self.cfg, api_key)
+        self.thread = ModelThread()
+        self.backend = self.thread.run(make_backend, self.cfg, api_key)
         self.out = Path(self.cfg.out_dir)
         self.load_s = time.time() - t0  # reported once, with this replica's first batch
 
@@ -63,7 +66,7 @@ class GenerationActor:
         rows = batch.to_pylist()
         keep = [r for r in rows if isinstance(self.mode, Distill) and not self.mode.needs_teacher(r)]
         ask = [r for r in rows if r not in keep] if keep else rows
-        completions = self.backend.generate(self.mode.prompts(ask), self.cfg.sampling) if ask else []
+        completions = self.thread.run(self.backend.generate, self.mode.prompts(ask), self.cfg.sampling) if ask else []
         out_rows = [self.mode._out(r, None, 0) for r in keep]
         for row, comps in zip(ask, completions):
             out_rows += self.mode.outputs(row, comps)
