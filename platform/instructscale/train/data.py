@@ -88,9 +88,12 @@ def usable_rows(table: pa.Table) -> pa.Table:
     return table.filter(mask)
 
 
-def read_training_columns(path: str, columns: list[str]) -> pa.Table:
-    """``columns`` (those that exist) of the usable rows of a Parquet pool directory."""
+def read_training_columns(path: str, columns: list[str], ids: set[str] | None = None) -> pa.Table:
+    """``columns`` (those that exist) of the usable rows of a Parquet pool directory; with ``ids``,
+    only those rows (filtered while scanning, so only they are held in memory)."""
     dataset = pads.dataset(path, format="parquet")
     names = dataset.schema.names
     filters = [c for c in ("output", "reject_reason") if c in names]
-    return usable_rows(dataset.to_table(columns=sorted({c for c in columns if c in names} | set(filters))))
+    wanted = None if ids is None else pc.field("id").isin(pa.array(sorted(ids), pa.string()))
+    return usable_rows(dataset.to_table(columns=sorted({c for c in columns if c in names} | set(filters)),
+                                        filter=wanted))

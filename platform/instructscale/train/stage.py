@@ -1,7 +1,8 @@
 """The training stage: Ray Train's TorchTrainer running one DeepSpeed engine per worker.
 
-The driver reads only ids and difficulties, builds the curriculum schedule, and hands the rows to
-the workers as a Ray Dataset; each worker keeps the rows its slice of the schedule needs.
+The driver reads only ids and difficulties and builds the curriculum schedule; each worker then
+reads and tokenizes just the rows its slice of the schedule needs (a Parquet scan filtered by id),
+so no process holds the whole training set.
 Checkpoints (DeepSpeed state plus Hugging Face exports) go through Ray Train, and a worker group
 that loses a worker restarts from the last one (FailureConfig).
 """
@@ -14,8 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-import ray
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from instructscale.config import ConfigError
@@ -23,7 +23,7 @@ from instructscale.io import existing_path, model_ref, read_manifest, write_json
 from instructscale.train.config import TrainConfig
 from instructscale.train.curriculum import build_schedule
 from instructscale.train.deepspeed_config import build_deepspeed_config
-from instructscale.train.data import difficulty_of, read_training_columns, usable_rows
+from instructscale.train.data import difficulty_of, read_training_columns
 from instructscale.train.worker import METRICS, train_loop
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,6 @@ def train(cfg: TrainConfig) -> dict:
     log.info("train: %d rows, %d steps of %d rows (%s curriculum), %d workers", len(ids), len(schedule),
              cfg.global_batch, cfg.curriculum.strategy, cfg.scaling.num_workers)
 
-    ds = ray.data.read_parquet(cfg.data).map_batches(usable_rows, batch_format="pyarrow")
     s = cfg.scaling
     trainer = TorchTrainer(
         train_loop,
@@ -85,20 +84,13 @@ def train(cfg: TrainConfig) -> dict:
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker,
                                                            **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}),
-        datasets={"train": ds},
-        dataset_config=DataConfig(datasets_to_split=[]),  # each worker filters its own schedule slice
         run_config=RunConfig(
             name="ray_train", storage_path=str(out),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.max_failures)),
     )
     t0 = time.time()
-    ctx = ray.data.DataContext.get_current()  # workers' shard reads would each draw progress bars
-    bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False
-    try:
-        result = trainer.fit()
-    finally:
-        ctx.enable_progress_bars = bars
+    result = trainer.fit()
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as ckpt:

@@ -37,12 +37,9 @@ def _build_model(cfg: TrainConfig):
 
 
 def _load_examples(cfg: TrainConfig, wanted: set[str], tokenizer) -> dict[str, Example]:
-    shard = ray.train.get_dataset_shard("train")
-    examples: dict[str, Example] = {}
-    for batch in shard.iter_batches(batch_size=1024, batch_format="pyarrow"):
-        for row in batch.to_pylist():
-            if row["id"] in wanted:
-                examples[row["id"]] = tokenize(row, tokenizer, cfg.max_length)
+    """The rows this worker's slice of the schedule uses, tokenized (read straight from Parquet)."""
+    table = read_training_columns(cfg.data, ["id", "instruction", "input", "output", "messages"], ids=wanted)
+    examples = {row["id"]: tokenize(row, tokenizer, cfg.max_length) for row in table.to_pylist()}
     missing = wanted - examples.keys()
     if missing:
         raise RuntimeError(f"{len(missing)} scheduled rows missing from the training data, e.g. {sorted(missing)[:3]}")
