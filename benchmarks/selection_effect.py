@@ -1,5 +1,6 @@
-"""Does selection (and curriculum) help? On the demo's verifiable tasks, with the same training
-budget (steps x global batch) for every arm, in one run:
+"""Does selection (and curriculum) help? On the demo's verifiable tasks, with the same training-token
+budget for every arm (--steps steps of the full pool's mean row length; an arm whose rows are
+shorter gets proportionally more steps), in one run:
   base student (no training) | full pool | random 10% | selected 10% by each of VARIANTS below
   (filters, verifier and dedup first, then a score + diversity) | the default selection with a
   competence curriculum on the IFD difficulty.
@@ -26,14 +27,25 @@ VARIANTS = {
     "diverse (default score)": {"method": "diverse"},
     "filters + dedup, then random": {"method": "random"},
     "diverse, hardest first (loss +1)": {"method": "diverse", "weights": {"loss": 1.0}},
+    "k-center coverage of the embeddings": {"method": "kcenter"},
 }
+MAX_LENGTH, MICRO_BATCH, WORKERS = 128, 16, 2
+
+
+def mean_tokens(data: str, tokenizer) -> float:
+    """Mean training tokens per usable row of ``data`` (prompt and response, as the trainer sees them)."""
+    from instructscale.train.data import read_training_columns, tokenize
+
+    rows = read_training_columns(data, ["id", "instruction", "input", "output", "messages"]).to_pylist()
+    return sum(len(tokenize(r, tokenizer, MAX_LENGTH).input_ids) for r in rows) / len(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=8000)
     parser.add_argument("--eval-rows", type=int, default=400)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=150,
+                        help="steps on the full pool; their tokens are every arm's training budget")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--probe-steps", type=int, default=0,
                         help="score with a probe: the student briefly trained on the random subset "
@@ -43,6 +55,7 @@ def main() -> None:
     import numpy as np
     import pyarrow.dataset as pads
     import ray
+    from transformers import AutoTokenizer
 
     from instructscale.config import parse_config
     from instructscale.demo.pool import DemoConfig, make_demo
@@ -68,11 +81,15 @@ def main() -> None:
     pick = np.sort(np.random.default_rng(0).choice(table.num_rows, size=k, replace=False))
     write_parquet_atomic(work / "random" / "part-0.parquet", table.take(pick))
 
-    def run(name: str, data: str, curriculum: str, steps: int = args.steps) -> dict:
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    token_budget = args.steps * MICRO_BATCH * WORKERS * mean_tokens(pool, tokenizer)
+
+    def run(name: str, data: str, curriculum: str, steps: int | None = None) -> dict:
+        steps = steps or round(token_budget / (MICRO_BATCH * WORKERS * mean_tokens(data, tokenizer)))
         cfg = parse_config(TrainConfig, {
             "data": data, "model": student, "out_dir": str(work / f"train-{name}"), "lora": None,
-            "max_steps": steps, "epochs": 1000, "micro_batch_size": 16, "max_length": 128,
-            "optim": {"lr": 3e-3}, "checkpoint_every": steps, "scaling": {"num_workers": 2},
+            "max_steps": steps, "epochs": 1000, "micro_batch_size": MICRO_BATCH, "max_length": MAX_LENGTH,
+            "optim": {"lr": 3e-3}, "checkpoint_every": steps, "scaling": {"num_workers": WORKERS},
             "curriculum": {"strategy": curriculum}})
         return train(cfg)
 
@@ -91,14 +108,15 @@ def main() -> None:
     arms += [(f"selected {k}, {default} + curriculum", selected[default], "competence")]
     results = []
     for i, (name, data, curriculum) in enumerate(arms):
-        model = student if data is None else run(str(i), data, curriculum)["model"]
+        trained = run(str(i), data, curriculum) if data else {"model": student, "steps": 0}
+        model = trained["model"]
         ev = evaluate(parse_config(EvalConfig, {"model": model, "data": held_out, "out_dir": str(work / f"eval-{i}"),
                                                 "backend": {"kind": "hf"}, "sampling": {"max_tokens": 24}}))
         o = ev["overall"]
-        results.append({"arm": name, "exact_match": o["exact_match"], "token_f1": o["token_f1"],
+        results.append({"arm": name, "steps": trained["steps"], "exact_match": o["exact_match"], "token_f1": o["token_f1"],
                         "rouge_l": o["rouge_l"], "loss": o["loss"],
                         "by_task_em": {g: m["exact_match"] for g, m in ev["by_group"].items()}})
-    print_table(results, ["arm", "exact_match", "token_f1", "rouge_l", "loss"])
+    print_table(results, ["arm", "steps", "exact_match", "token_f1", "rouge_l", "loss"])
     full, random_arm = results[1], results[2]
     verdict = {r["arm"]: {"beats_random": r["loss"] < random_arm["loss"], "reaches_full": r["loss"] <= full["loss"]}
                for r in results[3:]}
