@@ -8,9 +8,11 @@ Each trained arm fine-tunes the tiny student (full weights, ZeRO-2, 2 Ray Train 
 evaluated on the held-out split: exact match, token F1 and loss, overall.
 With --probe-steps N the scorer (loss, IFD, embeddings, hence the difficulty) is the student after N
 steps on the random subset, as Cherry-LLM's IFD uses a briefly trained model: an untrained student's
-IFD is noise.
+IFD is noise. With --seeds N each trained arm runs N times (a new random subset, selector seed and
+training order each time) and the table gives means and the loss's standard deviation: single runs
+differ by up to ~0.15 in held-out loss.
 Target: selected >= random of the same size, and >= the full pool.
-    python benchmarks/selection_effect.py --rows 8000 --steps 120 --probe-steps 40
+    python benchmarks/selection_effect.py --rows 8000 --steps 120 --probe-steps 40 --seeds 3
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ VARIANTS = {
     "k-center coverage of the embeddings": {"method": "kcenter"},
 }
 MAX_LENGTH, MICRO_BATCH, WORKERS = 128, 16, 2
+METRICS = ("exact_match", "token_f1", "rouge_l", "loss")
 
 
 def mean_tokens(data: str, tokenizer) -> float:
@@ -47,6 +50,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150,
                         help="steps on the full pool; their tokens are every arm's training budget")
     parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="repeats (random subset, selector seed and training order vary); figures are means")
     parser.add_argument("--probe-steps", type=int, default=0,
                         help="score with a probe: the student briefly trained on the random subset "
                              "(Cherry-LLM's 'pre-experienced' model); 0: the untrained student scores")
@@ -78,52 +83,61 @@ def main() -> None:
 
     table = pads.dataset(pool, format="parquet").to_table()
     k = int(args.fraction * table.num_rows)
-    pick = np.sort(np.random.default_rng(0).choice(table.num_rows, size=k, replace=False))
-    write_parquet_atomic(work / "random" / "part-0.parquet", table.take(pick))
+
+    def random_subset(seed: int) -> str:
+        pick = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=k, replace=False))
+        write_parquet_atomic(work / f"random-{seed}" / "part-0.parquet", table.take(pick))
+        return str(work / f"random-{seed}")
 
     tokenizer = AutoTokenizer.from_pretrained(student)
     token_budget = args.steps * MICRO_BATCH * WORKERS * mean_tokens(pool, tokenizer)
 
-    def run(name: str, data: str, curriculum: str, steps: int | None = None) -> dict:
+    def run(name: str, data: str, curriculum: str, seed: int, steps: int | None = None) -> dict:
         steps = steps or round(token_budget / (MICRO_BATCH * WORKERS * mean_tokens(data, tokenizer)))
         cfg = parse_config(TrainConfig, {
-            "data": data, "model": student, "out_dir": str(work / f"train-{name}"), "lora": None,
+            "data": data, "model": student, "out_dir": str(work / f"train-{name}"), "lora": None, "seed": seed,
             "max_steps": steps, "epochs": 1000, "micro_batch_size": MICRO_BATCH, "max_length": MAX_LENGTH,
             "optim": {"lr": 3e-3}, "checkpoint_every": steps, "scaling": {"num_workers": WORKERS},
             "curriculum": {"strategy": curriculum}})
         return train(cfg)
 
-    scorer = run("probe", str(work / "random"), "random", args.probe_steps)["model"] if args.probe_steps else student
-    sels = {}
-    for name, selector in VARIANTS.items():  # the first one computes the features, the others reuse them
-        sels[name] = select(parse_config(SelectConfig, {
-            "input": pool, "out_dir": str(work / f"select-{len(sels)}"), "scoring": {"model": scorer, "ifd_max": None},
-            "features_dir": str(work / "select-0" / "features") if sels else None,
-            "selector": {"budget": k, "stratify_by": "task", **selector}}))
-    selected = {name: str(work / f"select-{i}" / "selected") for i, name in enumerate(VARIANTS)}
-
-    default = next(iter(VARIANTS))
-    arms = [("base student", None, None), ("full pool", pool, "random"), (f"random {k} rows", str(work / "random"), "random")]
-    arms += [(f"selected {k}, {name}", selected[name], "random") for name in VARIANTS]
-    arms += [(f"selected {k}, {default} + curriculum", selected[default], "competence")]
-    results = []
-    for i, (name, data, curriculum) in enumerate(arms):
-        trained = run(str(i), data, curriculum) if data else {"model": student, "steps": 0}
-        model = trained["model"]
-        ev = evaluate(parse_config(EvalConfig, {"model": model, "data": held_out, "out_dir": str(work / f"eval-{i}"),
+    def held_out_scores(model: str, name: str) -> dict:
+        ev = evaluate(parse_config(EvalConfig, {"model": model, "data": held_out, "out_dir": str(work / f"eval-{name}"),
                                                 "backend": {"kind": "hf"}, "sampling": {"max_tokens": 24}}))
-        o = ev["overall"]
-        results.append({"arm": name, "steps": trained["steps"], "exact_match": o["exact_match"], "token_f1": o["token_f1"],
-                        "rouge_l": o["rouge_l"], "loss": o["loss"],
-                        "by_task_em": {g: m["exact_match"] for g, m in ev["by_group"].items()}})
-    print_table(results, ["arm", "steps", "exact_match", "token_f1", "rouge_l", "loss"])
+        return {m: ev["overall"][m] for m in METRICS}
+
+    probe = run("probe", random_subset(0), "random", 0, args.probe_steps)["model"] if args.probe_steps else student
+    default = next(iter(VARIANTS))
+    runs: dict[str, list[dict]] = {"base student": [held_out_scores(student, "base") | {"steps": 0}]}
+    sels = {}
+    for seed in range(args.seeds):  # each repeat: new random subsets, selector seeds and training order
+        arms = [("full pool", pool, "random"), (f"random {k} rows", random_subset(seed), "random")]
+        for i, (name, selector) in enumerate(VARIANTS.items()):  # the first computes the features, the rest reuse them
+            out = work / f"select-{seed}-{i}"
+            sels[name] = select(parse_config(SelectConfig, {
+                "input": pool, "out_dir": str(out), "scoring": {"model": probe, "ifd_max": None},
+                "features_dir": None if seed == i == 0 else str(work / "select-0-0" / "features"),
+                "selector": {"budget": k, "stratify_by": "task", "seed": seed, **selector}}))
+            arms.append((f"selected {k}, {name}", str(out / "selected"), "random"))
+        arms.append((f"selected {k}, {default} + curriculum", str(work / f"select-{seed}-0" / "selected"), "competence"))
+        for i, (name, data, curriculum) in enumerate(arms):
+            trained = run(f"{seed}-{i}", data, curriculum, seed)
+            runs.setdefault(name, []).append(held_out_scores(trained["model"], f"{seed}-{i}") | {"steps": trained["steps"]})
+
+    results = [{"arm": name, "steps": rs[0]["steps"], **{m: float(np.mean([r[m] for r in rs])) for m in METRICS},
+                "loss_sd": float(np.std([r["loss"] for r in rs], ddof=1)) if len(rs) > 1 else 0.0, "runs": rs}
+               for name, rs in runs.items()]
+    print_table(results, ["arm", "steps", *METRICS, "loss_sd"])
     full, random_arm = results[1], results[2]
-    verdict = {r["arm"]: {"beats_random": r["loss"] < random_arm["loss"], "reaches_full": r["loss"] <= full["loss"]}
+    verdict = {r["arm"]: {"beats_random": r["loss"] < random_arm["loss"], "reaches_full": r["loss"] <= full["loss"],
+                          "loss_vs_random": r["loss"] - random_arm["loss"]}
                for r in results[3:]}
-    print(f"\nselection ({default}): {sels[default]['removed']} removed, {sels[default]['selected']} selected")
-    print("verdict on held-out loss:", json.dumps(verdict, indent=1))
+    print(f"\nheld-out figures are means over {args.seeds} run(s); loss_sd: their standard deviation")
+    print(f"selection ({default}): {sels[default]['removed']} removed, {sels[default]['selected']} selected")
+    print("verdict on mean held-out loss:", json.dumps(verdict, indent=1))
     write_result("selection_effect", {"args": vars(args), "results": results, "verdict": verdict,
                                       "select": {name: m | {"config": None} for name, m in sels.items()}})
+
 
 if __name__ == "__main__":
     main()
