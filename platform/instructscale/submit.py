@@ -22,6 +22,7 @@ ENTRYPOINTS = {"pipeline": "pipeline.py", "generate": "generate.py", "select": "
                "tune": "tune.py", "evaluate": "evaluate.py"}
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 120.0  # a just-started head answers "No available agent to submit job" until its agent is up
 
 
 def _client(address: str | None):
@@ -64,7 +65,14 @@ def submit(config: str, stage: str = "pipeline", address: str | None = None, ove
             runtime_env["pip"] = list(pip)
         sets = " ".join(f"--set {shlex.quote(s)}" for s in overrides)
         entrypoint = f"python jobs/{ENTRYPOINTS[stage]} config.yaml {sets}".strip()
-        return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
+        deadline = time.time() + AGENT_WAIT_S
+        while True:
+            try:
+                return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
+            except RuntimeError as err:
+                if "No available agent" not in str(err) or time.time() > deadline:
+                    raise
+                time.sleep(2)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
