@@ -153,7 +153,7 @@ def generate(cfg: GenerateConfig) -> dict:
     finished = _done_parents(out)
     ctx = ray.data.DataContext.get_current()  # captured by the datasets below
     raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
-    ds = ray.data.read_parquet(cfg.input, columns=list(POOL_COLUMNS), schema=POOL_SCHEMA)
+    ds = ray.data.read_parquet(cfg.input, schema=POOL_SCHEMA).select_columns(list(POOL_COLUMNS))
     if len(finished):
         ds = ds.map_batches(_pending, batch_format="pyarrow", fn_kwargs={"done": [ray.put(finished)]})
         log.info("generate: resuming, %d input rows already done", len(finished))
