@@ -15,7 +15,7 @@ from instructscale.demo.pool import DemoConfig, iter_pool_rows
 from instructscale.io import write_parquet_atomic
 from instructscale.schema import POOL_SCHEMA, decode_metadata
 from instructscale.select import selectors
-from instructscale.select.config import DedupSettings, HeuristicSettings, SelectConfig
+from instructscale.select.config import DedupSettings, HeuristicSettings, SelectConfig, SelectorSettings
 from instructscale.select.dedup import find_duplicates
 from instructscale.select.features import heuristic_reason, minhash, normalize_text, repetition, verified
 from instructscale.select.model_scores import ModelScorer
@@ -189,17 +189,24 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
     assert all(v is not None for v in selected["ifd"].to_pylist())
     assert m["judge_unparsable"] == 0 and set(scores["judge"].to_pylist()) <= set(range(1, 11))
 
-    # changing only the selector reuses the features and re-decides; default quotas follow the input's
-    # task mix (quota_basis input) or the mix left after filters and dedup (eligible)
+    # changing only the selector reuses the features and re-decides (here the default k-center in shards
+    # of 100 rows, then a merge of 2x candidates, or with 5x a split of the budget over the shards);
+    # default quotas follow the input's task mix (quota_basis input) or the mix left after filters and
+    # dedup (eligible)
     tasks = {r["id"]: decode_metadata(r["metadata"])["task"] for r in rows}
     eligible = Counter(tasks[i] for i, st in zip(scores["id"].to_pylist(), scores["status"].to_pylist())
                        if st != "removed")
     alloc = {}
-    for basis, weights in (("input", Counter(tasks.values())), ("eligible", eligible)):
-        selector = cfg.selector.model_copy(update={"budget": 100, "quotas": None, "quota_basis": basis})
+    for basis, weights, oversample in (("input", Counter(tasks.values()), 2), ("eligible", eligible, 5)):
+        selector = SelectorSettings(budget=100, stratify_by="task", quota_basis=basis, shard_rows=100,
+                                    oversample=oversample)
+        assert selector.method == "kcenter"
         again = select(cfg.model_copy(update={"selector": selector}))
         assert again["selected"] == 100 and again["features_seconds"] == m["features_seconds"]
         assert again["allocation"] == selectors.allocate(100, dict(eligible), dict(weights))
+        decided = pads.dataset(str(tmp_path / "sel" / "scores"), format="parquet").to_table()
+        assert all((s == "selected") == (r is None)  # no removed row is picked
+                   for s, r in zip(decided["status"].to_pylist(), decided["reason"].to_pylist()))
         alloc[basis] = again["allocation"]
     assert alloc["input"] != alloc["eligible"]
 

@@ -82,7 +82,7 @@ class DifficultySettings(StrictModel):
 class SelectorSettings(StrictModel):
     """How the budget is spent among the rows that survive filtering and dedup."""
 
-    method: Literal["topk", "diverse", "kcenter", "random"] = "diverse"
+    method: Literal["topk", "diverse", "kcenter", "random"] = "kcenter"
     budget: int | None = Field(None, ge=1, description="rows to select")
     fraction: float | None = Field(0.5, gt=0, le=1, description="share of the input rows, when budget is unset")
     weights: dict[str, float] = Field(
@@ -94,7 +94,8 @@ class SelectorSettings(StrictModel):
     quota_basis: Literal["input", "eligible"] = Field(
         "input", description="default quotas: each stratum's share of the input rows (keeps the pool's mix, "
                              "so dedup cannot starve a template-heavy task) or of the rows left after filters")
-    shard_rows: int = Field(50_000, ge=100, description="diverse/kcenter run per shard of this size, then merge")
+    shard_rows: int = Field(50_000, ge=100, description="diverse/kcenter run per shard of this size, then merge "
+                                                         "(or, when the candidates would be every row, split the budget)")
     oversample: float = Field(2.0, ge=1, description="candidates each shard passes to the merge, x its share")
     seed: int = 0
 

@@ -80,17 +80,18 @@ def diverse(score: np.ndarray, emb: np.ndarray, k: int, min_distance: float) -> 
 
 def kcenter(score: np.ndarray, emb: np.ndarray, k: int) -> np.ndarray:
     """k-center greedy (Sener & Savarese 2018) on cosine distance, seeded with the best row."""
-    unit = _unit(emb)
-    first = int(np.argmax(score))
-    chosen = [first]
-    dist = 1 - unit @ unit[first]
-    dist[first] = -np.inf
-    while len(chosen) < min(k, len(score)):
-        nxt = int(np.argmax(dist))
-        chosen.append(nxt)
-        dist = np.minimum(dist, 1 - unit @ unit[nxt])
-        dist[chosen] = -np.inf
-    return np.asarray(chosen, dtype=int)
+    unit = _unit(np.asarray(emb, dtype=np.float32))
+    chosen = np.empty(min(k, len(score)), dtype=int)
+    chosen[0] = int(np.argmax(score))
+    dist = 1 - unit @ unit[chosen[0]]
+    dist[chosen[0]] = -np.inf
+    sim = np.empty_like(dist)
+    for j in range(1, len(chosen)):
+        chosen[j] = nxt = int(np.argmax(dist))
+        np.matmul(unit, unit[nxt], out=sim)
+        np.minimum(dist, np.subtract(1, sim, out=sim), out=dist)  # chosen rows stay at -inf
+        dist[nxt] = -np.inf
+    return chosen
 
 
 def random_pick(n: int, k: int, seed: int) -> np.ndarray:

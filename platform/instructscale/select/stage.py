@@ -151,12 +151,17 @@ def _pick(cfg: SelectConfig, features: str, ids: list[str], score: np.ndarray, k
         return ray.get(_select_shard.remote(features, ids, score.tolist(), k, sel))
     rng = np.random.default_rng(s.seed)
     shard_of = rng.integers(0, n_shards, len(ids))
-    futures = []
-    for sh in range(n_shards):
-        idx = np.flatnonzero(shard_of == sh)
-        k_sh = min(len(idx), math.ceil(k * len(idx) / len(ids) * s.oversample))
-        futures.append(_select_shard.remote(features, [ids[i] for i in idx], score[idx].tolist(), k_sh, sel))
+    shards = [np.flatnonzero(shard_of == sh) for sh in range(n_shards)]
+    k_sh = [min(len(idx), math.ceil(k * len(idx) / len(ids) * s.oversample)) for idx in shards]
+    merge = sum(k_sh) < len(ids)
+    if not merge:  # a merge would redo the whole stratum in one task: split the budget over the shards
+        split = selectors.allocate(k, {str(sh): len(idx) for sh, idx in enumerate(shards)}, None)
+        k_sh = [split[str(sh)] for sh in range(n_shards)]
+    futures = [_select_shard.remote(features, [ids[i] for i in idx], score[idx].tolist(), n, sel)
+               for idx, n in zip(shards, k_sh) if n]
     candidates = [c for part in ray.get(futures) for c in part]
+    if not merge:
+        return candidates
     pos = {v: i for i, v in enumerate(ids)}
     cand_score = np.asarray([score[pos[c]] for c in candidates])
     return ray.get(_select_shard.remote(features, candidates, cand_score.tolist(), k, sel))
