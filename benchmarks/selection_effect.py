@@ -2,8 +2,8 @@
 budget for every arm (--steps steps of the full pool's mean row length; an arm whose rows are
 shorter gets proportionally more steps), in one run:
   base student (no training) | full pool | random 10% | selected 10% by each of VARIANTS below
-  (filters, verifier and dedup first, then a score + diversity) | the default selection with a
-  competence curriculum on the IFD difficulty.
+  (filters, verifier and dedup first, then a selector) | the default selection with a competence
+  curriculum, once per difficulty source in CURRICULA.
 Each trained arm fine-tunes the tiny student (full weights, ZeRO-2, 2 Ray Train workers) and is
 evaluated on the held-out split: exact match, token F1 and loss, overall.
 With --probe-steps N the scorer (loss, IFD, embeddings, hence the difficulty) is the student after N
@@ -12,7 +12,7 @@ IFD is noise. With --seeds N each trained arm runs N times (a new random subset,
 training order each time) and the table gives means and the loss's standard deviation: single runs
 differ by up to ~0.25 in held-out loss.
 Target: selected >= random of the same size, and >= the full pool.
-    python benchmarks/selection_effect.py --rows 8000 --steps 120 --probe-steps 40 --seeds 3
+    python benchmarks/selection_effect.py --rows 8000 --steps 120 --seeds 3
 """
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ from pathlib import Path
 
 from _common import print_table, write_result
 
-# selector settings compared; the first is the platform's default score (IFD +1, loss -0.5) and
-# also gets the curriculum arm
+# selector settings compared; the first is the platform's default and also gets the curriculum arms
 VARIANTS = {
-    "diverse (default score)": {"method": "diverse"},
-    "filters + dedup, then random": {"method": "random"},
+    "filters + dedup, then random (default)": {"method": "random"},
+    "k-center coverage": {"method": "kcenter"},
+    "diverse, IFD score first (DEITA-style)": {"method": "diverse"},
     "diverse, hardest first (loss +1)": {"method": "diverse", "weights": {"loss": 1.0}},
-    "k-center coverage of the embeddings": {"method": "kcenter"},
 }
+CURRICULA = ("ifd", "length")  # difficulty sources of the competence-curriculum arms
 MAX_LENGTH, MICRO_BATCH, WORKERS = 128, 16, 2
 METRICS = ("exact_match", "token_f1", "rouge_l", "loss")
 
@@ -109,19 +109,26 @@ def main() -> None:
         return {m: ev["overall"][m] for m in METRICS}
 
     probe = run("probe", random_subset(0), "random", 0, args.probe_steps)["model"] if args.probe_steps else student
+    features = work / "select-0-0" / "features"  # the first selection computes them, the rest reuse them
+
+    def select_rows(out: Path, seed: int, selector: dict, difficulty: str = "ifd") -> dict:
+        return select(parse_config(SelectConfig, {
+            "input": pool, "out_dir": str(out), "scoring": {"model": probe, "ifd_max": None},
+            "features_dir": str(features) if features.exists() else None, "difficulty": {"source": difficulty},
+            "selector": {"budget": k, "stratify_by": "task", "seed": seed, **selector}}))
+
     default = next(iter(VARIANTS))
     runs: dict[str, list[dict]] = {"base student": [held_out_scores(student, "base") | {"steps": 0}]}
     sels = {}
     for seed in range(args.seeds):  # each repeat: new random subsets, selector seeds and training order
         arms = [("full pool", pool, "random"), (f"random {k} rows", random_subset(seed), "random")]
-        for i, (name, selector) in enumerate(VARIANTS.items()):  # the first computes the features, the rest reuse them
-            out = work / f"select-{seed}-{i}"
-            sels[name] = select(parse_config(SelectConfig, {
-                "input": pool, "out_dir": str(out), "scoring": {"model": probe, "ifd_max": None},
-                "features_dir": None if seed == i == 0 else str(work / "select-0-0" / "features"),
-                "selector": {"budget": k, "stratify_by": "task", "seed": seed, **selector}}))
-            arms.append((f"selected {k}, {name}", str(out / "selected"), "random"))
-        arms.append((f"selected {k}, {default} + curriculum", str(work / f"select-{seed}-0" / "selected"), "competence"))
+        for i, (name, selector) in enumerate(VARIANTS.items()):
+            sels[name] = select_rows(work / f"select-{seed}-{i}", seed, selector)
+            arms.append((f"selected {k}, {name}", str(work / f"select-{seed}-{i}" / "selected"), "random"))
+        for source in CURRICULA:  # the default's rows again, with each difficulty column
+            select_rows(work / f"select-{seed}-{source}", seed, VARIANTS[default], source)
+            arms.append((f"selected {k}, {default} + curriculum ({source})",
+                         str(work / f"select-{seed}-{source}" / "selected"), "competence"))
         for i, (name, data, curriculum) in enumerate(arms):
             trained = run(f"{seed}-{i}", data, curriculum, seed)
             runs.setdefault(name, []).append(held_out_scores(trained["model"], f"{seed}-{i}") | {"steps": trained["steps"]})

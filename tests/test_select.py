@@ -130,9 +130,10 @@ def test_bad_select_configs_are_named(tmp_path):
         parse_config(SelectConfig, base | {"selector": {"weights": {"quality": 1}}})
     with pytest.raises(ConfigError, match="quotas must sum to 1"):
         parse_config(SelectConfig, base | {"selector": {"stratify_by": "task", "quotas": {"a": 0.5}}})
-    with pytest.raises(ConfigError, match="needs embeddings"):
-        parse_config(SelectConfig, base | {"scoring": {"enabled": False}, "selector": {"weights": {}},
-                                           "difficulty": {"source": "length"}})
+    no_model = base | {"scoring": {"enabled": False}, "difficulty": {"source": "length"}}
+    with pytest.raises(ConfigError, match="selector.method kcenter needs embeddings"):
+        parse_config(SelectConfig, no_model | {"selector": {"method": "kcenter", "weights": {}}})
+    assert parse_config(SelectConfig, no_model | {"selector": {"weights": {}}}).selector.method == "random"
     with pytest.raises(ConfigError, match="scoring.model: required"):
         select(parse_config(SelectConfig, {"input": str(tmp_path), "out_dir": str(tmp_path / "o")}))
 
@@ -189,7 +190,7 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
     assert all(v is not None for v in selected["ifd"].to_pylist())
     assert m["judge_unparsable"] == 0 and set(scores["judge"].to_pylist()) <= set(range(1, 11))
 
-    # changing only the selector reuses the features and re-decides (here the default k-center in shards
+    # changing only the selector reuses the features and re-decides (here k-center in shards
     # of 100 rows, then a merge of 2x candidates, or with 5x a split of the budget over the shards);
     # default quotas follow the input's task mix (quota_basis input) or the mix left after filters and
     # dedup (eligible)
@@ -198,9 +199,8 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
                        if st != "removed")
     alloc = {}
     for basis, weights, oversample in (("input", Counter(tasks.values()), 2), ("eligible", eligible, 5)):
-        selector = SelectorSettings(budget=100, stratify_by="task", quota_basis=basis, shard_rows=100,
-                                    oversample=oversample)
-        assert selector.method == "kcenter"
+        selector = SelectorSettings(method="kcenter", budget=100, stratify_by="task", quota_basis=basis,
+                                    shard_rows=100, oversample=oversample)
         again = select(cfg.model_copy(update={"selector": selector}))
         assert again["selected"] == 100 and again["features_seconds"] == m["features_seconds"]
         assert again["allocation"] == selectors.allocate(100, dict(eligible), dict(weights))

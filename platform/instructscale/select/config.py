@@ -80,9 +80,12 @@ class DifficultySettings(StrictModel):
 
 
 class SelectorSettings(StrictModel):
-    """How the budget is spent among the rows that survive filtering and dedup."""
+    """How the budget is spent among the rows that survive filtering and dedup.
 
-    method: Literal["topk", "diverse", "kcenter", "random"] = "kcenter"
+    The default draws them at random within each stratum: on the demo tasks that matched or beat
+    k-center coverage and the IFD score-first selection (benchmarks/selection_effect.py)."""
+
+    method: Literal["topk", "diverse", "kcenter", "random"] = "random"
     budget: int | None = Field(None, ge=1, description="rows to select")
     fraction: float | None = Field(0.5, gt=0, le=1, description="share of the input rows, when budget is unset")
     weights: dict[str, float] = Field(
