@@ -26,7 +26,10 @@ def test_pipeline_demo_run(ray_local, tmp_path, capsys):
     assert sel["selected"] + sel["not_selected"] + sum(sel["removed"].values()) == gen["rows"] + sum(gen["rejected"].values())
     ev = summary["stages"]["evaluate"]
     assert set(ev) == {"base", "tuned"} and ev["tuned"]["overall"]["rows"] == 50
+    assert set(summary["seconds"]) == {"models", "demo", "ingest", "generate", "select", "train", "evaluate"}
+    assert summary["seconds"]["train"] >= tr["seconds"] > 0
     report = (run / "report.md").read_text()
+    assert f"| generate | {summary['seconds']['generate']:.1f} |" in report
     for section in ("## Ingest", "## Selection", "## Training", "## Evaluation on the held-out split"):
         assert section in report
     assert (run / "training.png").is_file() and (run / "scores.png").is_file()

@@ -71,6 +71,8 @@ def cmd_pipeline(args) -> None:
         loss = f", loss {o['loss']:.4f}" if o["loss"] is not None else ""
         print(f"  evaluate   {name:5s} exact_match {o['exact_match']:.3f}, rouge_l {o['rouge_l']:.3f}{loss} "
               f"on {o['rows']} held-out rows")
+    wall = summary.get("seconds", {})
+    print(f"  seconds    {sum(wall.values()):.0f} in all: " + ", ".join(f"{k} {v:.0f}" for k, v in wall.items()))
     print(f"  summary    {summary['run_dir']}/summary.json")
     print(f"  report     {summary['report']}")
 

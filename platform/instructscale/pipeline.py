@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -60,28 +62,35 @@ class PipelineConfig(StrictModel):
         return self
 
 
+@contextmanager
+def _clock(summary: dict, stage: str) -> Iterator[None]:
+    """Record the stage's wall seconds in this run (a reused stage takes ~0) under summary["seconds"]."""
+    t0 = time.time()
+    yield
+    summary["seconds"][stage] = round(time.time() - t0, 2)
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every stage in order; each stage skips work it already finished for the same config."""
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run / "config.yaml")
     init_ray(cfg.ray)
-    summary: dict = {"run_dir": str(run), "stages": {}}
+    summary: dict = {"run_dir": str(run), "stages": {}, "seconds": {}}
 
-    t0 = time.time()
-    models = ensure_tiny_models(run / "models", cfg.models.seed)
+    with _clock(summary, "models"):
+        models = ensure_tiny_models(run / "models", cfg.models.seed)
     models = {"student": cfg.models.student or models["student"], "teacher": cfg.models.teacher or models["teacher"]}
     summary["models"] = models
-    summary["stages"]["models"] = {"seconds": round(time.time() - t0, 2)}
 
     inputs = list(cfg.inputs)
     if cfg.eval_data:
         summary["eval_split"] = cfg.eval_data
     if cfg.demo is not None:
         demo_cfg = cfg.demo if cfg.demo.out_dir else cfg.demo.model_copy(update={"out_dir": str(run / "data")})
-        t0 = time.time()
-        demo = make_demo(demo_cfg)
-        summary["stages"]["demo"] = {k: v for k, v in demo.items() if k != "config"} | {"seconds": round(time.time() - t0, 2)}
+        with _clock(summary, "demo"):
+            demo = make_demo(demo_cfg)
+        summary["stages"]["demo"] = {k: v for k, v in demo.items() if k != "config"}
         data = Path(demo_cfg.out_dir)
         inputs.append(PoolInput(path=str(data / "pool"), format="parquet"))
         if demo_cfg.malformed_jsonl_rows:
@@ -89,14 +98,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         summary["eval_split"] = cfg.eval_data or str(data / "eval")
 
     ingest_cfg = IngestConfig(**cfg.ingest.model_dump(), inputs=inputs, out_dir=str(run / "ingest"))
-    manifest = ingest(ingest_cfg)
+    with _clock(summary, "ingest"):
+        manifest = ingest(ingest_cfg)
     summary["stages"]["ingest"] = {k: v for k, v in manifest.items() if k != "config"}
     summary["pool"] = str(run / "ingest" / "pool")
 
     if cfg.generate is not None:
         gen_cfg = GenerateConfig(**cfg.generate.model_dump(), input=summary["pool"], out_dir=str(run / "generate"),
                                  model=models["teacher"])
-        manifest = generate(gen_cfg)
+        with _clock(summary, "generate"):
+            manifest = generate(gen_cfg)
         summary["stages"]["generate"] = {k: v for k, v in manifest.items() if k != "config"}
         summary["pool"] = str(run / "generate")
 
@@ -105,25 +116,28 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         if options.scoring.enabled and not options.scoring.model:
             options = options.model_copy(update={"scoring": options.scoring.model_copy(update={"model": models["student"]})})
         sel_cfg = SelectConfig(**options.model_dump(), input=summary["pool"], out_dir=str(run / "select"))
-        manifest = select(sel_cfg)
+        with _clock(summary, "select"):
+            manifest = select(sel_cfg)
         summary["stages"]["select"] = {k: v for k, v in manifest.items() if k != "config"}
         summary["pool"] = str(run / "select" / "selected")
 
     if cfg.train is not None:
         train_cfg = TrainConfig(**cfg.train.model_dump(), data=summary["pool"], model=models["student"],
                                 out_dir=str(run / "train"), eval_data=summary.get("eval_split"))
-        manifest = train(train_cfg)
+        with _clock(summary, "train"):
+            manifest = train(train_cfg)
         summary["stages"]["train"] = {k: v for k, v in manifest.items() if k not in ("config", "history")}
         summary["model"] = manifest["model"]
 
     if cfg.evaluate is not None and summary.get("eval_split"):
         summary["stages"]["evaluate"] = {}
-        for name, model in (("base", models["student"]), ("tuned", summary.get("model"))):
-            if model is None:
-                continue
-            ev = evaluate(EvalConfig(**cfg.evaluate.model_dump(), model=model, data=summary["eval_split"],
-                                     out_dir=str(run / "evaluate" / name)))
-            summary["stages"]["evaluate"][name] = {k: v for k, v in ev.items() if k != "config"}
+        with _clock(summary, "evaluate"):
+            for name, model in (("base", models["student"]), ("tuned", summary.get("model"))):
+                if model is None:
+                    continue
+                ev = evaluate(EvalConfig(**cfg.evaluate.model_dump(), model=model, data=summary["eval_split"],
+                                         out_dir=str(run / "evaluate" / name)))
+                summary["stages"]["evaluate"][name] = {k: v for k, v in ev.items() if k != "config"}
     summary["report"] = str(write_report(run, summary))
     write_json_atomic(run / "summary.json", summary)
     return summary

@@ -69,7 +69,7 @@ def write_report(run: Path, summary: dict) -> Path:
     stages = summary["stages"]
     plots = _plots(run, run)
     parts = [f"# instructscale run report: `{run}`", ""]
-    parts += ["## Stages", "", _table([{"stage": k, "seconds": v.get("seconds")} for k, v in stages.items()],
+    parts += ["## Stages", "", _table([{"stage": k, "seconds": f"{v:.1f}"} for k, v in summary.get("seconds", {}).items()],
                                       ["stage", "seconds"]), ""]
     if "ingest" in stages:
         ing = stages["ingest"]
