@@ -81,7 +81,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     with _clock(summary, "models"):
         models = ensure_tiny_models(run / "models", cfg.models.seed)
     models = {"student": cfg.models.student or models["student"], "teacher": cfg.models.teacher or models["teacher"]}
-    summary["models"] = models
+    summary["models"] = summary["stages"]["models"] = models
 
     inputs = list(cfg.inputs)
     if cfg.eval_data:
