@@ -1,6 +1,8 @@
 """Helpers shared by the benchmark scripts: peak memory sampling, tables and JSON results."""
+
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -24,10 +26,8 @@ class PeakRSS:
         me = psutil.Process()
         total = 0
         for p in [me, *me.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += p.memory_full_info().pss
-            except psutil.Error:
-                pass
         return total
 
     def _run(self) -> None:
@@ -35,7 +35,7 @@ class PeakRSS:
             self.peak = max(self.peak, self._sample())
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.peak = self._sample()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

@@ -9,6 +9,7 @@ replica's time inside its batch calls).
 Targets: stage >= 0.9x raw vLLM, and >= 10x the HF loop.
     python benchmarks/generate.py --rows 8192
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ def raw_vllm(args: argparse.Namespace) -> None:
     RAW_RESULT [tokens, generation seconds]."""
     from vllm import SamplingParams
 
-    from instructscale.engines import VllmConfig, make_llm
+    from instructscale.backends.vllm import VllmConfig, make_llm
 
     prompts = json.loads(Path(args.raw).read_text())
     llm = make_llm(args.teacher, VllmConfig(engine_process=not args.in_process))
@@ -55,25 +56,31 @@ def main() -> None:
     if args.raw:
         return raw_vllm(args)
 
+    from instructscale.backends.base import SamplingConfig
+    from instructscale.backends.hf import HFBackend
     from instructscale.demo.pool import DemoConfig, iter_pool_rows
-    from instructscale.generate.backends import HFGenerator
-    from instructscale.generate.config import GenerateConfig, HFBackend, SamplingConfig
-    from instructscale.generate.modes import Distill
+    from instructscale.generate.config import GenerateConfig
     from instructscale.generate.stage import generate
-    from instructscale.io import write_parquet_atomic
     from instructscale.models.tiny import build_tiny_models
+    from instructscale.plugins import GenerationMode
     from instructscale.runtime import RayConfig, init_ray
     from instructscale.schema import POOL_SCHEMA
+    from instructscale.storage import write_parquet
 
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     teacher = build_tiny_models(work / "models")["teacher"]
     rows = list(iter_pool_rows(DemoConfig(out_dir="x"), 0, args.rows))
-    write_parquet_atomic(work / "pool" / "part-0.parquet", pa.Table.from_pylist(rows, schema=POOL_SCHEMA))
+    write_parquet(str(work / "pool" / "part-0.parquet"), pa.Table.from_pylist(rows, schema=POOL_SCHEMA))
     sampling = SamplingConfig(max_tokens=args.max_tokens, temperature=0.0, seed=0)
     # one replica on all cores, as the raw engine gets them (on CPU a replica's num_cpus is its thread count)
-    cfg = GenerateConfig(input=str(work / "pool"), out_dir=str(work / "out"), model=teacher, sampling=sampling,
-                         replicas={"batch_size": args.batch_size, "num_cpus": os.cpu_count()})
-    prompts = Distill(cfg).prompts(rows)
+    cfg = GenerateConfig(
+        input=str(work / "pool"),
+        out_dir=str(work / "out"),
+        model=teacher,
+        sampling=sampling,
+        replicas={"batch_size": args.batch_size, "num_cpus": os.cpu_count()},
+    )
+    prompts = GenerationMode.registry.build(cfg.mode, cfg).prompts(rows)
     results = []
 
     # (2) raw vLLM, each in a fresh process as a user's script would run it (imports and engine
@@ -83,12 +90,21 @@ def main() -> None:
     prompts_file.write_text(json.dumps(prompts))
     for label, engine_process in (("raw vllm.LLM, engine subprocess", True), ("raw vllm.LLM, in-process", False)):
         t0 = time.time()
-        cmd = [sys.executable, __file__, "--raw", str(prompts_file), "--teacher", teacher,
-               "--max-tokens", str(args.max_tokens)] + ([] if engine_process else ["--in-process"])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--raw",
+            str(prompts_file),
+            "--teacher",
+            teacher,
+            "--max-tokens",
+            str(args.max_tokens),
+        ] + ([] if engine_process else ["--in-process"])
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         tokens, gen_s = json.loads(out.split(RAW_RESULT)[-1].splitlines()[0])
-        results.append({"method": label, "rows": len(rows), "tokens": tokens, "seconds": time.time() - t0,
-                        "gen_s": gen_s})
+        results.append(
+            {"method": label, "rows": len(rows), "tokens": tokens, "seconds": time.time() - t0, "gen_s": gen_s}
+        )
 
     # (1) the stage: Ray Data actor pool around the same engine
     init_ray(RayConfig(num_cpus=8))
@@ -97,40 +113,54 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     t0 = time.time()
     m = generate(cfg)
-    results.append({"method": "instructscale generate", "rows": m["inputs"], "tokens": m["this_run"]["tokens"],
-                    "seconds": time.time() - t0, "gen_s": m["this_run"]["replica_busy_s"]})
+    results.append(
+        {
+            "method": "instructscale generate",
+            "rows": m["inputs"],
+            "tokens": m["this_run"]["tokens"],
+            "seconds": time.time() - t0,
+            "gen_s": m["this_run"]["replica_busy_s"],
+        }
+    )
     ray.shutdown()
 
     # (3) Hugging Face generate loops: one prompt per call, then 64 per call
-    for label, n_rows, batch in (("HF loop, 1 prompt/call", args.hf_plain_rows, 1),
-                                 ("HF loop, 64 prompts/call", args.hf_rows, 64)):
+    for label, n_rows, batch in (
+        ("HF loop, 1 prompt/call", args.hf_plain_rows, 1),
+        ("HF loop, 64 prompts/call", args.hf_rows, 64),
+    ):
         t0 = time.time()
-        hf = HFGenerator(teacher, HFBackend())
+        hf = HFBackend(HFBackend.Config(), teacher)
         t_loaded = time.time()
         tokens = 0
         for i in range(0, n_rows, batch):
-            tokens += sum(c[0].num_tokens for c in hf.generate(prompts[i:i + batch], sampling))
+            tokens += sum(c[0].num_tokens for c in hf.generate(prompts[i : i + batch], sampling))
         t1 = time.time()
-        results.append({"method": label, "rows": n_rows, "tokens": tokens, "seconds": t1 - t0,
-                        "gen_s": t1 - t_loaded})
+        results.append({"method": label, "rows": n_rows, "tokens": tokens, "seconds": t1 - t0, "gen_s": t1 - t_loaded})
 
     for r in results:
         r["wall_rows_per_s"] = r["rows"] / r["seconds"]
         r["gen_tokens_per_s"] = r["tokens"] / r["gen_s"]
     raw_subprocess, raw_inproc, stage, hf_plain, hf_batched = results
     raw = max(raw_subprocess, raw_inproc, key=lambda r: r["wall_rows_per_s"])
-    ratios = {"raw_vllm_inproc_vs_subprocess_wall": raw_inproc["wall_rows_per_s"] / raw_subprocess["wall_rows_per_s"],
-              "stage_vs_raw_vllm_wall": stage["wall_rows_per_s"] / raw["wall_rows_per_s"],
-              "stage_vs_raw_vllm_gen": stage["gen_tokens_per_s"] / raw["gen_tokens_per_s"],
-              "stage_vs_hf_plain_wall": stage["wall_rows_per_s"] / hf_plain["wall_rows_per_s"],
-              "stage_vs_hf_batched_wall": stage["wall_rows_per_s"] / hf_batched["wall_rows_per_s"]}
+    ratios = {
+        "raw_vllm_inproc_vs_subprocess_wall": raw_inproc["wall_rows_per_s"] / raw_subprocess["wall_rows_per_s"],
+        "stage_vs_raw_vllm_wall": stage["wall_rows_per_s"] / raw["wall_rows_per_s"],
+        "stage_vs_raw_vllm_gen": stage["gen_tokens_per_s"] / raw["gen_tokens_per_s"],
+        "stage_vs_hf_plain_wall": stage["wall_rows_per_s"] / hf_plain["wall_rows_per_s"],
+        "stage_vs_hf_batched_wall": stage["wall_rows_per_s"] / hf_batched["wall_rows_per_s"],
+    }
     print()
     print_table(results, ["method", "rows", "tokens", "seconds", "gen_s", "wall_rows_per_s", "gen_tokens_per_s"])
     print(f"\nraw vLLM in-process / engine subprocess: {ratios['raw_vllm_inproc_vs_subprocess_wall']:.2f}x rows/s wall")
-    print(f"stage / best raw vLLM ({raw['method']}): {ratios['stage_vs_raw_vllm_wall']:.2f}x rows/s wall, "
-          f"{ratios['stage_vs_raw_vllm_gen']:.2f}x tokens/s generating (target >= 0.9)")
-    print(f"stage / HF loop:  {ratios['stage_vs_hf_plain_wall']:.1f}x (1 prompt/call), "
-          f"{ratios['stage_vs_hf_batched_wall']:.1f}x (64 prompts/call) rows/s wall (target >= 10)")
+    print(
+        f"stage / best raw vLLM ({raw['method']}): {ratios['stage_vs_raw_vllm_wall']:.2f}x rows/s wall, "
+        f"{ratios['stage_vs_raw_vllm_gen']:.2f}x tokens/s generating (target >= 0.9)"
+    )
+    print(
+        f"stage / HF loop:  {ratios['stage_vs_hf_plain_wall']:.1f}x (1 prompt/call), "
+        f"{ratios['stage_vs_hf_batched_wall']:.1f}x (64 prompts/call) rows/s wall (target >= 10)"
+    )
     write_result("generate", {"args": vars(args), "results": results, "ratios": ratios})
 
 

@@ -4,6 +4,7 @@ Target: peak memory bounded (under 2 GiB) and independent of pool size.
     python benchmarks/pool.py                 # 100k and 1M rows
     python benchmarks/pool.py --rows 20000 200000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,14 @@ def measure(rows: int, work: Path, shards: int) -> dict:
     assert m["rows"] == rows, m
     shutil.rmtree(data)
     shutil.rmtree(out)
-    return {"rows": rows, "shards": shards, "generate_rows_per_s": rows / gen_s, "generate_peak_gib": gen_mem.gib,
-            "ingest_rows_per_s": rows / ing_s, "ingest_peak_gib": ing_mem.gib}
+    return {
+        "rows": rows,
+        "shards": shards,
+        "generate_rows_per_s": rows / gen_s,
+        "generate_peak_gib": gen_mem.gib,
+        "ingest_rows_per_s": rows / ing_s,
+        "ingest_peak_gib": ing_mem.gib,
+    }
 
 
 def main() -> None:
@@ -60,13 +67,34 @@ def main() -> None:
     }
     print()
     print(f"idle Ray (driver + daemons + workers): {idle_gib:.2f} GiB")
-    print_table(results, ["rows", "shards", "generate_rows_per_s", "generate_peak_gib", "ingest_rows_per_s",
-                          "ingest_peak_gib", "ingest_above_idle_gib"])
-    print(f"\n{large['rows'] // small['rows']}x the rows -> peak memory x{ratios['ingest_peak_ratio']:.2f} (ingest), "
-          f"x{ratios['generate_peak_ratio']:.2f} (generate); target: under 2 GiB and ~flat")
-    write_result("pool", {"host": host.node(), "cpus": ray.cluster_resources().get("CPU"), "results": results,
-                          "ratios": ratios, "idle_gib": idle_gib, "target_peak_gib": 2.0,
-                          "within_target": max(r["ingest_above_idle_gib"] for r in results) < 2.0})
+    print_table(
+        results,
+        [
+            "rows",
+            "shards",
+            "generate_rows_per_s",
+            "generate_peak_gib",
+            "ingest_rows_per_s",
+            "ingest_peak_gib",
+            "ingest_above_idle_gib",
+        ],
+    )
+    print(
+        f"\n{large['rows'] // small['rows']}x the rows -> peak memory x{ratios['ingest_peak_ratio']:.2f} (ingest), "
+        f"x{ratios['generate_peak_ratio']:.2f} (generate); target: under 2 GiB and ~flat"
+    )
+    write_result(
+        "pool",
+        {
+            "host": host.node(),
+            "cpus": ray.cluster_resources().get("CPU"),
+            "results": results,
+            "ratios": ratios,
+            "idle_gib": idle_gib,
+            "target_peak_gib": 2.0,
+            "within_target": max(r["ingest_above_idle_gib"] for r in results) < 2.0,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 Peak memory is the summed PSS of the driver and every Ray process.
     python benchmarks/selection.py --rows 200000 --model-rows 4096
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,10 @@ def main() -> None:
     from instructscale.demo.pool import DemoConfig, make_demo
     from instructscale.models.tiny import build_tiny_models
     from instructscale.runtime import RayConfig, init_ray
-    from instructscale.select.config import SelectOptions
+    from instructscale.select.config import SelectConfig
     from instructscale.select.dedup import find_duplicates
     from instructscale.select.features import text_features
-    from instructscale.select.model_scores import ModelScorer
+    from instructscale.select.scoring import ScorerActor
 
     work = Path(tempfile.mkdtemp(prefix="bench-select-"))
     student = build_tiny_models(work / "models")["student"]
@@ -42,8 +43,8 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     make_demo(DemoConfig(out_dir=str(work / "data"), rows=args.rows, shards=8, eval_rows=0, malformed_jsonl_rows=0))
     pool = str(work / "data" / "pool")
-    opts = SelectOptions()
-    kwargs = {"heuristics": opts.heuristics.model_dump(), "dedup": opts.dedup.model_dump()}
+    opts = SelectConfig(input=pool, out_dir=str(work / "select"), scorers=[{"kind": "model", "model": student}])
+    kwargs = {"cfg_json": opts.model_dump_json()}
     results = []
 
     for workers in (1, 2):
@@ -51,33 +52,76 @@ def main() -> None:
         with PeakRSS() as mem:
             t0 = time.time()
             ray.data.read_parquet(pool).repartition(target_num_rows_per_block=opts.batch_size * 2).map_batches(
-                text_features, batch_format="pyarrow", batch_size=opts.batch_size, fn_kwargs=kwargs,
-                compute=TaskPoolStrategy(size=workers)).write_parquet(str(out))
+                text_features,
+                batch_format="pyarrow",
+                batch_size=opts.batch_size,
+                fn_kwargs=kwargs,
+                compute=TaskPoolStrategy(size=workers),
+            ).write_parquet(str(out))
             seconds = time.time() - t0
-        results.append({"step": "cheap scorers + MinHash", "workers": workers, "rows": args.rows,
-                        "seconds": seconds, "rows_per_s": args.rows / seconds, "peak_gib": mem.gib})
+        results.append(
+            {
+                "step": "cheap scorers + MinHash",
+                "workers": workers,
+                "rows": args.rows,
+                "seconds": seconds,
+                "rows_per_s": args.rows / seconds,
+                "peak_gib": mem.gib,
+            }
+        )
 
     table = pads.dataset(str(work / "features-2"), format="parquet").to_table(columns=["id", "text_hash", "minhash"])
     with PeakRSS() as mem:
         t0 = time.time()
-        dups = find_duplicates(table["id"].to_pylist(), table["text_hash"].to_pylist(), table["minhash"].to_pylist(),
-                               np.zeros(table.num_rows), opts.dedup)
+        dups = find_duplicates(
+            table["id"].to_pylist(),
+            table["text_hash"].to_pylist(),
+            table["minhash"].to_pylist(),
+            np.zeros(table.num_rows),
+            opts.dedup,
+        )
         seconds = time.time() - t0
-    results.append({"step": f"LSH dedup ({len(dups):,} duplicates)", "workers": 1, "rows": table.num_rows,
-                    "seconds": seconds, "rows_per_s": table.num_rows / seconds, "peak_gib": mem.gib})
+    results.append(
+        {
+            "step": f"LSH dedup ({len(dups):,} duplicates)",
+            "workers": 1,
+            "rows": table.num_rows,
+            "seconds": seconds,
+            "rows_per_s": table.num_rows / seconds,
+            "peak_gib": mem.gib,
+        }
+    )
 
-    s = opts.scoring
+    s = opts.scorers[0]
     for workers in (1, 2):
         with PeakRSS() as mem:
             t0 = time.time()
-            n = ray.data.read_parquet(pool).limit(args.model_rows).repartition(
-                target_num_rows_per_block=s.batch_size * 2).map_batches(
-                ModelScorer, fn_constructor_kwargs={"model": student, "max_length": s.max_length},
-                batch_size=s.batch_size, batch_format="pyarrow", num_cpus=1,
-                compute=ActorPoolStrategy(min_size=workers, max_size=workers)).count()
+            n = (
+                ray.data.read_parquet(pool)
+                .limit(args.model_rows)
+                .repartition(target_num_rows_per_block=s.batch_size * 2)
+                .map_batches(text_features, batch_format="pyarrow", fn_kwargs=kwargs)
+                .map_batches(
+                    ScorerActor,
+                    fn_constructor_kwargs={"cfg": opts.model_dump(mode="json"), "index": 0},
+                    batch_size=s.batch_size,
+                    batch_format="pyarrow",
+                    num_cpus=1,
+                    compute=ActorPoolStrategy(min_size=workers, max_size=workers),
+                )
+                .count()
+            )
             seconds = time.time() - t0
-        results.append({"step": "model scorer (loss, IFD, embedding)", "workers": workers, "rows": n,
-                        "seconds": seconds, "rows_per_s": n / seconds, "peak_gib": mem.gib})
+        results.append(
+            {
+                "step": "model scorer (loss, IFD, embedding)",
+                "workers": workers,
+                "rows": n,
+                "seconds": seconds,
+                "rows_per_s": n / seconds,
+                "peak_gib": mem.gib,
+            }
+        )
 
     print_table(results, ["step", "workers", "rows", "seconds", "rows_per_s", "peak_gib"])
     cheap = results[1]["rows_per_s"] / results[0]["rows_per_s"]

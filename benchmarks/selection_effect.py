@@ -14,6 +14,7 @@ differ by up to ~0.25 in held-out loss.
 Target: selected >= random of the same size, and >= the full pool.
     python benchmarks/selection_effect.py --rows 8000 --steps 120 --seeds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,10 @@ from _common import print_table, write_result
 
 # selector settings compared; the first is the platform's default and also gets the curriculum arms
 VARIANTS = {
-    "filters + dedup, then random (default)": {"method": "random"},
-    "k-center coverage": {"method": "kcenter"},
-    "diverse, IFD score first (DEITA-style)": {"method": "diverse"},
-    "diverse, hardest first (loss +1)": {"method": "diverse", "weights": {"loss": 1.0}},
+    "filters + dedup, then random (default)": {"selector": "random"},
+    "k-center coverage": {"selector": "kcenter"},
+    "diverse, IFD score first (DEITA-style)": {"selector": "diverse"},
+    "diverse, hardest first (loss +1)": {"selector": "diverse", "weights": {"loss": 1.0}},
 }
 CURRICULA = ("ifd", "length")  # difficulty sources of the competence-curriculum arms
 MAX_LENGTH, MICRO_BATCH, WORKERS = 128, 16, 2
@@ -38,7 +39,8 @@ METRICS = ("exact_match", "token_f1", "rouge_l", "loss")
 
 def mean_tokens(data: str, tokenizer) -> float:
     """Mean training tokens per usable row of ``data`` (prompt and response, as the trainer sees them)."""
-    from instructscale.train.data import read_training_columns, tokenize
+    from instructscale.tokens import tokenize
+    from instructscale.train.data import read_training_columns
 
     rows = read_training_columns(data, ["id", "instruction", "input", "output", "messages"]).to_pylist()
     return sum(len(tokenize(r, tokenizer, MAX_LENGTH).input_ids) for r in rows) / len(rows)
@@ -48,14 +50,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=8000)
     parser.add_argument("--eval-rows", type=int, default=400)
-    parser.add_argument("--steps", type=int, default=150,
-                        help="steps on the full pool; their tokens are every arm's training budget")
+    parser.add_argument(
+        "--steps", type=int, default=150, help="steps on the full pool; their tokens are every arm's training budget"
+    )
     parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--seeds", type=int, default=1,
-                        help="repeats (random subset, selector seed and training order vary); figures are means")
-    parser.add_argument("--probe-steps", type=int, default=0,
-                        help="score with a probe: the student briefly trained on the random subset "
-                             "(Cherry-LLM's 'pre-experienced' model); 0: the untrained student scores")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="repeats (random subset, selector seed and training order vary); figures are means",
+    )
+    parser.add_argument(
+        "--probe-steps",
+        type=int,
+        default=0,
+        help="score with a probe: the student briefly trained on the random subset "
+        "(Cherry-LLM's 'pre-experienced' model); 0: the untrained student scores",
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -66,11 +77,11 @@ def main() -> None:
     from instructscale.config import parse_config
     from instructscale.demo.pool import DemoConfig, make_demo
     from instructscale.evaluate import EvalConfig, evaluate
-    from instructscale.io import write_parquet_atomic
     from instructscale.models.tiny import build_tiny_models
     from instructscale.runtime import RayConfig, init_ray
     from instructscale.select.config import SelectConfig
     from instructscale.select.stage import select
+    from instructscale.storage import write_parquet
     from instructscale.train.config import TrainConfig
     from instructscale.train.stage import train
 
@@ -78,8 +89,11 @@ def main() -> None:
     student = build_tiny_models(work / "models")["student"]
     init_ray(RayConfig(num_cpus=8))
     ray.data.DataContext.get_current().enable_progress_bars = False
-    make_demo(DemoConfig(out_dir=str(work / "data"), rows=args.rows, eval_rows=args.eval_rows, shards=2,
-                         malformed_jsonl_rows=0))
+    make_demo(
+        DemoConfig(
+            out_dir=str(work / "data"), rows=args.rows, eval_rows=args.eval_rows, shards=2, malformed_jsonl_rows=0
+        )
+    )
     pool, held_out = str(work / "data" / "pool"), str(work / "data" / "eval")
 
     table = pads.dataset(pool, format="parquet").to_table()
@@ -87,7 +101,7 @@ def main() -> None:
 
     def random_subset(seed: int) -> str:
         pick = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=k, replace=False))
-        write_parquet_atomic(work / f"random-{seed}" / "part-0.parquet", table.take(pick))
+        write_parquet(str(work / f"random-{seed}" / "part-0.parquet"), table.take(pick))
         return str(work / f"random-{seed}")
 
     tokenizer = AutoTokenizer.from_pretrained(student)
@@ -96,26 +110,62 @@ def main() -> None:
 
     def run(name: str, data: str, curriculum: str, seed: int, steps: int | None = None) -> dict:
         steps = steps or round(token_budget / (MICRO_BATCH * WORKERS * row_tokens(data)))
-        cfg = parse_config(TrainConfig, {
-            "data": data, "model": student, "out_dir": str(work / f"train-{name}"), "lora": None, "seed": seed,
-            "max_steps": steps, "epochs": 1000, "micro_batch_size": MICRO_BATCH, "max_length": MAX_LENGTH,
-            "optim": {"lr": 3e-3}, "checkpoint_every": steps, "scaling": {"num_workers": WORKERS},
-            "curriculum": {"strategy": curriculum}})
+        cfg = parse_config(
+            TrainConfig,
+            {
+                "data": data,
+                "model": student,
+                "out_dir": str(work / f"train-{name}"),
+                "lora": None,
+                "seed": seed,
+                "max_steps": steps,
+                "epochs": 1000,
+                "micro_batch_size": MICRO_BATCH,
+                "max_length": MAX_LENGTH,
+                "optim": {"lr": 3e-3},
+                "checkpoint_every": steps,
+                "scaling": {"num_workers": WORKERS},
+                "curriculum": curriculum,
+            },
+        )
         return train(cfg)
 
     def held_out_scores(model: str, name: str) -> dict:
-        ev = evaluate(parse_config(EvalConfig, {"model": model, "data": held_out, "out_dir": str(work / f"eval-{name}"),
-                                                "backend": {"kind": "hf"}, "sampling": {"max_tokens": 24}}))
+        ev = evaluate(
+            parse_config(
+                EvalConfig,
+                {
+                    "model": model,
+                    "data": held_out,
+                    "out_dir": str(work / f"eval-{name}"),
+                    "backend": {"kind": "hf"},
+                    "sampling": {"max_tokens": 24},
+                },
+            )
+        )
         return {m: ev["overall"][m] for m in METRICS}
 
     probe = run("probe", random_subset(0), "random", 0, args.probe_steps)["model"] if args.probe_steps else student
     features = work / "select-0-0" / "features"  # the first selection computes them, the rest reuse them
 
-    def select_rows(out: Path, seed: int, selector: dict, difficulty: str = "ifd") -> dict:
-        return select(parse_config(SelectConfig, {
-            "input": pool, "out_dir": str(out), "scoring": {"model": probe, "ifd_max": None},
-            "features_dir": str(features) if features.exists() else None, "difficulty": {"source": difficulty},
-            "selector": {"budget": k, "stratify_by": "task", "seed": seed, **selector}}))
+    def select_rows(out: Path, seed: int, variant: dict, difficulty: str = "ifd") -> dict:
+        return select(
+            parse_config(
+                SelectConfig,
+                {
+                    "input": pool,
+                    "out_dir": str(out),
+                    "filters": ["length", "repetition", "control_characters", "refusal", "reference_answer"],
+                    "scorers": [{"kind": "model", "model": probe}],
+                    "max_ifd": None,
+                    "features_dir": str(features) if features.exists() else None,
+                    "difficulty": {"source": difficulty},
+                    "budget": {"budget": k, "stratify_by": "task"},
+                    **variant,
+                    "selector": {"kind": variant["selector"], "seed": seed},
+                },
+            )
+        )
 
     default = next(iter(VARIANTS))
     runs: dict[str, list[dict]] = {"base student": [held_out_scores(student, "base") | {"steps": 0}]}
@@ -127,25 +177,51 @@ def main() -> None:
             arms.append((f"selected {k}, {name}", str(work / f"select-{seed}-{i}" / "selected"), "random"))
         for source in CURRICULA:  # the default's rows again, with each difficulty column
             select_rows(work / f"select-{seed}-{source}", seed, VARIANTS[default], source)
-            arms.append((f"selected {k}, {default} + curriculum ({source})",
-                         str(work / f"select-{seed}-{source}" / "selected"), "competence"))
+            arms.append(
+                (
+                    f"selected {k}, {default} + curriculum ({source})",
+                    str(work / f"select-{seed}-{source}" / "selected"),
+                    "competence",
+                )
+            )
         for i, (name, data, curriculum) in enumerate(arms):
             trained = run(f"{seed}-{i}", data, curriculum, seed)
-            runs.setdefault(name, []).append(held_out_scores(trained["model"], f"{seed}-{i}") | {"steps": trained["steps"]})
+            runs.setdefault(name, []).append(
+                held_out_scores(trained["model"], f"{seed}-{i}") | {"steps": trained["steps"]}
+            )
 
-    results = [{"arm": name, "steps": rs[0]["steps"], **{m: float(np.mean([r[m] for r in rs])) for m in METRICS},
-                "loss_sd": float(np.std([r["loss"] for r in rs], ddof=1)) if len(rs) > 1 else 0.0, "runs": rs}
-               for name, rs in runs.items()]
+    results = [
+        {
+            "arm": name,
+            "steps": rs[0]["steps"],
+            **{m: float(np.mean([r[m] for r in rs])) for m in METRICS},
+            "loss_sd": float(np.std([r["loss"] for r in rs], ddof=1)) if len(rs) > 1 else 0.0,
+            "runs": rs,
+        }
+        for name, rs in runs.items()
+    ]
     print_table(results, ["arm", "steps", *METRICS, "loss_sd"])
     full, random_arm = results[1], results[2]
-    verdict = {r["arm"]: {"beats_random": r["loss"] < random_arm["loss"], "reaches_full": r["loss"] <= full["loss"],
-                          "loss_vs_random": r["loss"] - random_arm["loss"]}
-               for r in results[3:]}
+    verdict = {
+        r["arm"]: {
+            "beats_random": r["loss"] < random_arm["loss"],
+            "reaches_full": r["loss"] <= full["loss"],
+            "loss_vs_random": r["loss"] - random_arm["loss"],
+        }
+        for r in results[3:]
+    }
     print(f"\nheld-out figures are means over {args.seeds} run(s); loss_sd: their standard deviation")
     print(f"selection ({default}): {sels[default]['removed']} removed, {sels[default]['selected']} selected")
     print("verdict on mean held-out loss:", json.dumps(verdict, indent=1))
-    write_result("selection_effect", {"args": vars(args), "results": results, "verdict": verdict,
-                                      "select": {name: m | {"config": None} for name, m in sels.items()}})
+    write_result(
+        "selection_effect",
+        {
+            "args": vars(args),
+            "results": results,
+            "verdict": verdict,
+            "select": {name: m | {"config": None} for name, m in sels.items()},
+        },
+    )
 
 
 if __name__ == "__main__":

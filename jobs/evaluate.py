@@ -1,4 +1,5 @@
 """Ray job entry point for the evaluation stage: `python jobs/evaluate.py CONFIG [--set k=v ...]`."""
+
 import sys
 
 from instructscale.cli import main

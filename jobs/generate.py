@@ -1,4 +1,5 @@
 """Ray job entry point for the generation stage: `python jobs/generate.py CONFIG [--set k=v ...]`."""
+
 import sys
 
 from instructscale.cli import main

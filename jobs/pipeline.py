@@ -3,6 +3,7 @@
 Inside a submitted Ray job, RAY_ADDRESS points at the cluster and the pipeline joins it; run
 locally, it starts an embedded Ray like `instructscale pipeline` does.
 """
+
 import sys
 
 from instructscale.cli import main

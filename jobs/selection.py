@@ -1,4 +1,5 @@
 """Ray job entry point for the selection stage: `python jobs/selection.py CONFIG [--set k=v ...]`."""
+
 import sys
 
 from instructscale.cli import main

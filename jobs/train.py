@@ -1,4 +1,5 @@
 """Ray job entry point for the training stage: `python jobs/train.py CONFIG [--set k=v ...]`."""
+
 import sys
 
 from instructscale.cli import main

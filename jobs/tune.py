@@ -1,4 +1,5 @@
 """Ray job entry point for the tuning search: `python jobs/tune.py CONFIG [--set k=v ...]`."""
+
 import sys
 
 from instructscale.cli import main

@@ -1,4 +1,5 @@
 """A local OpenAI-compatible server for tests: deterministic replies, injectable failures."""
+
 from __future__ import annotations
 
 import json
@@ -40,10 +41,15 @@ class StubServer:
                 if n <= stub.fail_first:
                     return self._send(503, {"error": "overloaded"})
                 prompt = payload["messages"][-1]["content"]
-                choices = [{"index": i, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": reply(prompt, i)},
-                            "logprobs": {"content": [{"logprob": -0.25}, {"logprob": -0.75}]}}
-                           for i in range(payload.get("n", 1))]
+                choices = [
+                    {
+                        "index": i,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": reply(prompt, i)},
+                        "logprobs": {"content": [{"logprob": -0.25}, {"logprob": -0.75}]},
+                    }
+                    for i in range(payload.get("n", 1))
+                ]
                 self._send(200, {"choices": choices, "usage": {"completion_tokens": 2 * len(choices)}})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

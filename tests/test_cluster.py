@@ -1,5 +1,6 @@
 """Cluster configs validate against Ray's own schema, KubeRay manifests have the expected
 structure, and the demo pipeline runs as a Ray job submitted with the CLI to a real local head."""
+
 import json
 import os
 import shutil
@@ -75,12 +76,25 @@ def local_head():
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths have a length limit
     ray_bin = Path(sys.executable).with_name("ray")
     proc = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=8",
-         f"--temp-dir={temp_dir}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            f"--dashboard-port={dash}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            "--num-cpus=8",
+            f"--temp-dir={temp_dir}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
         # the cluster's `python` is this environment's, as on a node set up by cluster/*.yaml
-        env={**os.environ, "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+        env={**os.environ, "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -98,13 +112,37 @@ def local_head():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_submit_demo_pipeline_to_a_local_head(local_head, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["submit", "configs/demo.yaml", "--address", local_head, "--job-id", "demo-job",
-            "--set", f"run_dir={run}", "--set", "demo.rows=400", "--set", "demo.eval_rows=20",
-            "--set", "demo.malformed_jsonl_rows=8", "--set", "generate=null", "--set", "evaluate=null",
-            "--set", "select.scoring.max_replicas=1", "--set", "train.max_steps=2",
-            "--set", "train.micro_batch_size=4", "--set", "train.eval_every=2"]
+    args = [
+        "submit",
+        "configs/demo.yaml",
+        "--address",
+        local_head,
+        "--job-id",
+        "demo-job",
+        "--set",
+        f"run_dir={run}",
+        "--set",
+        "demo.rows=400",
+        "--set",
+        "demo.eval_rows=20",
+        "--set",
+        "demo.malformed_jsonl_rows=8",
+        "--set",
+        "generate=null",
+        "--set",
+        "evaluate=null",
+        "--set",
+        "select.scorers.0.max_replicas=1",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.micro_batch_size=4",
+        "--set",
+        "train.eval_every=2",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "submitted demo-job" in out and "pipeline done" in out and "job demo-job: SUCCEEDED" in out

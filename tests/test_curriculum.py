@@ -1,8 +1,18 @@
 """Curriculum schedules, checked exactly on small difficulty lists."""
+
+import functools
+import operator
+
 import numpy as np
 import pytest
 
-from instructscale.train.curriculum import CurriculumConfig, build_schedule, competence, worker_slice
+from instructscale.plugins import Curriculum
+from instructscale.train.curriculum import build_schedule, competence, worker_slice
+
+
+def CurriculumConfig(strategy: str, **options):
+    return Curriculum.registry.parse({"kind": strategy, **options})
+
 
 D = [5, 1, 4, 2, 3, 0, 7, 6]  # row i has difficulty D[i]; sorted order is 5,1,3,4,2,0,7,6
 
@@ -58,7 +68,7 @@ def test_baby_steps_adds_one_bucket_per_stage():
     cfg = CurriculumConfig(strategy="baby_steps", buckets=3)
     batches = build_schedule(d, cfg, global_batch=2, epochs=1, seed=0)
     assert len(batches) == 6  # 12 rows / 2 per step, split 2/2/2 over the three stages
-    assert [max(max(b) for b in batches[k:k + 2]) < 4 * (k // 2 + 1) for k in (0, 2, 4)] == [True] * 3
+    assert [max(max(b) for b in batches[k : k + 2]) < 4 * (k // 2 + 1) for k in (0, 2, 4)] == [True] * 3
     assert all(max(b) < 4 for b in batches[:2])
 
 
@@ -66,7 +76,7 @@ def test_worker_slices_partition_each_global_batch():
     batch = [5, 1, 3, 4, 2, 0]
     parts = [worker_slice(batch, r, 3) for r in range(3)]
     assert parts == [[5, 4], [1, 2], [3, 0]]
-    assert sorted(sum(parts, [])) == sorted(batch)
+    assert sorted(functools.reduce(operator.iadd, parts, [])) == sorted(batch)
 
 
 def test_too_few_rows_is_a_clear_error():

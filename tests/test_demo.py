@@ -1,4 +1,5 @@
 """Demo pool: verifiable answers, planted noise at the configured rates, disjoint eval split."""
+
 import json
 import random
 from collections import Counter
@@ -6,15 +7,16 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from instructscale.answers import check_answer
 from instructscale.demo.pool import DemoConfig, NoiseConfig, _is_eval, iter_eval_rows, iter_pool_rows, make_demo
-from instructscale.demo.tasks import MAX_DIFFICULTY, TASKS, check_answer
+from instructscale.demo.tasks import MAX_DIFFICULTY, TASKS
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_every_task_and_difficulty_yields_exact_answers(task):
     rng = random.Random(1)
     for d in range(1, MAX_DIFFICULTY + 1):
-        instruction, inp, answer = TASKS[task](rng, d)
+        instruction, _inp, answer = TASKS[task](rng, d)
         assert instruction and answer
 
 
@@ -22,22 +24,29 @@ def test_known_answers():
     assert check_answer(" 95. ", "95")
     assert not check_answer("96", "95")
     rng = random.Random(0)
-    instruction, inp, answer = TASKS["sorting"](rng, 1)
+    _instruction, inp, answer = TASKS["sorting"](rng, 1)
     assert answer == ", ".join(map(str, sorted(int(x) for x in inp.split(", "))))
-    instruction, inp, answer = TASKS["string"](rng, 2)
+    _instruction, inp, answer = TASKS["string"](rng, 2)
     assert answer == inp[::-1]
 
 
 def test_rows_deterministic_noise_rates_and_labels():
-    cfg = DemoConfig(out_dir="x", noise=NoiseConfig(wrong_answer=0.1, duplicate=0.1, near_duplicate=0.1,
-                                                    empty_output=0.05, overlong_output=0.05))
+    cfg = DemoConfig(
+        out_dir="x",
+        noise=NoiseConfig(wrong_answer=0.1, duplicate=0.1, near_duplicate=0.1, empty_output=0.05, overlong_output=0.05),
+    )
     rows = list(iter_pool_rows(cfg, 0, 4000))
     assert rows == list(iter_pool_rows(cfg, 0, 4000))
     assert rows != list(iter_pool_rows(cfg, 1, 4000))
     metas = [json.loads(r["metadata"]) for r in rows]
     noise = Counter(m["noise"] for m in metas)
-    for kind, rate in [("wrong_answer", 0.1), ("duplicate", 0.1), ("near_duplicate", 0.1),
-                       ("empty_output", 0.05), ("overlong_output", 0.05)]:
+    for kind, rate in [
+        ("wrong_answer", 0.1),
+        ("duplicate", 0.1),
+        ("near_duplicate", 0.1),
+        ("empty_output", 0.05),
+        ("overlong_output", 0.05),
+    ]:
         assert abs(noise[kind] / len(rows) - rate) < 0.03, (kind, noise)
     by_id = {r["id"]: r for r in rows}
     for r, m in zip(rows, metas):
@@ -68,8 +77,11 @@ def test_make_demo_writes_shards_and_is_reused(ray_local, tmp_path):
     cfg = DemoConfig(out_dir=str(tmp_path / "d"), rows=1001, shards=3, eval_rows=20, malformed_jsonl_rows=40)
     m = make_demo(cfg)
     assert m["pool_rows"] == 1001
-    assert sorted(p.name for p in (tmp_path / "d" / "pool").iterdir()) == [
-        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert sorted(p.name for p in (tmp_path / "d" / "pool").glob("*.parquet")) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     assert pq.read_table(tmp_path / "d" / "pool").num_rows == 1001
     assert pq.read_table(tmp_path / "d" / "eval").num_rows == 20
     assert sum(m["side_jsonl_malformed"].values()) == 10

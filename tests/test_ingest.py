@@ -1,4 +1,5 @@
 """The ingest stage on real files through Ray Data: good rows, exact quarantine counts, formats."""
+
 import json
 
 import pyarrow as pa
@@ -41,7 +42,11 @@ def test_jsonl_good_and_malformed_rows_exact_counts(ray_local, tmp_path):
     assert m["quarantine_by_file"] == {str(src): 4}
     q = sorted(_quarantine(out), key=lambda r: r["line"])
     assert [(r["line"], r["reason"].split(":")[0]) for r in q] == [
-        (3, "invalid_json"), (5, "missing_field"), (6, "oversize"), (7, "wrong_type")]
+        (3, "invalid_json"),
+        (5, "missing_field"),
+        (6, "oversize"),
+        (7, "wrong_type"),
+    ]
     assert all(r["file"] == str(src) for r in q)
     assert "field 'output' must be a string" in q[3]["reason"]
     table = _pool(out)
@@ -52,24 +57,41 @@ def test_jsonl_good_and_malformed_rows_exact_counts(ray_local, tmp_path):
 
 def test_alpaca_json_array_sharegpt_and_parquet_union(ray_local, tmp_path):
     alpaca = tmp_path / "alpaca.json"
-    alpaca.write_text(json.dumps([{"instruction": "A", "input": "", "output": "1"},
-                                  {"instruction": "B", "input": "x", "output": "2"},
-                                  {"conversations": [{"from": "human", "value": "chat row"}]}]))
+    alpaca.write_text(
+        json.dumps(
+            [
+                {"instruction": "A", "input": "", "output": "1"},
+                {"instruction": "B", "input": "x", "output": "2"},
+                {"conversations": [{"from": "human", "value": "chat row"}]},
+            ]
+        )
+    )
     share = tmp_path / "share.jsonl"
-    share.write_text("\n".join(json.dumps(r) for r in [
-        {"id": "s1", "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
-        {"id": "s2", "instruction": "not chat"},
-    ]))
+    share.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"id": "s1", "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
+                {"id": "s2", "instruction": "not chat"},
+            ]
+        )
+    )
     pq_dir = tmp_path / "pq"
     pq_dir.mkdir()
-    pq.write_table(pa.table({"id": ["p1", "p2"], "instruction": ["P", None], "output": ["o", "o"]}),
-                   pq_dir / "x.parquet")
+    pq.write_table(
+        pa.table({"id": ["p1", "p2"], "instruction": ["P", None], "output": ["o", "o"]}), pq_dir / "x.parquet"
+    )
     out = tmp_path / "out"
-    m = ingest(IngestConfig(inputs=[
-        PoolInput(path=str(alpaca), format="alpaca", source="alp"),
-        PoolInput(path=str(share), format="sharegpt"),
-        PoolInput(path=str(pq_dir), format="parquet"),
-    ], out_dir=str(out)))
+    m = ingest(
+        IngestConfig(
+            inputs=[
+                PoolInput(path=str(alpaca), format="alpaca", source="alp"),
+                PoolInput(path=str(share), format="sharegpt"),
+                PoolInput(path=str(pq_dir), format="parquet"),
+            ],
+            out_dir=str(out),
+        )
+    )
     assert (m["rows"], m["quarantined"]) == (4, 3)
     reasons = {(r["file"].rsplit("/", 1)[-1], r["line"]): r["reason"] for r in _quarantine(out)}
     assert reasons[("alpaca.json", 3)].startswith("wrong_format")
@@ -94,5 +116,8 @@ def test_completed_output_is_reused_and_overwrite_reruns(ray_local, tmp_path):
 
 def test_missing_input_path_is_a_config_error(ray_local, tmp_path):
     with pytest.raises(ConfigError, match=r"inputs\[0\].path: no file or directory matches"):
-        ingest(IngestConfig(inputs=[PoolInput(path=str(tmp_path / "nope*.jsonl"), format="jsonl")],
-                            out_dir=str(tmp_path / "o")))
+        ingest(
+            IngestConfig(
+                inputs=[PoolInput(path=str(tmp_path / "nope*.jsonl"), format="jsonl")], out_dir=str(tmp_path / "o")
+            )
+        )

@@ -1,12 +1,14 @@
 """Tiny local models: deterministic, loadable by transformers and by vLLM (CPU build here)."""
+
 import hashlib
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
+from helpers import check_in_vllm
 from instructscale.models.check import check_transformers
 from instructscale.models.tiny import EOS, build_tiny_models
-from helpers import check_in_vllm
 
 
 def _digest(path: Path) -> str:
@@ -45,6 +47,7 @@ def test_student_loads_and_generates_in_transformers(tiny_models):
     assert out["tokens"] >= 1
 
 
+@pytest.mark.slow
 def test_teacher_loads_and_generates_in_vllm(tiny_models):
     result = check_in_vllm(tiny_models["teacher"])
     assert result["engine"] == "vllm" and result["tokens"] >= 1

@@ -1,14 +1,31 @@
 """The main job end to end on a small demo config, through the CLI entry point."""
+
 import json
+
+import pytest
 
 from instructscale.cli import main
 
 
+@pytest.mark.slow
 def test_pipeline_demo_run(ray_local, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["pipeline", "configs/demo.yaml", "--set", f"run_dir={run}", "--set", "demo.rows=2000",
-            "--set", "demo.eval_rows=50", "--set", "demo.malformed_jsonl_rows=40",
-            "--set", "train.max_steps=4", "--set", "train.micro_batch_size=4"]
+    args = [
+        "pipeline",
+        "configs/demo.yaml",
+        "--set",
+        f"run_dir={run}",
+        "--set",
+        "demo.rows=2000",
+        "--set",
+        "demo.eval_rows=50",
+        "--set",
+        "demo.malformed_jsonl_rows=40",
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "train.micro_batch_size=4",
+    ]
     assert main(args) == 0
     assert "pipeline done" in capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
@@ -23,7 +40,9 @@ def test_pipeline_demo_run(ray_local, tmp_path, capsys):
     assert tr["steps"] == 4 and (run / "train" / "model" / "model.safetensors").is_file()
     assert summary["model"] == str(run / "train" / "model")
     sel = summary["stages"]["select"]
-    assert sel["selected"] + sel["not_selected"] + sum(sel["removed"].values()) == gen["rows"] + sum(gen["rejected"].values())
+    assert sel["selected"] + sel["not_selected"] + sum(sel["removed"].values()) == gen["rows"] + sum(
+        gen["rejected"].values()
+    )
     ev = summary["stages"]["evaluate"]
     assert set(ev) == {"base", "tuned"} and ev["tuned"]["overall"]["rows"] == 50
     assert set(summary["seconds"]) == {"models", "demo", "ingest", "generate", "select", "train", "evaluate"}

@@ -1,4 +1,5 @@
 """normalize_record: every row style, and every malformed case names its field."""
+
 import pytest
 
 from instructscale.pools.records import RecordLimits, RowError, default_id, normalize_record
@@ -26,8 +27,16 @@ def test_output_may_be_absent_but_not_wrong_type():
 
 
 def test_sharegpt_conversation_maps_roles():
-    row = norm({"id": 5, "conversations": [{"from": "system", "value": "Be brief."},
-                                           {"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]})
+    row = norm(
+        {
+            "id": 5,
+            "conversations": [
+                {"from": "system", "value": "Be brief."},
+                {"from": "human", "value": "Hi?"},
+                {"from": "gpt", "value": "Hello."},
+            ],
+        }
+    )
     assert row["id"] == "5"
     assert row["instruction"] == "Hi?" and row["output"] == "Hello."
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]

@@ -1,5 +1,6 @@
 """Selection: each scorer on hand-computed cases, selectors' budgets and quotas, and the stage
 end to end on a demo pool through Ray Data."""
+
 import json
 import math
 from collections import Counter
@@ -12,36 +13,58 @@ import torch
 
 from instructscale.config import ConfigError, parse_config
 from instructscale.demo.pool import DemoConfig, iter_pool_rows
-from instructscale.io import write_parquet_atomic
+from instructscale.plugins import RowFilter
 from instructscale.schema import POOL_SCHEMA, decode_metadata
+from instructscale.scorers import ModelScorer
 from instructscale.select import selectors
-from instructscale.select.config import DedupSettings, HeuristicSettings, SelectConfig, SelectorSettings
+from instructscale.select.config import DedupSettings, SelectConfig
 from instructscale.select.dedup import find_duplicates
-from instructscale.select.features import heuristic_reason, minhash, normalize_text, repetition, verified
-from instructscale.select.model_scores import ModelScorer
+from instructscale.select.features import first_failure, minhash, normalize_text, repetition
 from instructscale.select.stage import select
+from instructscale.storage import write_parquet
 
 
 def row(i, instruction, output="ok", inp="", meta=None):
-    return {"id": f"r{i}", "instruction": instruction, "input": inp, "output": output, "messages": None,
-            "source": "t", "metadata": json.dumps(meta or {})}
+    return {
+        "id": f"r{i}",
+        "instruction": instruction,
+        "input": inp,
+        "output": output,
+        "messages": None,
+        "source": "t",
+        "metadata": json.dumps(meta or {}),
+    }
 
 
-def test_heuristics_and_verifier_on_hand_computed_rows():
+def test_builtin_filters_and_the_demo_verifier_on_hand_computed_rows():
     assert repetition("a b c a b c a b c") == pytest.approx(1 - 3 / 7)
     assert repetition("one two three four") == 0 and repetition("short") == 0
-    h = HeuristicSettings(max_output_chars=50, max_non_ascii=0.3)
-    assert heuristic_reason("Add 2 and 3.", "5", 0.0, h) is None
-    assert heuristic_reason("Hi", "5", 0.0, h) == "instruction_too_short"
-    assert heuristic_reason("Add 2 and 3.", "  ", 0.0, h) == "output_too_short"
-    assert heuristic_reason("Add 2 and 3.", "5 " * 30, 0.0, h) == "output_too_long"
-    assert heuristic_reason("Add 2 and 3.", "x", 0.6, h) == "repetitive_output"
-    assert heuristic_reason("Add 2 and 3.", "I'm sorry, I can't.", 0.0, h) == "refusal"
-    assert heuristic_reason("Add \x00 3.", "5", 0.0, h) == "control_characters"
-    assert heuristic_reason("Ответь на вопрос", "да", 0.0, h) == "non_ascii"
-    assert verified(row(0, "q", "The answer is 5", meta={"answer": "5"})) is False
-    assert verified(row(0, "q", " 5. ", meta={"answer": "5"})) is True
-    assert verified(row(0, "q", "5")) is None
+    specs = [
+        {"kind": "length", "max_output_chars": 50},
+        "repetition",
+        "control_characters",
+        {"kind": "non_ascii", "max_non_ascii": 0.3},
+        "refusal",
+        "reference_answer",
+    ]
+    filters = [RowFilter.registry.build(RowFilter.registry.parse(s)) for s in specs]
+
+    def reason(prompt, output, rep=0.0, meta=None):
+        r = row(0, prompt, output, meta=meta)
+        r.update(prompt=prompt, prompt_chars=len(prompt), output_chars=len(output), repetition=rep)
+        return first_failure(r, filters)
+
+    assert reason("Add 2 and 3.", "5") is None
+    assert reason("Hi", "5") == "instruction_too_short"
+    assert reason("Add 2 and 3.", "  ") == "output_too_short"
+    assert reason("Add 2 and 3.", "5 " * 30) == "output_too_long"
+    assert reason("Add 2 and 3.", "x", rep=0.6) == "repetitive_output"
+    assert reason("Add 2 and 3.", "I'm sorry, I can't.") == "refusal"
+    assert reason("Add \x00 3.", "5") == "control_characters"
+    assert reason("Ответь на вопрос", "да") == "non_ascii"
+    assert reason("q?!", "The answer is 5", meta={"answer": "5"}) == "verifier_wrong"
+    assert reason("q?!", " 5. ", meta={"answer": "5"}) is None
+    assert reason("q?!", "5") is None  # nothing to check against
 
 
 def test_dedup_removes_exactly_the_planted_duplicates():
@@ -59,24 +82,31 @@ def test_dedup_removes_exactly_the_planted_duplicates():
     norm = [normalize_text(t) for t in texts.values()]
     sigs = [minhash(t, cfg) for t in norm]
     import hashlib
+
     hashes = [hashlib.sha1(t.encode()).hexdigest() for t in norm]
     priority = np.zeros(len(ids))
     priority[ids.index("c_near")] = 1.0  # the better-scored copy is the one kept
     dups = find_duplicates(ids, hashes, sigs, priority, cfg)
     found = {ids[i]: (reason, ids[of]) for i, (reason, of) in dups.items()}
-    assert found == {"a_exact": ("exact_duplicate", "a"), "a_near": ("near_duplicate", "a"),
-                     "c": ("near_duplicate", "c_near")}
+    assert found == {
+        "a_exact": ("exact_duplicate", "a"),
+        "a_near": ("near_duplicate", "a"),
+        "c": ("near_duplicate", "c_near"),
+    }
 
 
 def test_ifd_and_losses_match_a_hand_computation(tiny_models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    scorer = ModelScorer(tiny_models["student"], max_length=128)
-    rows = [row(0, "Reverse the letters of the word.", "elppa", inp="apple"),
-            row(1, "", "the same text either way"),
-            row(2, "Compute 2 + 3, then explain every step of the sum in detail.", "5"),
-            row(3, "No response yet.", "")]
-    got = scorer.score_rows(rows)
+    scorer = ModelScorer(ModelScorer.Config(model=tiny_models["student"], max_length=128))
+    scorer.setup()
+    rows = [
+        row(0, "Reverse the letters of the word.", "elppa", inp="apple"),
+        row(1, "", "the same text either way"),
+        row(2, "Compute 2 + 3, then explain every step of the sum in detail.", "5"),
+        row(3, "No response yet.", ""),
+    ]
+    got = scorer.score(rows)
     # row 1: an empty instruction is the unconditioned prompt itself, so IFD is exactly 1
     assert got["ifd"][1] == pytest.approx(1.0, abs=1e-6)
     assert got["loss"][3] is None and got["ifd"][3] is None and got["embedding"][3] is None
@@ -85,18 +115,22 @@ def test_ifd_and_losses_match_a_hand_computation(tiny_models):
     model = AutoModelForCausalLM.from_pretrained(tiny_models["student"]).eval()
 
     def manual_loss(user: str, response: str) -> float:  # one unpadded sequence, explicit log-softmax
-        prompt = tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
-                                         tokenize=False)
-        full = tok.apply_chat_template([{"role": "user", "content": user},
-                                        {"role": "assistant", "content": response}], tokenize=False)
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
+        )
+        full = tok.apply_chat_template(
+            [{"role": "user", "content": user}, {"role": "assistant", "content": response}], tokenize=False
+        )
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         ids = tok(full, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
         return -float(np.mean([logp[t - 1, ids[t]].item() for t in range(len(p_ids), len(ids))]))
 
-    for i, user in ((0, "Reverse the letters of the word.\n\napple"),
-                    (2, "Compute 2 + 3, then explain every step of the sum in detail.")):
+    for i, user in (
+        (0, "Reverse the letters of the word.\n\napple"),
+        (2, "Compute 2 + 3, then explain every step of the sum in detail."),
+    ):
         cond, alone = manual_loss(user, rows[i]["output"]), manual_loss("", rows[i]["output"])
         assert got["loss"][i] == pytest.approx(cond, rel=1e-4)
         assert got["loss_uncond"][i] == pytest.approx(alone, rel=1e-4)
@@ -107,8 +141,11 @@ def test_ifd_and_losses_match_a_hand_computation(tiny_models):
 
 def test_selectors_budgets_quotas_and_diversity():
     assert selectors.allocate(10, {"a": 50, "b": 30, "c": 20}, None) == {"a": 5, "b": 3, "c": 2}
-    assert selectors.allocate(10, {"a": 50, "b": 2, "c": 20}, {"a": 0.2, "b": 0.5, "c": 0.3}) == \
-        {"a": 3, "b": 2, "c": 5}  # b has only 2 of its 5; the other 8 split 0.2:0.3 = 3.2:4.8
+    assert selectors.allocate(10, {"a": 50, "b": 2, "c": 20}, {"a": 0.2, "b": 0.5, "c": 0.3}) == {
+        "a": 3,
+        "b": 2,
+        "c": 5,
+    }  # b has only 2 of its 5; the other 8 split 0.2:0.3 = 3.2:4.8
     assert selectors.allocate(100, {"a": 3, "b": 4}, None) == {"a": 3, "b": 4}
     assert sum(selectors.allocate(7, {"a": 1, "b": 1, "c": 1, "d": 100}, None).values()) == 7
 
@@ -127,23 +164,29 @@ def test_selectors_budgets_quotas_and_diversity():
 def test_bad_select_configs_are_named(tmp_path):
     base = {"input": "x", "out_dir": "y"}
     with pytest.raises(ConfigError, match="unknown score column\\(s\\) \\['quality'\\]"):
-        parse_config(SelectConfig, base | {"selector": {"weights": {"quality": 1}}})
+        parse_config(SelectConfig, base | {"weights": {"quality": 1}})
     with pytest.raises(ConfigError, match="quotas must sum to 1"):
-        parse_config(SelectConfig, base | {"selector": {"stratify_by": "task", "quotas": {"a": 0.5}}})
-    no_model = base | {"scoring": {"enabled": False}, "difficulty": {"source": "length"}}
-    with pytest.raises(ConfigError, match="selector.method kcenter needs embeddings"):
-        parse_config(SelectConfig, no_model | {"selector": {"method": "kcenter", "weights": {}}})
-    assert parse_config(SelectConfig, no_model | {"selector": {"weights": {}}}).selector.method == "random"
-    with pytest.raises(ConfigError, match="scoring.model: required"):
+        parse_config(SelectConfig, base | {"budget": {"stratify_by": "task", "quotas": {"a": 0.5}}})
+    with pytest.raises(ConfigError, match=r"selector: Value error, unknown selector 'best'; registered: "):
+        parse_config(SelectConfig, base | {"selector": "best"})
+    no_model = base | {"scorers": [], "difficulty": {"source": "length"}, "max_ifd": None, "weights": {}}
+    with pytest.raises(ConfigError, match="selector kcenter needs embeddings"):
+        parse_config(SelectConfig, no_model | {"selector": "kcenter"})
+    with pytest.raises(ConfigError, match="max_ifd needs a scorer that gives `ifd`"):
+        parse_config(SelectConfig, no_model | {"max_ifd": 1.0})
+    assert parse_config(SelectConfig, no_model).selector.kind == "random"
+    write_parquet(str(tmp_path / "part-0.parquet"), pa.Table.from_pylist([row(0, "q")], schema=POOL_SCHEMA))
+    with pytest.raises(ConfigError, match="the model scorer needs `model`"):
         select(parse_config(SelectConfig, {"input": str(tmp_path), "out_dir": str(tmp_path / "o")}))
 
 
 def demo_pool(path, n):
     rows = list(iter_pool_rows(DemoConfig(out_dir="x"), 0, n))
-    write_parquet_atomic(path / "part-0.parquet", pa.Table.from_pylist(rows, schema=POOL_SCHEMA))
+    write_parquet(str(path / "part-0.parquet"), pa.Table.from_pylist(rows, schema=POOL_SCHEMA))
     return rows
 
 
+@pytest.mark.slow
 def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
     rows = demo_pool(tmp_path / "pool", 600)
     noise = {r["id"]: decode_metadata(r["metadata"])["noise"] for r in rows}
@@ -151,15 +194,32 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
     from openai_stub import StubServer
 
     judge = StubServer(reply=lambda prompt, i: f"Score: {1 + len(prompt) % 10}")
-    cfg = parse_config(SelectConfig, {
-        "input": str(tmp_path / "pool"), "out_dir": str(tmp_path / "sel"),
-        "scoring": {"model": tiny_models["student"], "batch_size": 32, "max_replicas": 2, "ifd_max": None},
-        "judge": {"enabled": True, "model": "stub", "backend": {"kind": "openai", "base_url": judge.url,
-                                                                 "api_key_env": None}},
-        "selector": {"method": "diverse", "budget": 200, "stratify_by": "task",
-                     "weights": {"ifd": 1.0, "loss": -0.5, "judge": 0.5},
-                     "quotas": {"arithmetic": 0.4, "string": 0.2, "sorting": 0.2, "units": 0.2}},
-        "difficulty": {"source": "metadata"}, "batch_size": 100})
+    cfg = parse_config(
+        SelectConfig,
+        {
+            "input": str(tmp_path / "pool"),
+            "out_dir": str(tmp_path / "sel"),
+            "filters": ["length", "repetition", "control_characters", "refusal", "reference_answer"],
+            "scorers": [
+                {"kind": "model", "model": tiny_models["student"], "batch_size": 32, "max_replicas": 2},
+                {
+                    "kind": "judge",
+                    "model": "stub",
+                    "backend": {"kind": "openai", "base_url": judge.url, "api_key_env": None},
+                },
+            ],
+            "max_ifd": None,
+            "selector": "diverse",
+            "weights": {"ifd": 1.0, "loss": -0.5, "judge": 0.5},
+            "budget": {
+                "budget": 200,
+                "stratify_by": "task",
+                "quotas": {"arithmetic": 0.4, "string": 0.2, "sorting": 0.2, "units": 0.2},
+            },
+            "difficulty": {"source": "metadata"},
+            "batch_size": 100,
+        },
+    )
     try:
         m = select(cfg)
     finally:
@@ -170,7 +230,9 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
     assert sorted(scores["id"].to_pylist()) == sorted(noise)
     status = Counter(scores["status"].to_pylist())
     assert status == {"selected": 200, "removed": sum(m["removed"].values()), "not_selected": m["not_selected"]}
-    assert all((s == "selected") == (r is None) for s, r in zip(scores["status"].to_pylist(), scores["reason"].to_pylist()))
+    assert all(
+        (s == "selected") == (r is None) for s, r in zip(scores["status"].to_pylist(), scores["reason"].to_pylist())
+    )
     assert m["selected"] == selected.num_rows == 200
     assert m["selected_by_stratum"] == {"arithmetic": 80, "string": 40, "sorting": 40, "units": 40}
     # planted noise: wrong answers fail the verifier, exact copies are duplicates, loops are too long
@@ -188,34 +250,46 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
     assert "minhash" not in selected.column_names and "embedding" not in selected.column_names
     assert selected["difficulty"].null_count == 0 and set(selected["difficulty"].to_pylist()) <= {1, 2, 3, 4, 5}
     assert all(v is not None for v in selected["ifd"].to_pylist())
-    assert m["judge_unparsable"] == 0 and set(scores["judge"].to_pylist()) <= set(range(1, 11))
+    assert m["judge_unparsable"] == 0 and set(scores["judge"].to_pylist()) - {None} <= set(range(1, 11))
+    judged = [
+        (j is not None, f is None) for j, f in zip(scores["judge"].to_pylist(), scores["filter_reason"].to_pylist())
+    ]
+    assert all(has_score == unfiltered for has_score, unfiltered in judged), "filtered rows are not judged"
 
     # changing only the selector reuses the features and re-decides (here k-center in shards
     # of 100 rows, then a merge of 2x candidates, or with 5x a split of the budget over the shards);
     # default quotas follow the input's task mix (quota_basis input) or the mix left after filters and
     # dedup (eligible)
     tasks = {r["id"]: decode_metadata(r["metadata"])["task"] for r in rows}
-    eligible = Counter(tasks[i] for i, st in zip(scores["id"].to_pylist(), scores["status"].to_pylist())
-                       if st != "removed")
+    eligible = Counter(
+        tasks[i] for i, st in zip(scores["id"].to_pylist(), scores["status"].to_pylist()) if st != "removed"
+    )
     alloc = {}
     for basis, weights, oversample in (("input", Counter(tasks.values()), 2), ("eligible", eligible, 5)):
-        selector = SelectorSettings(method="kcenter", budget=100, stratify_by="task", quota_basis=basis,
-                                    shard_rows=100, oversample=oversample)
-        again = select(cfg.model_copy(update={"selector": selector}))
+        again = select(
+            parse_config(
+                SelectConfig,
+                {
+                    **cfg.model_dump(mode="json"),
+                    "selector": {"kind": "kcenter", "shard_rows": 100, "oversample": oversample},
+                    "budget": {"budget": 100, "stratify_by": "task", "quota_basis": basis},
+                },
+            )
+        )
         assert again["selected"] == 100 and again["features_seconds"] == m["features_seconds"]
         assert again["allocation"] == selectors.allocate(100, dict(eligible), dict(weights))
         decided = pads.dataset(str(tmp_path / "sel" / "scores"), format="parquet").to_table()
-        assert all((s == "selected") == (r is None)  # no removed row is picked
-                   for s, r in zip(decided["status"].to_pylist(), decided["reason"].to_pylist()))
+        assert all(
+            (s == "selected") == (r is None)  # no removed row is picked
+            for s, r in zip(decided["status"].to_pylist(), decided["reason"].to_pylist())
+        )
         alloc[basis] = again["allocation"]
     assert alloc["input"] != alloc["eligible"]
 
 
 def test_llm_judge_scores_through_the_openai_backend():
+    from instructscale.scorers import JudgeScorer, parse_score
     from openai_stub import StubServer
-
-    from instructscale.select.config import JudgeSettings
-    from instructscale.select.judge import JudgeScorer, parse_score
 
     assert parse_score("Score: 7") == 7.0 and parse_score("score=8.5\nbecause") == 8.5
     assert parse_score("I think it is fine") is None and parse_score("Score: 42") is None
@@ -227,14 +301,18 @@ def test_llm_judge_scores_through_the_openai_backend():
 
     server = StubServer(reply=reply)
     try:
-        settings = JudgeSettings(enabled=True, model="stub", backend={"kind": "openai", "base_url": server.url,
-                                                                       "api_key_env": None})
+        judge = JudgeScorer(
+            JudgeScorer.Config(model="stub", backend={"kind": "openai", "base_url": server.url, "api_key_env": None})
+        )
+        judge.setup()
         rows = [row(0, "Add 2 and 3.", "5"), row(1, "Add 2 and 3.", "6"), row(2, "Add 2 and 3.", "five")]
-        assert JudgeScorer(settings.model_dump_json()).scores(rows) == [9.0, 2.0, None]
+        assert judge.score(rows) == {"judge": [9.0, 2.0, None]}
     finally:
         server.close()
-    with pytest.raises(ConfigError, match="weights.judge needs judge.enabled"):
-        parse_config(SelectConfig, {"input": "x", "out_dir": "y", "selector": {"weights": {"judge": 1.0}}})
-    with pytest.raises(ConfigError, match="judge.template must contain \\{response\\}"):
-        parse_config(SelectConfig, {"input": "x", "out_dir": "y",
-                                    "judge": {"enabled": True, "model": "m", "template": "{instruction}"}})
+    with pytest.raises(ConfigError, match=r"unknown score column\(s\) \['judge'\]"):
+        parse_config(SelectConfig, {"input": "x", "out_dir": "y", "weights": {"judge": 1.0}})
+    with pytest.raises(ConfigError, match="judge template must contain \\{response\\}"):
+        parse_config(
+            SelectConfig,
+            {"input": "x", "out_dir": "y", "scorers": [{"kind": "judge", "model": "m", "template": "{instruction}"}]},
+        )

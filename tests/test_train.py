@@ -1,19 +1,41 @@
 """Training stage for real: Ray Train workers running DeepSpeed ZeRO-2 on the tiny student (CPU, gloo)."""
+
 import json
+import os
+import signal
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
+from helpers import check_in_vllm
 from instructscale.cli import main
 from instructscale.config import ConfigError, parse_config
 from instructscale.demo.pool import DemoConfig, NoiseConfig, iter_pool_rows
-from instructscale.io import write_parquet_atomic
 from instructscale.models.check import check_transformers
+from instructscale.plugins import PluginConfig, TrainCallback, register
 from instructscale.schema import POOL_SCHEMA
+from instructscale.storage import write_parquet
+from instructscale.tokens import IGNORE, tokenize
 from instructscale.train.config import TrainConfig
-from instructscale.train.data import IGNORE, tokenize
 from instructscale.train.stage import train
-from helpers import check_in_vllm
+
+
+@register("kill_worker_once")
+class KillWorkerOnce(TrainCallback):
+    """A resume drill (test only): SIGKILL one worker once, at the start of a given step."""
+
+    class Config(PluginConfig):
+        kind: str = "kill_worker_once"
+        step: int
+        rank: int = 1
+
+    def on_step_start(self, step: int, rank: int, out_dir: str) -> None:
+        marker = Path(out_dir) / ".killed_once"
+        if step == self.config.step and rank == self.config.rank and not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -21,14 +43,22 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 def make_data(path, n: int) -> list[dict]:
     rows = list(iter_pool_rows(DemoConfig(out_dir="x", noise={k: 0 for k in NoiseConfig.model_fields}), 0, n))
-    write_parquet_atomic(path / "part-0.parquet", pa.Table.from_pylist(rows, schema=POOL_SCHEMA))
+    write_parquet(str(path / "part-0.parquet"), pa.Table.from_pylist(rows, schema=POOL_SCHEMA))
     return rows
 
 
 def cfg_for(tmp_path, student, **kw) -> TrainConfig:
-    base = {"data": str(tmp_path / "data"), "model": student, "out_dir": str(tmp_path / "out"),
-            "micro_batch_size": 4, "epochs": 4, "max_length": 64, "optim": {"lr": 3e-3},
-            "scaling": {"num_workers": 2}, "deepspeed": {"zero_stage": 2}}
+    base = {
+        "data": str(tmp_path / "data"),
+        "model": student,
+        "out_dir": str(tmp_path / "out"),
+        "micro_batch_size": 4,
+        "epochs": 4,
+        "max_length": 64,
+        "optim": {"lr": 3e-3},
+        "scaling": {"num_workers": 2},
+        "deepspeed": {"zero_stage": 2},
+    }
     return parse_config(TrainConfig, base | kw)
 
 
@@ -42,8 +72,9 @@ def test_loss_is_masked_to_the_response(tiny_models):
 
     tok = AutoTokenizer.from_pretrained(tiny_models["student"])
     ex = tokenize({"id": "a", "instruction": "Add 2 and 3.", "input": "", "output": "5"}, tok, 64)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Add 2 and 3."}], add_generation_prompt=True,
-                                     tokenize=False)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Add 2 and 3."}], add_generation_prompt=True, tokenize=False
+    )
     n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
     assert ex.labels[:n_prompt] == [IGNORE] * n_prompt
     assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:] and len(ex.labels) > n_prompt
@@ -53,9 +84,17 @@ def test_loss_is_masked_to_the_response(tiny_models):
 def test_lora_zero2_two_workers_loss_drops_and_exports_load(ray_local, tiny_models, tmp_path):
     make_data(tmp_path / "data", 16)
     make_data(tmp_path / "eval", 12)
-    cfg = cfg_for(tmp_path, tiny_models["student"], lora={"r": 8, "alpha": 16, "merge": True, "target_modules": ALL_LINEAR},
-                  optim={"lr": 5e-3}, epochs=8, eval_data=str(tmp_path / "eval"), eval_every=8,
-                  curriculum={"strategy": "easy_to_hard"}, checkpoint_every=100)
+    cfg = cfg_for(
+        tmp_path,
+        tiny_models["student"],
+        lora={"r": 8, "alpha": 16, "merge": True, "target_modules": ALL_LINEAR},
+        optim={"lr": 5e-3},
+        epochs=8,
+        eval_data=str(tmp_path / "eval"),
+        eval_every=8,
+        curriculum="easy_to_hard",
+        checkpoint_every=100,
+    )
     m = train(cfg)
     assert m["steps"] == 16 and m["rows"] == 16  # 16 rows / (4 x 2 workers) x 8 epochs
     assert [r["step"] for r in m["history"]] == list(range(1, 17))
@@ -78,10 +117,18 @@ def test_lora_zero2_two_workers_loss_drops_and_exports_load(ray_local, tiny_mode
     assert train(cfg) == m  # a finished run with the same config is not trained again
 
 
+@pytest.mark.slow
 def test_full_finetune_resumes_after_a_lost_worker(ray_local, tiny_models, tmp_path):
     make_data(tmp_path / "data", 32)
-    cfg = cfg_for(tmp_path, tiny_models["student"], lora=None, checkpoint_every=3, kill_worker_at_step=8,
-                  max_failures=1)
+    cfg = cfg_for(
+        tmp_path,
+        tiny_models["student"],
+        lora=None,
+        checkpoint_every=3,
+        max_failures=1,
+        plugins=[__file__],
+        callbacks=[{"kind": "kill_worker_once", "step": 8}],
+    )
     m = train(cfg)
     assert (tmp_path / "out" / ".killed_once").exists()
     steps = [r["step"] for r in m["history"]]
@@ -110,8 +157,18 @@ def test_bad_training_configs_are_named(tmp_path, tiny_models, capsys):
         train(cfg_for(tmp_path, tiny_models["student"]))
     ds_file = tmp_path / "ds.json"
     ds_file.write_text(json.dumps({"train_batch_size": 64}))
-    args = ["train", "--set", f"data={tmp_path / 'data'}", "--set", f"model={tiny_models['student']}",
-            "--set", f"out_dir={tmp_path / 'out'}", "--set", "micro_batch_size=1",
-            "--set", f"deepspeed.config_file={ds_file}"]
+    args = [
+        "train",
+        "--set",
+        f"data={tmp_path / 'data'}",
+        "--set",
+        f"model={tiny_models['student']}",
+        "--set",
+        f"out_dir={tmp_path / 'out'}",
+        "--set",
+        "micro_batch_size=1",
+        "--set",
+        f"deepspeed.config_file={ds_file}",
+    ]
     assert main(args) == 2
     assert "train_batch_size=64 conflicts with the run's batch geometry (2)" in capsys.readouterr().err

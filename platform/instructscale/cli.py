@@ -1,18 +1,20 @@
 """The `instructscale` command line: one sub-command per stage, each driven by a YAML config."""
+
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from instructscale import __version__
-from instructscale.config import ConfigError, load_config, parse_config
-from instructscale.generate.backends import GenerationError
+from instructscale.backends.base import GenerationError
+from instructscale.config import ConfigError, load_config, parse_config, set_dotted
+from instructscale.progress import run_logs, setup_logging
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -27,15 +29,13 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 def _load(model, args) -> Any:
     overrides = _overrides(args.set)
+    if getattr(args, "overwrite", False):
+        overrides["overwrite"] = True
     if args.config:
         return load_config(model, args.config, overrides)
     data: dict = {}
     for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+        set_dotted(data, dotted, value)
     return parse_config(model, data, "--set")
 
 
@@ -46,7 +46,9 @@ def _print(obj: dict) -> None:
 def cmd_pipeline(args) -> None:
     from instructscale.pipeline import PipelineConfig, run_pipeline
 
-    summary = run_pipeline(_load(PipelineConfig, args))
+    cfg = _load(PipelineConfig, args)
+    with run_logs(cfg.run_dir):
+        summary = run_pipeline(cfg)
     ing = summary["stages"]["ingest"]
     print(f"\npipeline done: {summary['run_dir']}")
     print(f"  pool       {ing['rows']:,} rows -> {summary['pool']}")
@@ -55,40 +57,39 @@ def cmd_pipeline(args) -> None:
     if "generate" in summary["stages"]:
         gen = summary["stages"]["generate"]
         run = gen["this_run"]
-        print(f"  generate   {gen['rows']:,} rows, {sum(gen['rejected'].values()):,} rejected {gen['rejected']}, "
-              f"{run['tokens']:,} teacher tokens this run -> {summary['run_dir']}/generate")
+        print(
+            f"  generate   {gen['rows']:,} rows, {sum(gen['rejected'].values()):,} rejected {gen['rejected']}, "
+            f"{run['tokens']:,} teacher tokens this run -> {summary['run_dir']}/generate"
+        )
     if "select" in summary["stages"]:
         sel = summary["stages"]["select"]
         removed = ", ".join(f"{k} {v}" for k, v in sel["removed"].items()) or "none"
-        print(f"  select     {sel['selected']:,} of {sel['input_rows']:,} rows (removed: {removed}; "
-              f"{sel['not_selected']:,} over budget) -> {summary['run_dir']}/select")
+        print(
+            f"  select     {sel['selected']:,} of {sel['input_rows']:,} rows (removed: {removed}; "
+            f"{sel['not_selected']:,} over budget) -> {summary['run_dir']}/select"
+        )
     if "train" in summary["stages"]:
         tr = summary["stages"]["train"]
-        print(f"  train      {tr['steps']:,} steps on {tr['rows']:,} rows, final loss {tr['final_loss']:.4f}, "
-              f"{tr['seconds']:.0f} s -> {summary['model']}")
+        print(
+            f"  train      {tr['steps']:,} steps on {tr['rows']:,} rows, final loss {tr['final_loss']:.4f}, "
+            f"{tr['seconds']:.0f} s -> {summary['model']}"
+        )
     for name, ev in summary["stages"].get("evaluate", {}).items():
         o = ev["overall"]
         loss = f", loss {o['loss']:.4f}" if o["loss"] is not None else ""
-        print(f"  evaluate   {name:5s} exact_match {o['exact_match']:.3f}, rouge_l {o['rouge_l']:.3f}{loss} "
-              f"on {o['rows']} held-out rows")
+        print(
+            f"  evaluate   {name:5s} exact_match {o['exact_match']:.3f}, rouge_l {o['rouge_l']:.3f}{loss} "
+            f"on {o['rows']} held-out rows"
+        )
     wall = summary.get("seconds", {})
     print(f"  seconds    {sum(wall.values()):.0f} in all: " + ", ".join(f"{k} {v:.0f}" for k, v in wall.items()))
     print(f"  summary    {summary['run_dir']}/summary.json")
     print(f"  report     {summary['report']}")
 
 
-def cmd_make_demo(args) -> None:
-    from instructscale.demo.pool import DemoConfig, make_demo
-    from instructscale.runtime import RayConfig, init_ray
-
-    cfg = _load(DemoConfig, args)
-    init_ray(RayConfig())
-    _print({k: v for k, v in make_demo(cfg, overwrite=args.overwrite).items() if k != "config"})
-
-
 def _run_stage(args, config_model: str, run: str, hide: tuple[str, ...] = ("config",)) -> None:
     """Load ``module.Class`` config from the args, start or join Ray, run ``module.function``
-    and print its manifest without the ``hide`` keys."""
+    (logging to its output directory) and print its manifest without the ``hide`` keys."""
     from importlib import import_module
 
     from instructscale.runtime import RayConfig, init_ray
@@ -99,7 +100,13 @@ def _run_stage(args, config_model: str, run: str, hide: tuple[str, ...] = ("conf
 
     cfg = _load(resolve(config_model), args)
     init_ray(RayConfig())
-    _print({k: v for k, v in resolve(run)(cfg).items() if k not in hide})
+    with run_logs(cfg.out_dir):
+        manifest = resolve(run)(cfg)
+    _print({k: v for k, v in manifest.items() if k not in hide})
+
+
+def cmd_make_demo(args) -> None:
+    _run_stage(args, "instructscale.demo.pool.DemoConfig", "instructscale.demo.pool.make_demo")
 
 
 def cmd_ingest(args) -> None:
@@ -115,8 +122,9 @@ def cmd_select(args) -> None:
 
 
 def cmd_train(args) -> None:
-    _run_stage(args, "instructscale.train.config.TrainConfig", "instructscale.train.stage.train",
-               hide=("config", "history"))
+    _run_stage(
+        args, "instructscale.train.config.TrainConfig", "instructscale.train.stage.train", hide=("config", "history")
+    )
 
 
 def cmd_evaluate(args) -> None:
@@ -131,7 +139,8 @@ def cmd_submit(args) -> int:
     from instructscale import submit
 
     env = dict(pair.split("=", 1) for pair in args.env)
-    job_id = submit.submit(args.config, args.stage, args.address, args.set, args.pip, env, args.job_id)
+    sets = args.set + (["overwrite=true"] if args.overwrite else [])
+    job_id = submit.submit(args.config, args.stage, args.address, sets, args.pip, env, args.job_id)
     print(f"submitted {job_id} ({args.stage}); follow: instructscale logs {job_id}", flush=True)
     if args.no_wait:
         return 0
@@ -184,8 +193,14 @@ def cmd_check_model(args) -> None:
 
 def _with_config(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("config", nargs=None if required else "?", help="YAML config file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (dotted key, YAML value); repeatable")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (dotted key, YAML value); repeatable",
+    )
+    p.add_argument("--overwrite", action="store_true", help="discard earlier outputs and run again")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,31 +211,75 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands: list[tuple[str, str, Callable, Callable[[argparse.ArgumentParser], None]]] = [
         ("pipeline", "run the whole pipeline from one config", cmd_pipeline, lambda p: _with_config(p, True)),
-        ("make-demo", "generate the demo instruction pool, eval split and a malformed side file", cmd_make_demo,
-         lambda p: (_with_config(p, False), p.add_argument("--overwrite", action="store_true"))),
-        ("ingest", "read/validate pools into canonical Parquet shards plus a quarantine", cmd_ingest,
-         lambda p: _with_config(p, True)),
-        ("generate", "teacher generation: distill, k-sample, self-instruct or evolve a pool", cmd_generate,
-         lambda p: _with_config(p, True)),
-        ("select", "score (heuristics, verifier, dedup, perplexity, IFD, embeddings) and select a budget",
-         cmd_select, lambda p: _with_config(p, False)),
-        ("train", "fine-tune a student with Ray Train + DeepSpeed (full or LoRA) and a curriculum", cmd_train,
-         lambda p: _with_config(p, False)),
-        ("evaluate", "evaluate a model on held-out rows: exact match, token F1, ROUGE-L, loss, per task",
-         cmd_evaluate, lambda p: _with_config(p, False)),
-        ("tune", "Ray Tune search (Optuna + ASHA) over selection, curriculum and LoRA settings", cmd_tune,
-         lambda p: _with_config(p, True)),
-        ("submit", "submit a stage or the pipeline as a Ray job to a cluster and stream its logs", cmd_submit,
-         _submit_args),
+        (
+            "make-demo",
+            "generate the demo instruction pool, eval split and a malformed side file",
+            cmd_make_demo,
+            lambda p: _with_config(p, False),
+        ),
+        (
+            "ingest",
+            "read/validate pools into canonical Parquet shards plus a quarantine",
+            cmd_ingest,
+            lambda p: _with_config(p, True),
+        ),
+        (
+            "generate",
+            "teacher generation: distill, k-sample, self-instruct or evolve a pool",
+            cmd_generate,
+            lambda p: _with_config(p, True),
+        ),
+        (
+            "select",
+            "score (heuristics, verifier, dedup, perplexity, IFD, embeddings) and select a budget",
+            cmd_select,
+            lambda p: _with_config(p, False),
+        ),
+        (
+            "train",
+            "fine-tune a student with Ray Train + DeepSpeed (full or LoRA) and a curriculum",
+            cmd_train,
+            lambda p: _with_config(p, False),
+        ),
+        (
+            "evaluate",
+            "evaluate a model on held-out rows: exact match, token F1, ROUGE-L, loss, per task",
+            cmd_evaluate,
+            lambda p: _with_config(p, False),
+        ),
+        (
+            "tune",
+            "Ray Tune search (Optuna + ASHA) over selection, curriculum and LoRA settings",
+            cmd_tune,
+            lambda p: _with_config(p, True),
+        ),
+        (
+            "submit",
+            "submit a stage or the pipeline as a Ray job to a cluster and stream its logs",
+            cmd_submit,
+            _submit_args,
+        ),
         ("status", "status of a submitted job", cmd_job, _job_args),
         ("stop", "stop a submitted job", cmd_job, _job_args),
         ("logs", "logs of a submitted job", cmd_job, _job_args),
-        ("build-models", "build the tiny local tokenizer, student and teacher", cmd_build_models,
-         lambda p: (p.add_argument("--out", required=True, help="output directory"),
-                    p.add_argument("--seed", type=int, default=0))),
-        ("check-model", "load a model in an engine and generate a few tokens", cmd_check_model,
-         lambda p: (p.add_argument("path", help="model directory or hub id"),
-                    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers"))),
+        (
+            "build-models",
+            "build the tiny local tokenizer, student and teacher",
+            cmd_build_models,
+            lambda p: (
+                p.add_argument("--out", required=True, help="output directory"),
+                p.add_argument("--seed", type=int, default=0),
+            ),
+        ),
+        (
+            "check-model",
+            "load a model in an engine and generate a few tokens",
+            cmd_check_model,
+            lambda p: (
+                p.add_argument("path", help="model directory or hub id"),
+                p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers"),
+            ),
+        ),
     ]
     for name, help_text, fn, add_args in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -231,8 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     try:
         code = args.fn(args)
     except ConfigError as err:

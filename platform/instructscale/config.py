@@ -1,4 +1,5 @@
 """Typed configs: strict pydantic models loaded from YAML with errors that name the file and key."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ class ConfigError(ValueError):
 class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors, never silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
@@ -52,22 +53,45 @@ def load_config(model: type[M], path: str | Path, overrides: dict[str, Any] | No
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+        set_dotted(data, dotted, value)
     return parse_config(model, data, str(path))
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``data["a"]["b"] = value`` for ``dotted == "a.b"``, creating sections on the way; a number
+    indexes a list (``select.scorers.0.batch_size``)."""
     *parents, leaf = dotted.split(".")
-    node = data
+    node: Any = data
     for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
+        if isinstance(node, list):
+            index = _index(node, key, dotted)
+            child = node[index]
+        else:
+            index, child = key, node.get(key)
+        if isinstance(child, str):  # a plug-in named by a string: its options join it
+            child = {"kind": child}
+        if not isinstance(child, (dict, list)):
+            child = {}
+        node[index] = child
+        node = child
+    if isinstance(node, list):
+        node[_index(node, leaf, dotted)] = value
+    else:
+        node[leaf] = value
 
 
-def dump_config(cfg: BaseModel, path: str | Path) -> None:
-    """Write a config back as YAML (used to record the exact config next to a run's outputs)."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+def _index(items: list, key: str, dotted: str) -> int:
+    if not key.isdigit() or int(key) >= len(items):
+        raise ConfigError(f"--set {dotted}: {key!r} is not an index of a list of {len(items)}")
+    return int(key)
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    """A config as YAML (recorded next to a run's outputs)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
 class ActorPool(StrictModel):
@@ -80,7 +104,7 @@ class ActorPool(StrictModel):
     num_gpus: float = Field(0, ge=0, description="per replica")
 
     @model_validator(mode="after")
-    def _replica_range(self) -> "ActorPool":
+    def _replica_range(self) -> ActorPool:
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
         return self
@@ -89,5 +113,9 @@ class ActorPool(StrictModel):
         """The `Dataset.map_batches` arguments that run a callable class on this pool."""
         from ray.data import ActorPoolStrategy
 
-        return {"compute": ActorPoolStrategy(min_size=self.min_replicas, max_size=self.max_replicas),
-                "batch_size": self.batch_size, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        return {
+            "compute": ActorPoolStrategy(min_size=self.min_replicas, max_size=self.max_replicas),
+            "batch_size": self.batch_size,
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+        }

@@ -1,26 +1,29 @@
 """Evaluation of a model on held-out rows: batched generation through the generation stage (vLLM
-by default), exact match against checkable answers, token F1 and ROUGE-L against the reference
-output, and held-out loss from the model itself; overall and per task family."""
+by default), exact match against checkable answers, token F1 and ROUGE-L (rouge-score) against the
+reference output, and held-out loss from the model itself; overall and per task family."""
+
 from __future__ import annotations
 
 import logging
 import re
 import time
 from collections import defaultdict
-from pathlib import Path
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 from pydantic import Field
 
-from instructscale.config import StrictModel
-from instructscale.demo.tasks import check_answer, normalize_answer
-from instructscale.generate.config import Backend, GenerateConfig, SamplingConfig, VllmBackend
+from instructscale import storage
+from instructscale.answers import check_answer, normalize_answer
+from instructscale.backends.base import SamplingConfig
+from instructscale.config import ConfigError, StrictModel
+from instructscale.generate.config import GenerateConfig
 from instructscale.generate.stage import generate, read_generated
-from instructscale.io import existing_path, model_ref, read_manifest, write_json_atomic, write_parquet_atomic
+from instructscale.lifecycle import StageConfig, StageRun, commit_part, part_files
+from instructscale.plugins import BackendSpec
 from instructscale.schema import decode_metadata
-from instructscale.select.model_scores import ModelScorer
+from instructscale.scorers import ModelScorer
 
 log = logging.getLogger(__name__)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -42,98 +45,127 @@ def token_f1(prediction: str | None, reference: str | None) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+@lru_cache(maxsize=1)
+def _rouge():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
 def rouge_l(prediction: str | None, reference: str | None) -> float:
-    """ROUGE-L F1: longest common subsequence of normalised tokens."""
-    p, r = tokens(prediction), tokens(reference)
-    if not p or not r:
-        return float(p == r)
-    prev = [0] * (len(r) + 1)
-    for a in p:
-        cur = [0]
-        for j, b in enumerate(r):
-            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F1 (rouge-score's tokenizer: lower case, alphanumeric tokens); two empty texts score 1."""
+    prediction, reference = prediction or "", reference or ""
+    if not prediction.strip() or not reference.strip():
+        return float(prediction.strip() == reference.strip())
+    return _rouge().score(reference, prediction)["rougeL"].fmeasure
 
 
 class EvalOptions(StrictModel):
     """The `evaluate` section of a pipeline."""
 
-    backend: Backend = Field(default_factory=VllmBackend)
+    backend: BackendSpec = "vllm"
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=32, temperature=0.0))
     max_rows: int | None = Field(None, ge=1, description="evaluate at most this many held-out rows")
     group_by: str = Field("task", description="metadata key (or column) for the per-family table")
     loss: bool = Field(True, description="also the model's loss on the reference outputs")
 
 
-class EvalConfig(EvalOptions):
-    """`instructscale evaluate`: a model on held-out rows -> out_dir/eval.json + predictions."""
+class EvalConfig(EvalOptions, StageConfig):
+    """`instructscale evaluate`: a model on held-out rows -> out_dir/eval.json + out_dir/predictions."""
 
     model: str
-    data: str = Field(description="held-out Parquet rows with reference outputs")
+    data: str = Field(description="held-out Parquet rows with reference outputs (a directory or URI)")
     out_dir: str
-    overwrite: bool = False
 
 
-def _held_out(cfg: EvalConfig, out: Path) -> str:
-    """The rows to evaluate (the first ``max_rows``) as one Parquet file under ``out``."""
-    table = pads.dataset(cfg.data, format="parquet").to_table()
+def _held_out(cfg: EvalConfig, out: str) -> str:
+    """The rows to evaluate (the first ``max_rows``) committed as a dataset under ``out``."""
+    table = storage.read_parquet(part_files(cfg.data))
     if cfg.max_rows:
         table = table.slice(0, cfg.max_rows)
-    write_parquet_atomic(out / "held_out" / "part-0.parquet", table)
-    return str(out / "held_out")
+    dataset = storage.join(out, "held_out")
+    commit_part(dataset, "part-00000.parquet", table)
+    return dataset
+
+
+def _record(row: dict, group_by: str, loss: float | None) -> dict:
+    meta = decode_metadata(row["metadata"])
+    reference = meta.get("original_output")
+    answer = meta.get("answer", reference)
+    return {
+        "id": row["parent_id"],
+        "group": str(row.get(group_by) or meta.get(group_by) or "all"),
+        "prediction": row["output"] or "",
+        "reference": reference,
+        "exact_match": float(check_answer(row["output"], str(answer))),
+        "token_f1": token_f1(row["output"], reference),
+        "rouge_l": rouge_l(row["output"], reference),
+        "loss": loss,
+    }
+
+
+def _summarise(records: list[dict]) -> dict:
+    loss = [x["loss"] for x in records if x["loss"] is not None]
+    return {
+        "rows": len(records),
+        **{k: float(np.mean([x[k] for x in records])) for k in ("exact_match", "token_f1", "rouge_l")},
+        "loss": float(np.mean(loss)) if loss else None,
+    }
+
+
+def _losses(cfg: EvalConfig, held_out: str) -> dict[str, float | None]:
+    if not cfg.loss:
+        return {}
+    refs = storage.read_parquet(part_files(held_out)).to_pylist()
+    scorer = ModelScorer(ModelScorer.Config(model=cfg.model, max_length=256))
+    scorer.setup()
+    return {r["id"]: v for r, v in zip(refs, scorer.score(refs)["loss"])}
 
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Generate, score and summarise; returns the manifest (also ``out_dir/eval.json``)."""
-    out = Path(cfg.out_dir).resolve()
-    identity = cfg.model_dump(mode="json", exclude={"overwrite"})
-    done = read_manifest(out)
-    if done and done["config"] == identity and not cfg.overwrite:
+    run = StageRun("evaluate", cfg.out_dir, cfg.identity(), cfg.overwrite)
+    if done := run.finished():
         return done
-    cfg = cfg.model_copy(update={"model": model_ref(cfg.model), "data": existing_path(cfg.data, "data")})
+    if not storage.exists(cfg.data) or not part_files(cfg.data):
+        raise ConfigError(f"data: {cfg.data!r} does not exist or holds no Parquet files")
+    cfg = cfg.model_copy(update={"model": storage.model_ref(cfg.model), "data": storage.normalize(cfg.data)})
     t0 = time.time()
-    held_out = _held_out(cfg, out)
-    gen = GenerateConfig(mode="distill", backend=cfg.backend, sampling=cfg.sampling, input=held_out,
-                         out_dir=str(out / "generations"), model=cfg.model, overwrite=True,
-                         replicas={"batch_size": 1024})
+    run.start(rebuilt=("held_out", "predictions"))
+    held_out = _held_out(cfg, run.out)
+    gen = GenerateConfig(
+        mode="distill",
+        backend=cfg.backend,
+        sampling=cfg.sampling,
+        input=held_out,
+        out_dir=run.uri("generations"),
+        model=cfg.model,
+        overwrite=True,
+        replicas={"batch_size": 1024},
+        **cfg.shared(),
+    )
     generate(gen)
-    rows = read_generated(gen.out_dir, include_rejected=True).to_pylist()
-    losses: dict[str, float | None] = {}
-    if cfg.loss:
-        refs = pads.dataset(held_out, format="parquet").to_table().to_pylist()
-        scored = ModelScorer(cfg.model, max_length=256).score_rows(refs)
-        losses = {r["id"]: v for r, v in zip(refs, scored["loss"])}
-
-    records = []
-    for r in rows:
-        meta = decode_metadata(r["metadata"])
-        reference = meta.get("original_output")
-        answer = meta.get("answer", reference)
-        group = str(r.get(cfg.group_by) or meta.get(cfg.group_by) or "all")
-        records.append({"id": r["parent_id"], "group": group, "prediction": r["output"] or "",
-                        "reference": reference, "exact_match": float(check_answer(r["output"], str(answer))),
-                        "token_f1": token_f1(r["output"], reference), "rouge_l": rouge_l(r["output"], reference),
-                        "loss": losses.get(r["parent_id"])})
-    write_parquet_atomic(out / "predictions.parquet", pa.Table.from_pylist(records))
-
-    def summarise(rs: list[dict]) -> dict:
-        loss = [x["loss"] for x in rs if x["loss"] is not None]
-        return {"rows": len(rs), **{k: float(np.mean([x[k] for x in rs])) for k in ("exact_match", "token_f1", "rouge_l")},
-                "loss": float(np.mean(loss)) if loss else None}
-
+    losses = _losses(cfg, held_out)
+    records = [
+        _record(r, cfg.group_by, losses.get(r["parent_id"]))
+        for r in read_generated(gen.out_dir, include_rejected=True).to_pylist()
+    ]
+    commit_part(run.uri("predictions"), "part-00000.parquet", pa.Table.from_pylist(records))
     by_group: dict[str, list[dict]] = defaultdict(list)
     for rec in records:
         by_group[rec["group"]].append(rec)
-    manifest = {"config": identity, "model": cfg.model, "overall": summarise(records),
-                "by_group": {g: summarise(rs) for g, rs in sorted(by_group.items())},
-                "seconds": round(time.time() - t0, 2)}
-    write_json_atomic(out / "_manifest.json", manifest)
-    write_json_atomic(out / "eval.json", {k: v for k, v in manifest.items() if k != "config"})
-    log.info("evaluate: %s exact_match %.3f loss %s", cfg.model, manifest["overall"]["exact_match"],
-             manifest["overall"]["loss"])
+    summary = {
+        "model": cfg.model,
+        "overall": _summarise(records),
+        "by_group": {g: _summarise(rs) for g, rs in sorted(by_group.items())},
+        "seconds": round(time.time() - t0, 2),
+    }
+    storage.write_json(run.uri("eval.json"), summary)
+    manifest = run.publish(summary, datasets=("held_out", "predictions"))
+    log.info(
+        "evaluate: %s exact_match %.3f loss %s",
+        cfg.model,
+        summary["overall"]["exact_match"],
+        summary["overall"]["loss"],
+    )
     return manifest

@@ -1,24 +1,26 @@
-"""The whole pipeline, stage by stage, from one typed config."""
+"""The whole pipeline, stage by stage, from one typed config. Reads top to bottom: each stage's
+config is the pipeline's section for it plus where it reads and writes under ``run_dir``."""
+
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from instructscale.config import StrictModel, dump_config
-from instructscale.demo.pool import DemoConfig, make_demo
-from instructscale.generate.config import GenerateConfig, GenerateOptions
+from instructscale import storage
+from instructscale.config import StrictModel, to_yaml
+from instructscale.demo.pool import DemoConfig, DemoOptions, make_demo
 from instructscale.evaluate import EvalConfig, EvalOptions, evaluate
-from instructscale.generate.stage import generate
-from instructscale.io import write_json_atomic
+from instructscale.generate.config import GenerateConfig, GenerateOptions
+from instructscale.generate.stage import ROWS, generate
+from instructscale.lifecycle import StageConfig
 from instructscale.models.tiny import ensure_tiny_models
-from instructscale.report import write_report
 from instructscale.pools.ingest import IngestConfig, IngestOptions, PoolInput, ingest
-from instructscale.runtime import RayConfig, init_ray
+from instructscale.report import write_report
+from instructscale.runtime import RayConfig, check_output_location, init_ray
 from instructscale.select.config import SelectConfig, SelectOptions
 from instructscale.select.stage import select
 from instructscale.train.config import TrainConfig, TrainOptions
@@ -31,32 +33,36 @@ class ModelsConfig(StrictModel):
     """Which student and teacher to use; unset ones are built as tiny local models."""
 
     seed: int = 0
-    student: str | None = Field(None, description="path or hub id of your student model")
-    teacher: str | None = Field(None, description="path or hub id of your teacher model")
+    student: str | None = Field(None, description="path, URI or hub id of your student model")
+    teacher: str | None = Field(None, description="path, URI or hub id of your teacher model")
 
 
-class PipelineConfig(StrictModel):
+class PipelineConfig(StageConfig):
     """`instructscale pipeline CONFIG`: every stage's section plus where the run lives."""
 
-    run_dir: str = "runs/demo"
+    run_dir: str = Field("runs/demo", description="a local path, a shared mount, or an object-store URI")
     ray: RayConfig = Field(default_factory=RayConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
-    demo: DemoConfig | None = Field(default_factory=DemoConfig, description="null: use `inputs` only")
+    demo: DemoOptions | None = Field(default_factory=DemoOptions, description="null: use `inputs` only")
     inputs: list[PoolInput] = Field(default_factory=list)
     ingest: IngestOptions = Field(default_factory=IngestOptions)
     generate: GenerateOptions | None = Field(
-        default_factory=lambda: GenerateOptions(mode="distill", only_missing=True),
-        description="teacher generation over the ingested pool; null skips it")
-    select: SelectOptions | None = Field(default_factory=SelectOptions,
-                                         description="score, filter, dedup and select; null skips it")
+        default_factory=lambda: GenerateOptions(mode={"kind": "distill", "only_missing": True}),
+        description="teacher generation over the ingested pool; null skips it",
+    )
+    select: SelectOptions | None = Field(
+        default_factory=SelectOptions, description="score, filter, dedup and select; null skips it"
+    )
     eval_data: str | None = Field(None, description="held-out Parquet rows (the demo provides its own)")
-    evaluate: EvalOptions | None = Field(default_factory=EvalOptions,
-                                         description="evaluate the student before and after training")
-    train: TrainOptions | None = Field(default_factory=TrainOptions,
-                                       description="fine-tune the student on the pool; null skips it")
+    evaluate: EvalOptions | None = Field(
+        default_factory=EvalOptions, description="evaluate the student before and after training"
+    )
+    train: TrainOptions | None = Field(
+        default_factory=TrainOptions, description="fine-tune the student on the pool; null skips it"
+    )
 
     @model_validator(mode="after")
-    def _has_data(self) -> "PipelineConfig":
+    def _has_data(self) -> PipelineConfig:
         if self.demo is None and not self.inputs:
             raise ValueError("no data: set `inputs` or keep the `demo` section")
         return self
@@ -70,74 +76,102 @@ def _clock(summary: dict, stage: str) -> Iterator[None]:
     summary["seconds"][stage] = round(time.time() - t0, 2)
 
 
+def _without(manifest: dict, *keys: str) -> dict:
+    return {k: v for k, v in manifest.items() if k not in ("config", "schema_version", "stage", *keys)}
+
+
+def _scorers_with_student(options: SelectOptions, student: str) -> SelectOptions:
+    """The model scorer scores with the student unless the config names another model."""
+    scorers = [
+        s.model_copy(update={"model": student}) if s.kind == "model" and not s.model else s for s in options.scorers
+    ]
+    return options.model_copy(update={"scorers": scorers})
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every stage in order; each stage skips work it already finished for the same config."""
-    run = Path(cfg.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run / "config.yaml")
+    run = storage.normalize(cfg.run_dir)
     init_ray(cfg.ray)
-    summary: dict = {"run_dir": str(run), "stages": {}, "seconds": {}}
+    check_output_location(run)
+    storage.write_text(storage.join(run, "config.yaml"), to_yaml(cfg))
+    common = {**cfg.shared(), "overwrite": cfg.overwrite}
+    summary: dict = {"run_dir": run, "stages": {}, "seconds": {}}
 
     with _clock(summary, "models"):
-        models = ensure_tiny_models(run / "models", cfg.models.seed)
-    models = {"student": cfg.models.student or models["student"], "teacher": cfg.models.teacher or models["teacher"]}
+        built = ensure_tiny_models(storage.join(run, "models"), cfg.models.seed)
+    models = {"student": cfg.models.student or built["student"], "teacher": cfg.models.teacher or built["teacher"]}
     summary["models"] = summary["stages"]["models"] = models
 
     inputs = list(cfg.inputs)
-    if cfg.eval_data:
-        summary["eval_split"] = cfg.eval_data
+    eval_split = cfg.eval_data
     if cfg.demo is not None:
-        demo_cfg = cfg.demo if cfg.demo.out_dir else cfg.demo.model_copy(update={"out_dir": str(run / "data")})
+        data = storage.join(run, "data")
         with _clock(summary, "demo"):
-            demo = make_demo(demo_cfg)
-        summary["stages"]["demo"] = {k: v for k, v in demo.items() if k != "config"}
-        data = Path(demo_cfg.out_dir)
-        inputs.append(PoolInput(path=str(data / "pool"), format="parquet"))
-        if demo_cfg.malformed_jsonl_rows:
-            inputs.append(PoolInput(path=str(data / "side.jsonl"), format="alpaca", source="demo/side"))
-        summary["eval_split"] = cfg.eval_data or str(data / "eval")
+            demo = make_demo(DemoConfig(**cfg.demo.model_dump(), out_dir=data, **common))
+        summary["stages"]["demo"] = _without(demo)
+        inputs.append(PoolInput(path=storage.join(data, "pool"), format="parquet"))
+        if cfg.demo.malformed_jsonl_rows:
+            inputs.append(PoolInput(path=storage.join(data, "side.jsonl"), format="alpaca", source="demo/side"))
+        eval_split = eval_split or storage.join(data, "eval")
+    if eval_split:
+        summary["eval_split"] = eval_split
 
-    ingest_cfg = IngestConfig(**cfg.ingest.model_dump(), inputs=inputs, out_dir=str(run / "ingest"))
     with _clock(summary, "ingest"):
-        manifest = ingest(ingest_cfg)
-    summary["stages"]["ingest"] = {k: v for k, v in manifest.items() if k != "config"}
-    summary["pool"] = str(run / "ingest" / "pool")
+        manifest = ingest(
+            IngestConfig(**cfg.ingest.model_dump(), inputs=inputs, out_dir=storage.join(run, "ingest"), **common)
+        )
+    summary["stages"]["ingest"] = _without(manifest)
+    pool = storage.join(run, "ingest", "pool")
 
     if cfg.generate is not None:
-        gen_cfg = GenerateConfig(**cfg.generate.model_dump(), input=summary["pool"], out_dir=str(run / "generate"),
-                                 model=models["teacher"])
+        gen_cfg = GenerateConfig(
+            **cfg.generate.model_dump(),
+            input=pool,
+            out_dir=storage.join(run, "generate"),
+            model=models["teacher"],
+            **common,
+        )
         with _clock(summary, "generate"):
-            manifest = generate(gen_cfg)
-        summary["stages"]["generate"] = {k: v for k, v in manifest.items() if k != "config"}
-        summary["pool"] = str(run / "generate")
+            summary["stages"]["generate"] = _without(generate(gen_cfg))
+        pool = storage.join(run, "generate", ROWS)
 
     if cfg.select is not None:
-        options = cfg.select
-        if options.scoring.enabled and not options.scoring.model:
-            options = options.model_copy(update={"scoring": options.scoring.model_copy(update={"model": models["student"]})})
-        sel_cfg = SelectConfig(**options.model_dump(), input=summary["pool"], out_dir=str(run / "select"))
+        options = _scorers_with_student(cfg.select, models["student"])
+        sel_cfg = SelectConfig(**options.model_dump(), input=pool, out_dir=storage.join(run, "select"), **common)
         with _clock(summary, "select"):
-            manifest = select(sel_cfg)
-        summary["stages"]["select"] = {k: v for k, v in manifest.items() if k != "config"}
-        summary["pool"] = str(run / "select" / "selected")
+            summary["stages"]["select"] = _without(select(sel_cfg))
+        pool = storage.join(run, "select", "selected")
+    summary["pool"] = pool
 
     if cfg.train is not None:
-        train_cfg = TrainConfig(**cfg.train.model_dump(), data=summary["pool"], model=models["student"],
-                                out_dir=str(run / "train"), eval_data=summary.get("eval_split"))
+        train_cfg = TrainConfig(
+            **cfg.train.model_dump(),
+            data=pool,
+            model=models["student"],
+            out_dir=storage.join(run, "train"),
+            eval_data=eval_split,
+            **common,
+        )
         with _clock(summary, "train"):
             manifest = train(train_cfg)
-        summary["stages"]["train"] = {k: v for k, v in manifest.items() if k not in ("config", "history")}
+        summary["stages"]["train"] = _without(manifest, "history")
         summary["model"] = manifest["model"]
 
-    if cfg.evaluate is not None and summary.get("eval_split"):
+    if cfg.evaluate is not None and eval_split:
         summary["stages"]["evaluate"] = {}
         with _clock(summary, "evaluate"):
             for name, model in (("base", models["student"]), ("tuned", summary.get("model"))):
-                if model is None:
-                    continue
-                ev = evaluate(EvalConfig(**cfg.evaluate.model_dump(), model=model, data=summary["eval_split"],
-                                         out_dir=str(run / "evaluate" / name)))
-                summary["stages"]["evaluate"][name] = {k: v for k, v in ev.items() if k != "config"}
-    summary["report"] = str(write_report(run, summary))
-    write_json_atomic(run / "summary.json", summary)
+                if model is not None:
+                    ev = evaluate(
+                        EvalConfig(
+                            **cfg.evaluate.model_dump(),
+                            model=model,
+                            data=eval_split,
+                            out_dir=storage.join(run, "evaluate", name),
+                            **common,
+                        )
+                    )
+                    summary["stages"]["evaluate"][name] = _without(ev)
+    summary["report"] = write_report(run, summary)
+    storage.write_json(storage.join(run, "summary.json"), summary)
     return summary

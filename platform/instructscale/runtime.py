@@ -1,16 +1,21 @@
 """Ray runtime: connecting (an embedded local cluster by default, or an existing cluster by address),
-and running an actor's model on one thread of its own."""
+refusing local outputs that a multi-node cluster would scatter, and running an actor's model on one
+thread of its own."""
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import ray
 from pydantic import Field
 
-from instructscale.config import StrictModel
+from instructscale import storage
+from instructscale.config import ConfigError, StrictModel
+from instructscale.progress import quiet_library_handlers, verbose
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -25,16 +30,59 @@ class RayConfig(StrictModel):
 
 
 def init_ray(cfg: RayConfig) -> None:
-    """Start or join Ray once per process; inside a Ray job the job's cluster is used."""
-    if ray.is_initialized():
+    """Start or join Ray once per process; inside a Ray job the job's cluster is used. Worker output
+    reaches the console only with ``-v`` (it stays in Ray's log files either way)."""
+    if not ray.is_initialized():
+        loud = verbose()
+        kwargs = {"log_to_driver": loud, "configure_logging": False}
+        address = cfg.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            log.info("connecting to Ray at %s", address)
+            ray.init(address=address, **kwargs)
+        else:
+            store = int(cfg.object_store_memory_gb * 2**30) if cfg.object_store_memory_gb else None
+            # as many worker processes may start at once as there are logical CPUs (Ray's default, the
+            # physical cores, makes the raylet warn about every busy stage on a small machine)
+            ray.init(
+                num_cpus=cfg.num_cpus,
+                object_store_memory=store,
+                include_dashboard=False,
+                _system_config={"worker_maximum_startup_concurrency": cfg.num_cpus or os.cpu_count()},
+                **kwargs,
+            )
+        if not ray.cluster_resources().get("GPU"):
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed then skips its detection warning
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = verbose()
+    ctx.print_on_execution_start = verbose()
+    quiet_library_handlers()
+
+
+def alive_nodes() -> int:
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def check_output_location(uri: str, field: str = "run_dir") -> None:
+    """On a cluster of several nodes, a local output directory must be a shared mount: otherwise
+    each node writes its part to its own disk and the next stage sees only some of them."""
+    if not storage.is_local(uri) or os.environ.get(storage.ENV_SHARED_MOUNT) == "1":
         return
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        log.info("connecting to Ray at %s", address)
-        ray.init(address=address, log_to_driver=True)
-        return
-    store = int(cfg.object_store_memory_gb * 2**30) if cfg.object_store_memory_gb else None
-    ray.init(num_cpus=cfg.num_cpus, object_store_memory=store, include_dashboard=False, log_to_driver=True)
+    if ray.is_initialized() and alive_nodes() > 1:
+        raise ConfigError(
+            f"{field}: {uri!r} is a local path, but this Ray cluster has {alive_nodes()} nodes: "
+            "outputs written on other nodes would be lost. Use object storage (s3://, gs://, "
+            "abfs://) or, if every node mounts this path (NFS, EFS, Filestore), set "
+            "storage.shared_mount: true"
+        )
+
+
+def session_logs_dir() -> str | None:
+    """The local directory of this Ray session's logs (an embedded cluster's workers write there)."""
+    try:
+        node = ray._private.worker.global_worker.node
+        return node.get_logs_dir_path() if node is not None else None
+    except AttributeError:
+        return None
 
 
 class ModelThread:

@@ -3,6 +3,7 @@
 `metadata` is a JSON-encoded object (task family, difficulty, reference answer, ...): Arrow
 structs need one fixed set of keys, and pools from different sources never agree on one.
 """
+
 from __future__ import annotations
 
 import json

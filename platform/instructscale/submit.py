@@ -4,9 +4,11 @@ The job's working directory holds the `jobs/` entry points and the config (as ``
 the `instructscale` package travels as a runtime_env py_module, so the cluster only needs the
 dependencies (see `cluster/`). Paths inside the config are resolved on the cluster.
 """
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import shutil
@@ -18,17 +20,22 @@ import instructscale
 from instructscale.config import ConfigError
 
 # stage -> entry point; not jobs/select.py, which would shadow the standard library's `select`
-ENTRYPOINTS = {"pipeline": "pipeline.py", "generate": "generate.py", "select": "selection.py", "train": "train.py",
-               "tune": "tune.py", "evaluate": "evaluate.py"}
+ENTRYPOINTS = {
+    "pipeline": "pipeline.py",
+    "generate": "generate.py",
+    "select": "selection.py",
+    "train": "train.py",
+    "tune": "tune.py",
+    "evaluate": "evaluate.py",
+}
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 120.0  # a just-started head answers "No available agent to submit job" until its agent is up
 
 
 def _client(address: str | None):
-    from ray.job_submission import JobSubmissionClient
-
     from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    from ray.job_submission import JobSubmissionClient
 
     address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # as `ray job submit` does
@@ -46,8 +53,15 @@ def _jobs_dir() -> Path:
     raise ConfigError("cannot find the jobs/ entry points next to the instructscale package")
 
 
-def submit(config: str, stage: str = "pipeline", address: str | None = None, overrides: list[str] = (),
-           pip: list[str] = (), env: dict[str, str] | None = None, job_id: str | None = None) -> str:
+def submit(
+    config: str,
+    stage: str = "pipeline",
+    address: str | None = None,
+    overrides: list[str] = (),
+    pip: list[str] = (),
+    env: dict[str, str] | None = None,
+    job_id: str | None = None,
+) -> str:
     """Submit ``jobs/<stage>.py CONFIG`` as a Ray job; returns the job id."""
     if stage not in ENTRYPOINTS:
         raise ConfigError(f"--stage: {stage!r} is not one of {', '.join(ENTRYPOINTS)}")
@@ -58,9 +72,11 @@ def submit(config: str, stage: str = "pipeline", address: str | None = None, ove
     try:
         shutil.copytree(_jobs_dir(), staging / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(config, staging / "config.yaml")
-        runtime_env: dict = {"working_dir": str(staging),
-                             "py_modules": [str(Path(instructscale.__file__).parent)],
-                             "env_vars": {"PYTHONUNBUFFERED": "1", **(env or {})}}
+        runtime_env: dict = {
+            "working_dir": str(staging),
+            "py_modules": [str(Path(instructscale.__file__).parent)],
+            "env_vars": {"PYTHONUNBUFFERED": "1", **(env or {})},
+        }
         if pip:
             runtime_env["pip"] = list(pip)
         sets = " ".join(f"--set {shlex.quote(s)}" for s in overrides)
@@ -97,10 +113,8 @@ def follow(job_id: str, address: str | None = None, timeout_s: float | None = No
         async for chunk in client.tail_job_logs(job_id):
             print(chunk, end="", flush=True)
 
-    try:
+    with contextlib.suppress(asyncio.TimeoutError):
         asyncio.run(asyncio.wait_for(tail(), timeout_s))
-    except asyncio.TimeoutError:
-        pass
     deadline = time.time() + 30
     while (state := str(client.get_job_status(job_id).value)) not in TERMINAL and time.time() < deadline:
         time.sleep(1)

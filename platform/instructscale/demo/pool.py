@@ -4,23 +4,24 @@ Rows are generated shard by shard in Ray tasks and written in bounded chunks, so
 millions of rows never sits in memory. The planted noise is labelled in ``metadata.noise``
 (ground truth for measuring selection; no stage may read it to make decisions).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import random
 from collections import deque
-from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from pydantic import Field
 
-from instructscale.config import ConfigError, StrictModel
+from instructscale import storage
+from instructscale.config import StrictModel
 from instructscale.demo.tasks import MAX_DIFFICULTY, TASKS
-from instructscale.io import publish_dir, read_manifest, staging_dir, write_parquet_atomic
+from instructscale.lifecycle import StageConfig, StageRun, commit_part, record_commit
 from instructscale.schema import POOL_SCHEMA, encode_metadata
 
 
@@ -34,10 +35,9 @@ class NoiseConfig(StrictModel):
     overlong_output: float = Field(0.01, ge=0, le=1)
 
 
-class DemoConfig(StrictModel):
-    """What `instructscale make-demo` generates."""
+class DemoOptions(StrictModel):
+    """The demo pool, its eval split and a malformed side file; the `demo` section of a pipeline."""
 
-    out_dir: str | None = Field(None, description="required standalone; a pipeline uses <run_dir>/data")
     rows: int = Field(20_000, ge=1)
     shards: int = Field(4, ge=1)
     eval_rows: int = Field(400, ge=0)
@@ -46,6 +46,12 @@ class DemoConfig(StrictModel):
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     malformed_jsonl_rows: int = Field(200, ge=0, description="rows of a side JSONL file, ~1/4 malformed")
     chunk_rows: int = Field(8192, ge=1)
+
+
+class DemoConfig(DemoOptions, StageConfig):
+    """`instructscale make-demo`: out_dir/pool (Parquet shards), out_dir/eval, out_dir/side.jsonl."""
+
+    out_dir: str = Field(description="where to write the demo data (a path or URI)")
 
 
 EVAL_MODULUS = 16  # a row is held out iff hash(instruction, input) % 16 == 0: disjoint by construction
@@ -154,10 +160,10 @@ def iter_eval_rows(cfg: DemoConfig) -> Iterator[dict]:
         }
 
 
-def _write_rows(path: Path, rows: Iterator[dict], chunk_rows: int) -> int:
-    tmp = path.with_name(f".{path.name}.tmp")
+def _write_rows(uri: str, rows: Iterator[dict], chunk_rows: int) -> int:
+    """Stream rows into one Parquet file in chunks (bounded memory); returns the row count."""
     n = 0
-    with pq.ParquetWriter(tmp, POOL_SCHEMA) as writer:
+    with storage.open_output(uri) as f, pq.ParquetWriter(f, POOL_SCHEMA) as writer:
         chunk: list[dict] = []
         for row in rows:
             chunk.append(row)
@@ -168,14 +174,16 @@ def _write_rows(path: Path, rows: Iterator[dict], chunk_rows: int) -> int:
         if chunk:
             writer.write_table(pa.Table.from_pylist(chunk, schema=POOL_SCHEMA))
             n += len(chunk)
-    tmp.replace(path)
     return n
 
 
 @ray.remote(num_cpus=1)
-def _write_shard(cfg_json: str, shard: int, n_rows: int, path: str) -> int:
-    cfg = DemoConfig.model_validate_json(cfg_json)
-    return _write_rows(Path(path), iter_pool_rows(cfg, shard, n_rows), cfg.chunk_rows)
+def _write_shard(cfg: dict, shard: int, n_rows: int) -> int:
+    cfg = DemoConfig.model_validate(cfg)
+    dataset, name = storage.join(cfg.out_dir, "pool"), f"part-{shard:05d}.parquet"
+    n = _write_rows(storage.join(dataset, name), iter_pool_rows(cfg, shard, n_rows), cfg.chunk_rows)
+    record_commit(dataset, name, n)
+    return n
 
 
 _MALFORMED = [
@@ -187,7 +195,7 @@ _MALFORMED = [
 ]
 
 
-def write_side_jsonl(path: Path, n_rows: int, seed: int) -> dict[str, int]:
+def write_side_jsonl(uri: str, n_rows: int, seed: int) -> dict[str, int]:
     """An Alpaca-style JSONL file where every 4th line is malformed; returns the planted counts."""
     rng = random.Random(f"{seed}:side")
     planted: dict[str, int] = {}
@@ -198,46 +206,31 @@ def write_side_jsonl(path: Path, n_rows: int, seed: int) -> dict[str, int]:
             planted[kind] = planted.get(kind, 0) + 1
             lines.append(make(i))
         else:
-            task, instruction, inp, answer, difficulty = _clean_row(rng, sorted(TASKS), want_eval=False)
+            _task, instruction, inp, answer, _difficulty = _clean_row(rng, sorted(TASKS), want_eval=False)
             lines.append(json.dumps({"instruction": instruction, "input": inp, "output": answer}))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    storage.write_text(uri, "\n".join(lines) + "\n")
     return planted
 
 
-def make_demo(cfg: DemoConfig, overwrite: bool = False) -> dict:
+def make_demo(cfg: DemoConfig) -> dict:
     """Generate the pool shards, the eval split and the side JSONL; a finished identical output is kept."""
-    if not cfg.out_dir:
-        raise ConfigError("demo.out_dir: required (where to write the demo pool)")
-    out = Path(cfg.out_dir)
-    manifest = read_manifest(out)
-    if manifest and manifest.get("config") == cfg.model_dump(mode="json") and not overwrite:
-        return manifest
-    stage = staging_dir(out)
-    pool_dir = stage / "pool"
-    pool_dir.mkdir()
+    run = StageRun("demo", cfg.out_dir, cfg.identity(), cfg.overwrite)
+    if done := run.finished():
+        return done
+    run.start(rebuilt=("pool", "eval"))
     per_shard = [cfg.rows // cfg.shards + (1 if s < cfg.rows % cfg.shards else 0) for s in range(cfg.shards)]
-    cfg_json = cfg.model_dump_json()
-    refs = [
-        _write_shard.remote(cfg_json, s, n, str(pool_dir / f"part-{s:05d}.parquet"))
-        for s, n in enumerate(per_shard)
-        if n
-    ]
+    refs = [_write_shard.remote(cfg.model_dump(mode="json"), s, n) for s, n in enumerate(per_shard) if n]
     written = sum(ray.get(refs))
-    (stage / "eval").mkdir()
-    write_parquet_atomic(
-        stage / "eval" / "part-00000.parquet", pa.Table.from_pylist(list(iter_eval_rows(cfg)), schema=POOL_SCHEMA)
+    commit_part(
+        run.uri("eval"), "part-00000.parquet", pa.Table.from_pylist(list(iter_eval_rows(cfg)), schema=POOL_SCHEMA)
     )
     planted = {}
     if cfg.malformed_jsonl_rows:
-        planted = write_side_jsonl(stage / "side.jsonl", cfg.malformed_jsonl_rows, cfg.seed)
-    manifest = {
-        "config": cfg.model_dump(mode="json"),
+        planted = write_side_jsonl(run.uri("side.jsonl"), cfg.malformed_jsonl_rows, cfg.seed)
+    summary = {
         "pool_rows": written,
         "eval_rows": cfg.eval_rows,
         "side_jsonl_rows": cfg.malformed_jsonl_rows,
         "side_jsonl_malformed": planted,
     }
-    publish_dir(stage, out, manifest)
-    return manifest
+    return run.publish(summary, datasets=("pool", "eval"))

@@ -1,21 +1,65 @@
 """Verifiable task families for the demo pool: every row has an exact answer and a difficulty 1-5.
 
 Each generator takes a seeded ``random.Random`` and a difficulty and returns
-``(instruction, input, answer)``. `check_answer` is the verifier shared with selection and eval.
+``(instruction, input, answer)``; answers are checked with :func:`instructscale.answers.check_answer`.
 """
+
 from __future__ import annotations
 
 import random
-import re
-from typing import Callable
+from collections.abc import Callable
 
 MAX_DIFFICULTY = 5
-WORDS = (
-    "apple river stone cloud garden pencil window bridge forest candle mirror rocket "
-    "silver yellow market planet summer winter orange guitar basket castle dragon engine "
-    "flower hammer island jacket kitten ladder meadow needle ocean puzzle rabbit saddle "
-    "tunnel violin wallet zebra anchor bottle copper desert feather harbor lantern marble"
-).split()
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "garden",
+    "pencil",
+    "window",
+    "bridge",
+    "forest",
+    "candle",
+    "mirror",
+    "rocket",
+    "silver",
+    "yellow",
+    "market",
+    "planet",
+    "summer",
+    "winter",
+    "orange",
+    "guitar",
+    "basket",
+    "castle",
+    "dragon",
+    "engine",
+    "flower",
+    "hammer",
+    "island",
+    "jacket",
+    "kitten",
+    "ladder",
+    "meadow",
+    "needle",
+    "ocean",
+    "puzzle",
+    "rabbit",
+    "saddle",
+    "tunnel",
+    "violin",
+    "wallet",
+    "zebra",
+    "anchor",
+    "bottle",
+    "copper",
+    "desert",
+    "feather",
+    "harbor",
+    "lantern",
+    "marble",
+]
 
 
 def _arithmetic(rng: random.Random, d: int) -> tuple[str, str, str]:
@@ -85,14 +129,3 @@ TASKS: dict[str, Callable[[random.Random, int], tuple[str, str, str]]] = {
     "sorting": _sorting,
     "units": _units,
 }
-
-
-def normalize_answer(text: str | None) -> str:
-    """Canonical form for exact-match checks: lower case, single spaces, no trailing period."""
-    text = re.sub(r"\s+", " ", (text or "").strip().lower())
-    return text.rstrip(".")
-
-
-def check_answer(prediction: str | None, answer: str) -> bool:
-    """True when ``prediction`` equals the reference ``answer`` after normalisation."""
-    return normalize_answer(prediction) == normalize_answer(answer)

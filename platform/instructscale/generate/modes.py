@@ -1,34 +1,36 @@
-"""What each generation mode asks the teacher and how completions become output rows.
+"""The built-in generation modes (plug-ins): what each asks the teacher and how completions become
+output rows.
 
 distill       one teacher response per row (replacing or filling `output`)
 sample        k responses per row, each its own row with `sample_idx` and `gen_logprob`
 self_instruct new instructions written from a few seed tasks (output left empty for a later distill)
 evolve        Evol-Instruct rewrites of each instruction (deeper, more constrained, ...)
 """
+
 from __future__ import annotations
 
 import random
 import re
 from importlib import resources
 
-from instructscale.generate.backends import Completion, Conversation
-from instructscale.generate.config import GenerateConfig
+from pydantic import Field
+
+from instructscale.backends.base import Completion, Conversation
+from instructscale.chat import prompt_turns, user_turn
+from instructscale.plugins import GenerationMode, PluginConfig, register
 from instructscale.schema import decode_metadata, encode_metadata
 
+DEFAULT_EVOLVE_OPS = {
+    "deepen": "ask for a deeper version of the same problem",
+    "constrain": "add one more constraint or requirement",
+    "concretize": "replace general concepts with more specific ones",
+    "reasoning": "require more reasoning steps to reach the answer",
+    "breadth": "create a new, rarer task in the same domain",
+}
 
-def load_template(cfg: GenerateConfig, name: str) -> str:
-    """The config's override for template ``name``, else the packaged one."""
-    if name in cfg.templates:
-        return cfg.templates[name]
+
+def packaged_template(name: str) -> str:
     return resources.files("instructscale.templates").joinpath(f"{name}.txt").read_text()
-
-
-def user_turn(row: dict) -> str:
-    return f"{row['instruction']}\n\n{row['input']}" if row.get("input") else row["instruction"]
-
-
-def _row_rng(cfg: GenerateConfig, row_id: str) -> random.Random:
-    return random.Random(f"{cfg.sampling.seed}:{cfg.mode}:{row_id}")
 
 
 def _clean_instruction(text: str) -> str:
@@ -40,74 +42,116 @@ def _clean_instruction(text: str) -> str:
     return ""
 
 
-class Mode:
-    """Builds prompts for a batch of rows and turns completions into output rows.
+class Mode(GenerationMode):
+    """Shared helpers of the built-in modes."""
 
-    Output rows carry the canonical columns plus `parent_id`, `sample_idx`, `gen_model`,
-    `gen_tokens`, `gen_logprob`, `finish_reason`; a row that cannot be used gets a `reject_reason`.
-    """
+    @property
+    def system(self) -> Conversation:
+        prompt = self.options.system_prompt
+        return [{"role": "system", "content": prompt}] if prompt else []
 
-    def __init__(self, cfg: GenerateConfig):
-        self.cfg = cfg
-        self.system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    def rng(self, row_id: str) -> random.Random:
+        return random.Random(f"{self.options.sampling.seed}:{self.name}:{row_id}")
 
-    def prompts(self, rows: list[dict]) -> list[Conversation]:
-        raise NotImplementedError
-
-    def outputs(self, row: dict, completions: list[Completion]) -> list[dict]:
-        raise NotImplementedError
-
-    def _out(self, row: dict, c: Completion | None, idx: int, **changes) -> dict:
-        out = {**row, **changes, "parent_id": row["id"], "sample_idx": idx, "reject_reason": None,
-               "gen_model": None, "gen_tokens": None, "gen_logprob": None, "finish_reason": None}
+    def output_row(self, row: dict, c: Completion | None, idx: int, **changes) -> dict:
+        """An output row: ``row`` with ``changes``, its lineage and the completion's statistics."""
+        out = {
+            **row,
+            **changes,
+            "parent_id": row["id"],
+            "sample_idx": idx,
+            "reject_reason": None,
+            "gen_model": None,
+            "gen_tokens": None,
+            "gen_logprob": None,
+            "finish_reason": None,
+        }
         if c is not None:
-            out.update(gen_model=self.cfg.model, gen_tokens=c.num_tokens, gen_logprob=c.mean_logprob,
-                       finish_reason=c.finish_reason)
+            out.update(
+                gen_model=getattr(self.options, "model", None),
+                gen_tokens=c.num_tokens,
+                gen_logprob=c.mean_logprob,
+                finish_reason=c.finish_reason,
+            )
         return out
 
+    def model_name(self) -> str:
+        return str(getattr(self.options, "model", "teacher")).rstrip("/").rsplit("/", 1)[-1]
 
+
+@register("distill")
 class Distill(Mode):
+    """One teacher answer per row; the row's old output is kept in ``metadata.original_output``."""
+
+    class Config(PluginConfig):
+        kind: str = "distill"
+        only_missing: bool = Field(False, description="keep rows that already have an output")
+
+    def check(self) -> None:
+        if self.options.sampling.n != 1:
+            raise ValueError(f"mode '{self.name}' takes one response per row: set sampling.n to 1 or use mode 'sample'")
+
     def needs_teacher(self, row: dict) -> bool:
-        return not (self.cfg.only_missing and (row.get("output") or "").strip())
+        return not (getattr(self.config, "only_missing", False) and (row.get("output") or "").strip())
 
     def prompts(self, rows: list[dict]) -> list[Conversation]:
-        out = []
-        for row in rows:
-            if row.get("messages"):
-                turns = list(row["messages"])
-                while turns and turns[-1]["role"] == "assistant":
-                    turns.pop()
-                out.append(turns if turns[0]["role"] == "system" else self.system + turns)
-            else:
-                out.append(self.system + [{"role": "user", "content": user_turn(row)}])
-        return out
+        return [prompt_turns(row, self.system) for row in rows]
 
     def outputs(self, row: dict, completions: list[Completion]) -> list[dict]:
         rows = []
         meta = decode_metadata(row["metadata"])
         if row.get("output"):
             meta["original_output"] = row["output"]
-        prompt = self.prompts([row])[0] if row.get("messages") else None
+        prompt = prompt_turns(row, self.system) if row.get("messages") else None
         for i, c in enumerate(completions):
-            messages = prompt + [{"role": "assistant", "content": c.text}] if prompt else None
-            out = self._out(row, c, i, output=c.text, messages=messages, metadata=encode_metadata(meta),
-                            id=row["id"] if len(completions) == 1 else f"{row['id']}#s{i}")
+            messages = [*prompt, {"role": "assistant", "content": c.text}] if prompt else None
+            out = self.output_row(
+                row,
+                c,
+                i,
+                output=c.text,
+                messages=messages,
+                metadata=encode_metadata(meta),
+                id=row["id"] if len(completions) == 1 else f"{row['id']}#s{i}",
+            )
             if not c.text.strip():
                 out["reject_reason"] = "empty_generation"
             rows.append(out)
         return rows
 
 
+@register("sample")
+class Sample(Distill):
+    """``sampling.n`` answers per row (best-of-n / rejection sampling), each its own row."""
+
+    class Config(PluginConfig):
+        kind: str = "sample"
+
+    def check(self) -> None:
+        sampling = self.options.sampling
+        if sampling.n < 2:
+            raise ValueError("mode 'sample' needs sampling.n >= 2 (k samples per instruction)")
+        if sampling.temperature == 0:
+            raise ValueError("mode 'sample' needs sampling.temperature > 0, or all k samples are identical")
+
+
+@register("self_instruct")
 class SelfInstruct(Mode):
+    """New tasks written from seed tasks shown in the prompt (output left for a later distill)."""
+
+    class Config(PluginConfig):
+        kind: str = "self_instruct"
+        examples_per_prompt: int = Field(3, ge=1, description="seed tasks shown per prompt")
+        template: str | None = Field(None, description="prompt text with {examples}; default: the packaged one")
+
     def prompts(self, rows: list[dict]) -> list[Conversation]:
-        template = load_template(self.cfg, "self_instruct")
+        template = self.config.template or packaged_template("self_instruct")
         out = []
         for row in rows:
-            rng = _row_rng(self.cfg, row["id"])
             others = [r for r in rows if r["id"] != row["id"]]
-            seeds = [row] + rng.sample(others, min(len(others), self.cfg.examples_per_prompt - 1))
+            seeds = [row, *self.rng(row["id"]).sample(others, min(len(others), self.config.examples_per_prompt - 1))]
             examples = "\n".join(f"{i + 1}. {user_turn(r)}" for i, r in enumerate(seeds))
-            out.append(self.system + [{"role": "user", "content": template.format(examples=examples)}])
+            out.append([*self.system, {"role": "user", "content": template.format(examples=examples)}])
         return out
 
     def outputs(self, row: dict, completions: list[Completion]) -> list[dict]:
@@ -115,24 +159,52 @@ class SelfInstruct(Mode):
         for i, c in enumerate(completions):
             instruction = _clean_instruction(c.text)
             meta = {"synthesized_from": row["id"], "method": "self_instruct"}
-            out = self._out(row, c, i, id=f"{row['id']}#si{i}", instruction=instruction, input="", output=None,
-                            messages=None, source=f"self_instruct/{self.cfg.model.rstrip('/').rsplit('/', 1)[-1]}",
-                            metadata=encode_metadata(meta))
+            out = self.output_row(
+                row,
+                c,
+                i,
+                id=f"{row['id']}#si{i}",
+                instruction=instruction,
+                input="",
+                output=None,
+                messages=None,
+                source=f"self_instruct/{self.model_name()}",
+                metadata=encode_metadata(meta),
+            )
             if not instruction:
                 out["reject_reason"] = "empty_generation"
             rows.append(out)
         return rows
 
 
+@register("evolve")
 class Evolve(Mode):
+    """Evol-Instruct rewrites of each instruction by one operation chosen per row."""
+
+    class Config(PluginConfig):
+        kind: str = "evolve"
+        ops: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_EVOLVE_OPS), min_length=1)
+        template: str | None = Field(None, description="prompt text with {operation}, {instruction}, {input_line}")
+
     def _op(self, row: dict) -> str:
-        return _row_rng(self.cfg, row["id"]).choice(sorted(self.cfg.evolve_ops))
+        return self.rng(row["id"]).choice(sorted(self.config.ops))
 
     def prompts(self, rows: list[dict]) -> list[Conversation]:
-        template = load_template(self.cfg, "evolve")
-        return [self.system + [{"role": "user", "content": template.format(
-            operation=self.cfg.evolve_ops[self._op(row)], instruction=row["instruction"],
-            input_line=f"Input: {row['input']}" if row.get("input") else "")}] for row in rows]
+        template = self.config.template or packaged_template("evolve")
+        return [
+            [
+                *self.system,
+                {
+                    "role": "user",
+                    "content": template.format(
+                        operation=self.config.ops[self._op(row)],
+                        instruction=row["instruction"],
+                        input_line=f"Input: {row['input']}" if row.get("input") else "",
+                    ),
+                },
+            ]
+            for row in rows
+        ]
 
     def outputs(self, row: dict, completions: list[Completion]) -> list[dict]:
         rows = []
@@ -140,15 +212,19 @@ class Evolve(Mode):
             instruction = _clean_instruction(c.text)
             meta = {**decode_metadata(row["metadata"]), "evolved_from": row["id"], "evolution": self._op(row)}
             meta.pop("answer", None)  # the rewritten task no longer has the parent's answer
-            out = self._out(row, c, i, id=f"{row['id']}#ev{i}", instruction=instruction, output=None,
-                            messages=None, metadata=encode_metadata(meta))
+            out = self.output_row(
+                row,
+                c,
+                i,
+                id=f"{row['id']}#ev{i}",
+                instruction=instruction,
+                output=None,
+                messages=None,
+                metadata=encode_metadata(meta),
+            )
             if not instruction:
                 out["reject_reason"] = "empty_generation"
             elif instruction.strip().lower() == row["instruction"].strip().lower():
                 out["reject_reason"] = "unchanged_instruction"
             rows.append(out)
         return rows
-
-
-def make_mode(cfg: GenerateConfig) -> Mode:
-    return {"distill": Distill, "sample": Distill, "self_instruct": SelfInstruct, "evolve": Evolve}[cfg.mode](cfg)

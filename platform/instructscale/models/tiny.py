@@ -4,10 +4,12 @@ Everything is built from text the project ships, deterministically by seed, and 
 Hugging Face directories that transformers, vLLM and PEFT load. head_dim is 64 because vLLM's CPU
 attention kernels reject smaller heads.
 """
+
 from __future__ import annotations
 
 import json
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,6 +18,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from instructscale import storage
 from instructscale.demo.tasks import MAX_DIFFICULTY, TASKS
 
 PAD, EOS = "<|pad|>", "<|end|>"
@@ -65,7 +68,10 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 1024) -> PreTrainedTokenize
     )
     tok.train_from_iterator(tokenizer_corpus(seed), trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, pad_token=PAD, chat_template=CHAT_TEMPLATE,
+        tokenizer_object=tok,
+        eos_token=EOS,
+        pad_token=PAD,
+        chat_template=CHAT_TEMPLATE,
         model_max_length=STUDENT.max_positions,
     )
 
@@ -109,12 +115,21 @@ def build_tiny_models(out_dir: str | Path, seed: int = 0) -> dict[str, str]:
     return paths
 
 
-def ensure_tiny_models(out_dir: str | Path, seed: int = 0) -> dict[str, str]:
-    """Build the tiny models unless ``out_dir`` already holds them for this seed."""
-    out = Path(out_dir)
+def ensure_tiny_models(out_dir: str, seed: int = 0) -> dict[str, str]:
+    """Build the tiny models unless ``out_dir`` (a path or URI) already holds them for this seed."""
+    out = storage.normalize(out_dir)
     specs = {"student": (STUDENT, seed), "teacher": (TEACHER, seed + 1)}
-    for name, (spec, model_seed) in specs.items():
-        spec_file = out / name / "tiny_spec.json"
-        if not spec_file.is_file() or json.loads(spec_file.read_text()) != {**asdict(spec), "seed": model_seed}:
-            return build_tiny_models(out, seed)
-    return {name: str(out / name) for name in specs}
+    paths = {name: storage.join(out, name) for name in specs}
+    if all(
+        storage.read_json_if_exists(storage.join(paths[name], "tiny_spec.json")) == {**asdict(spec), "seed": s}
+        for name, (spec, s) in specs.items()
+    ):
+        return paths
+    scratch = storage.local_scratch("models")
+    try:
+        built = build_tiny_models(scratch, seed)
+        for name in specs:
+            storage.publish_tree(built[name], paths[name])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return paths

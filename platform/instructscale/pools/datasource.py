@@ -4,10 +4,11 @@ Each output block holds canonical columns plus ``_file``, ``_line``, ``_reason``
 ``_reason`` is null for a valid row and says what is wrong (naming the field) otherwise, so the
 ingest sink can split good rows from quarantined ones in one streaming pass.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,13 +40,23 @@ FORMATS = {
 class PoolDatasource(FileBasedDatasource):
     """Reads JSONL, JSON arrays (Alpaca/ShareGPT) and Parquet into validated canonical blocks."""
 
-    def __init__(self, paths: str | list[str], *, fmt: str, source: str | None = None,
-                 limits: RecordLimits = RecordLimits(), block_rows: int = 8192, **kwargs):
+    def __init__(
+        self,
+        paths: str | list[str],
+        *,
+        fmt: str,
+        source: str | None = None,
+        limits: RecordLimits = RecordLimits(),
+        block_rows: int = 8192,
+        uri_prefix: str = "",
+        **kwargs,
+    ):
         if fmt not in FORMATS:
             raise ValueError(f"unknown pool format {fmt!r}; expected one of {sorted(FORMATS)}")
         super().__init__(paths, file_extensions=FORMATS[fmt][0], **kwargs)
         self._fmt, self._style = fmt, FORMATS[fmt][1]
         self._source, self._limits, self._block_rows = source, limits, block_rows
+        self._uri_prefix = uri_prefix  # "s3://" etc.: quarantine records name files as the user did
 
     def _open_input_source(self, filesystem, path: str, **open_args) -> pa.NativeFile:
         if self._fmt == "parquet":  # Parquet needs random access for its footer
@@ -54,11 +65,14 @@ class PoolDatasource(FileBasedDatasource):
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         source = self._source or path.rsplit("/", 1)[-1]
+        path = self._uri_prefix + path
         rows: list[dict] = []
         for line, rec, raw, error in self._records(f, path):
             if error is None:
                 try:
-                    row = normalize_record(rec, style=self._style, file=path, line=line, source=source, limits=self._limits)
+                    row = normalize_record(
+                        rec, style=self._style, file=path, line=line, source=source, limits=self._limits
+                    )
                     rows.append({**row, "_file": path, "_line": line, "_reason": None, "_raw": None})
                 except RowError as err:
                     error = str(err)
@@ -120,7 +134,12 @@ def _jsonl_records(f: pa.NativeFile, max_line_bytes: int, chunk_bytes: int = 1 <
                 continue
             text = raw.decode("utf-8", errors="replace")
             if len(raw) > max_line_bytes:
-                yield line_no, None, text[:RAW_KEEP_CHARS], f"oversize: line has {len(raw)} bytes, over {max_line_bytes}"
+                yield (
+                    line_no,
+                    None,
+                    text[:RAW_KEEP_CHARS],
+                    f"oversize: line has {len(raw)} bytes, over {max_line_bytes}",
+                )
                 continue
             try:
                 yield line_no, json.loads(text), text, None

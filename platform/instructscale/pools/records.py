@@ -6,6 +6,7 @@ Row styles, detected per record:
   ``messages`` with ``role``/``content``.
 Keys outside the canonical ones are kept in ``metadata``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,16 @@ from typing import Any
 
 from instructscale.schema import decode_metadata, encode_metadata
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+}
 CANONICAL_KEYS = {"id", "instruction", "input", "output", "messages", "source", "metadata"}
 
 
@@ -45,7 +54,9 @@ def _str_field(rec: dict, key: str, *, required: bool, limits: RecordLimits, all
     if not isinstance(value, str):
         raise RowError("wrong_type", f"field '{key}' must be a string, got {type(value).__name__}")
     if len(value) > limits.max_field_chars:
-        raise RowError("oversize", f"field '{key}' has {len(value)} chars, over max_field_chars={limits.max_field_chars}")
+        raise RowError(
+            "oversize", f"field '{key}' has {len(value)} chars, over max_field_chars={limits.max_field_chars}"
+        )
     if required and not value.strip():
         raise RowError("empty_field", f"field '{key}' is empty")
     return value
@@ -75,7 +86,10 @@ def _messages(rec: dict, limits: RecordLimits) -> list[dict[str, str]]:
         if role.lower() not in SHAREGPT_ROLES:
             raise RowError("bad_value", f"field '{where}.{role_key}' has unknown role {role!r}")
         if len(text) > limits.max_field_chars:
-            raise RowError("oversize", f"field '{where}.{text_key}' has {len(text)} chars, over max_field_chars={limits.max_field_chars}")
+            raise RowError(
+                "oversize",
+                f"field '{where}.{text_key}' has {len(text)} chars, over max_field_chars={limits.max_field_chars}",
+            )
         out.append({"role": SHAREGPT_ROLES[role.lower()], "content": text})
     if not any(m["role"] == "user" and m["content"].strip() for m in out):
         raise RowError("empty_field", f"field '{key}' has no non-empty user turn")
@@ -107,7 +121,9 @@ def normalize_record(rec: Any, *, style: str, file: str, line: int, source: str,
         raise RowError("wrong_type", f"row must be a JSON object, got {type(rec).__name__}")
     is_chat = "conversations" in rec or ("messages" in rec and "instruction" not in rec)
     if style == "instruction" and is_chat:
-        raise RowError("wrong_format", "expected an instruction-style row, found a chat ('conversations'/'messages') row")
+        raise RowError(
+            "wrong_format", "expected an instruction-style row, found a chat ('conversations'/'messages') row"
+        )
     if style == "chat" and not is_chat:
         raise RowError("missing_field", "missing field 'conversations' (or 'messages')")
     row_id = rec.get("id")

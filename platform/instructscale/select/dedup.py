@@ -1,6 +1,7 @@
 """Duplicate detection over the rows that passed the filters: exact (normalised text hash) and
 near (MinHash LSH from datasketch). Within a group of duplicates the best-scored row is kept
 (ties: smallest id), so the outcome does not depend on the order rows streamed in."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,9 @@ from datasketch import LeanMinHash, MinHashLSH
 from instructscale.select.config import DedupSettings
 
 
-def find_duplicates(ids: list[str], text_hash: list[str], signatures: list[bytes], priority: np.ndarray,
-                    cfg: DedupSettings) -> dict[int, tuple[str, int]]:
+def find_duplicates(
+    ids: list[str], text_hash: list[str], signatures: list[bytes], priority: np.ndarray, cfg: DedupSettings
+) -> dict[int, tuple[str, int]]:
     """Row position -> (reason, position of the row it duplicates) for every duplicate.
 
     ``priority``: higher is kept first. Exact duplicates are resolved first, near duplicates

@@ -1,9 +1,13 @@
-"""Spending a row budget: weighted scores, quota allocation per stratum, and the selectors
-(top-k, DEITA-style score-first diversity, k-center greedy, random)."""
+"""Spending a row budget: weighted scores, quota allocation per stratum, and the built-in selectors
+(plug-ins): random, top-k, DEITA-style score-first diversity, k-center greedy."""
+
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 from scipy.stats import rankdata
+
+from instructscale.plugins import Selector, SelectorConfig, register
 
 
 def percentile_ranks(values: np.ndarray) -> np.ndarray:
@@ -15,9 +19,9 @@ def percentile_ranks(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def weighted_score(columns: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    """Sum of weight x percentile rank; a negative weight prefers low values."""
-    n = len(next(iter(columns.values()))) if columns else 0
+def weighted_score(columns: dict[str, np.ndarray], weights: dict[str, float], n: int) -> np.ndarray:
+    """Sum of weight x percentile rank over ``n`` rows; a negative weight prefers low values (no
+    weights: every row scores 0)."""
     score = np.zeros(n)
     for name, w in weights.items():
         score += w * percentile_ranks(np.asarray(columns[name], dtype=float))
@@ -69,12 +73,12 @@ def diverse(score: np.ndarray, emb: np.ndarray, k: int, min_distance: float) -> 
     for i in np.argsort(-score, kind="stable"):
         if len(chosen) == k:
             break
-        if not chosen or 1 - float((kept[:len(chosen)] @ unit[i]).max()) >= min_distance:
+        if not chosen or 1 - float((kept[: len(chosen)] @ unit[i]).max()) >= min_distance:
             kept[len(chosen)] = unit[i]
             chosen.append(int(i))
     if len(chosen) < k:
         taken = set(chosen)
-        chosen += [int(i) for i in np.argsort(-score, kind="stable") if i not in taken][:k - len(chosen)]
+        chosen += [int(i) for i in np.argsort(-score, kind="stable") if i not in taken][: k - len(chosen)]
     return np.asarray(chosen, dtype=int)
 
 
@@ -96,3 +100,43 @@ def kcenter(score: np.ndarray, emb: np.ndarray, k: int) -> np.ndarray:
 
 def random_pick(n: int, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=min(k, n), replace=False))
+
+
+@register("random")
+class Random(Selector):
+    """A random draw (per stratum) from the rows that survive filters and dedup."""
+
+    def select(self, score, embeddings, k, seed):
+        return random_pick(len(score), k, seed)
+
+
+@register("topk")
+class TopK(Selector):
+    """The ``k`` best-scored rows."""
+
+    def select(self, score, embeddings, k, seed):
+        return topk(score, k)
+
+
+@register("diverse")
+class Diverse(Selector):
+    """DEITA's score-first selection with a minimum cosine distance between chosen rows."""
+
+    needs_embeddings = True
+
+    class Config(SelectorConfig):
+        kind: str = "diverse"
+        min_distance: float = Field(0.05, ge=0, le=2, description="cosine distance to every chosen row")
+
+    def select(self, score, embeddings, k, seed):
+        return diverse(score, embeddings, k, self.config.min_distance)
+
+
+@register("kcenter")
+class KCenter(Selector):
+    """k-center greedy coverage of the embeddings, seeded with the best-scored row."""
+
+    needs_embeddings = True
+
+    def select(self, score, embeddings, k, seed):
+        return kcenter(score, embeddings, k)

@@ -1,4 +1,5 @@
 """Typed config of the training stage (Ray Train + DeepSpeed, full or LoRA, with a curriculum)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -6,7 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from instructscale.config import StrictModel
-from instructscale.train.curriculum import CurriculumConfig
+from instructscale.lifecycle import StageConfig
+from instructscale.plugins import CallbackSpec, CurriculumSpec
 
 
 class LoraSettings(StrictModel):
@@ -49,7 +51,10 @@ class TrainOptions(StrictModel):
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
     optim: OptimSettings = Field(default_factory=OptimSettings)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
-    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    curriculum: CurriculumSpec = Field(
+        "random", description="random | easy_to_hard | anti | baby_steps | competence | a plug-in"
+    )
+    callbacks: list[CallbackSpec] = Field(default_factory=list, description="training-loop hooks (plug-ins)")
     micro_batch_size: int = Field(8, ge=1, description="rows per worker per forward pass")
     grad_accum: int = Field(1, ge=1)
     epochs: int = Field(1, ge=1)
@@ -63,11 +68,9 @@ class TrainOptions(StrictModel):
     eval_every: int | None = Field(None, ge=1, description="steps between held-out loss evaluations (and at the end)")
     eval_rows: int = Field(256, ge=1, description="at most this many rows of eval_data")
     seed: int = 0
-    kill_worker_at_step: int | None = Field(
-        None, ge=1, description="fault injection: SIGKILL worker 1 once at this step (resume drills)")
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainOptions":
+    def _check(self) -> TrainOptions:
         if self.deepspeed.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("deepspeed.precision fp16 needs GPUs (scaling.use_gpu: true); use fp32 or bf16 on CPU")
         if self.deepspeed.offload_params and self.deepspeed.zero_stage != 3:
@@ -79,11 +82,10 @@ class TrainOptions(StrictModel):
         return self.micro_batch_size * self.grad_accum * self.scaling.num_workers
 
 
-class TrainConfig(TrainOptions):
+class TrainConfig(TrainOptions, StageConfig):
     """`instructscale train`: a pool of rows with responses -> a fine-tuned model in out_dir."""
 
-    data: str = Field(description="directory of Parquet rows (selection or generation output)")
-    model: str = Field(description="student: local directory or hub id")
+    data: str = Field(description="Parquet rows (selection or generation output; a directory or URI)")
+    model: str = Field(description="student: local directory, URI or hub id")
     out_dir: str
     eval_data: str | None = Field(None, description="held-out Parquet rows: eval_loss in the metrics")
-    overwrite: bool = False

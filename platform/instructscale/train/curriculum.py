@@ -1,10 +1,10 @@
-"""Curriculum schedules: which rows each worker trains on at each step, decided once, up front.
+"""Curriculum schedules (plug-ins): which rows each worker trains on at each step, decided once, up front.
 
 A schedule is a list of global batches (row indices into the training set). Worker ``r`` of
 ``W`` takes ``batch[r::W]`` of every global batch, so at any step all workers see rows of the
 same difficulty level, and the order survives across workers, epochs and restarts.
 
-Strategies:
+Built-ins:
 - ``random``        a fresh permutation per epoch;
 - ``easy_to_hard``  ascending difficulty per epoch (ties shuffled);
 - ``anti``          descending difficulty (anti-curriculum, for comparison);
@@ -13,6 +13,7 @@ Strategies:
                     the easiest c(t) fraction, with c(t) = min(1, sqrt(t(1-c0^2)/T + c0^2))
                     (``pacing: sqrt``) or min(1, t(1-c0)/T + c0) (``pacing: linear``).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,18 +22,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from instructscale.config import StrictModel
-
-Strategy = Literal["random", "easy_to_hard", "anti", "baby_steps", "competence"]
-
-
-class CurriculumConfig(StrictModel):
-    strategy: Strategy = "random"
-    difficulty_key: str = Field("difficulty", description="column, or metadata key, holding difficulty")
-    pacing: Literal["sqrt", "linear"] = "sqrt"
-    c0: float = Field(0.2, gt=0, le=1, description="competence: initial fraction of the data")
-    competence_fraction: float = Field(0.8, gt=0, le=1, description="competence: reach c=1 after this share of steps")
-    buckets: int = Field(3, ge=1, description="baby_steps: number of difficulty buckets")
+from instructscale.plugins import Curriculum, CurriculumConfig, register
 
 
 def competence(step: int, total: int, c0: float, pacing: str) -> float:
@@ -43,51 +33,107 @@ def competence(step: int, total: int, c0: float, pacing: str) -> float:
     return min(1.0, math.sqrt(t * (1 - c0**2) + c0**2))
 
 
-def _sorted_order(difficulty: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def sorted_order(difficulty: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Indices by ascending difficulty, ties broken by a random key (stable per seed)."""
     return np.lexsort((rng.random(len(difficulty)), difficulty))
 
 
-def build_schedule(difficulty: list[float] | np.ndarray, cfg: CurriculumConfig, *, global_batch: int,
-                   epochs: int, seed: int, max_steps: int | None = None) -> list[list[int]]:
-    """Global batches of row indices for the whole run (last partial batch of an epoch dropped)."""
-    d = np.asarray(difficulty, dtype=float)
-    n = len(d)
+def total_steps(n: int, global_batch: int, epochs: int, max_steps: int | None) -> int:
     if n < global_batch:
         raise ValueError(f"training set has {n} rows, fewer than one global batch ({global_batch})")
-    steps_per_epoch = n // global_batch
-    total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
-    rng = np.random.default_rng(seed)
-    batches: list[list[int]] = []
-    if cfg.strategy == "competence":
-        order = _sorted_order(d, rng)
-        pace_steps = max(1, int(total * cfg.competence_fraction))
-        for step in range(total):
-            avail = max(global_batch, int(round(competence(step, pace_steps, cfg.c0, cfg.pacing) * n)))
-            batches.append(order[rng.choice(avail, size=global_batch, replace=False)].tolist())
+    per_epoch = n // global_batch
+    return per_epoch * epochs if max_steps is None else min(max_steps, per_epoch * epochs)
+
+
+class EpochOrder(Curriculum):
+    """Epochs of consecutive global batches over one order per epoch (last partial batch dropped)."""
+
+    def order(self, difficulty: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def schedule(self, difficulty, global_batch, epochs, seed, max_steps):
+        n = len(difficulty)
+        total = total_steps(n, global_batch, epochs, max_steps)
+        rng = np.random.default_rng(seed)
+        batches: list[list[int]] = []
+        while len(batches) < total:
+            order = self.order(np.asarray(difficulty, dtype=float), rng)
+            for s in range(min(n // global_batch, total - len(batches))):
+                batches.append(order[s * global_batch : (s + 1) * global_batch].tolist())
         return batches
-    if cfg.strategy == "baby_steps":
-        order = _sorted_order(d, rng)
+
+
+@register("random")
+class RandomOrder(EpochOrder):
+    needs_difficulty = False
+
+    def order(self, difficulty, rng):
+        return rng.permutation(len(difficulty))
+
+
+@register("easy_to_hard")
+class EasyToHard(EpochOrder):
+    def order(self, difficulty, rng):
+        return sorted_order(difficulty, rng)
+
+
+@register("anti")
+class HardToEasy(EpochOrder):
+    def order(self, difficulty, rng):
+        return sorted_order(difficulty, rng)[::-1]
+
+
+@register("baby_steps")
+class BabySteps(Curriculum):
+    class Config(CurriculumConfig):
+        kind: str = "baby_steps"
+        buckets: int = Field(3, ge=1, description="number of difficulty buckets")
+
+    def schedule(self, difficulty, global_batch, epochs, seed, max_steps):
+        d = np.asarray(difficulty, dtype=float)
+        n, buckets = len(d), self.config.buckets
+        total = total_steps(n, global_batch, epochs, max_steps)
+        rng = np.random.default_rng(seed)
+        order = sorted_order(d, rng)
         bucket_of = np.empty(n, dtype=int)
-        bucket_of[order] = np.arange(n) * cfg.buckets // n
-        per_stage = [total // cfg.buckets + (1 if k < total % cfg.buckets else 0) for k in range(cfg.buckets)]
-        for k, stage_steps in enumerate(per_stage):
+        bucket_of[order] = np.arange(n) * buckets // n
+        batches: list[list[int]] = []
+        for k in range(buckets):
             pool = np.flatnonzero(bucket_of <= k)
-            for _ in range(stage_steps):
+            for _ in range(total // buckets + (1 if k < total % buckets else 0)):
                 batches.append(rng.choice(pool, size=global_batch, replace=len(pool) < global_batch).tolist())
         return batches
-    for _ in range(epochs):
-        if cfg.strategy == "random":
-            order = rng.permutation(n)
-        else:
-            order = _sorted_order(d, rng)
-            if cfg.strategy == "anti":
-                order = order[::-1]
-        for s in range(steps_per_epoch):
-            batches.append(order[s * global_batch:(s + 1) * global_batch].tolist())
-            if len(batches) == total:
-                return batches
-    return batches
+
+
+@register("competence")
+class Competence(Curriculum):
+    class Config(CurriculumConfig):
+        kind: str = "competence"
+        pacing: Literal["sqrt", "linear"] = "sqrt"
+        c0: float = Field(0.2, gt=0, le=1, description="initial fraction of the data")
+        competence_fraction: float = Field(0.8, gt=0, le=1, description="reach c=1 after this share of steps")
+
+    def schedule(self, difficulty, global_batch, epochs, seed, max_steps):
+        d = np.asarray(difficulty, dtype=float)
+        n, c = len(d), self.config
+        total = total_steps(n, global_batch, epochs, max_steps)
+        rng = np.random.default_rng(seed)
+        order = sorted_order(d, rng)
+        pace_steps = max(1, int(total * c.competence_fraction))
+        batches = []
+        for step in range(total):
+            avail = max(global_batch, round(competence(step, pace_steps, c.c0, c.pacing) * n))
+            batches.append(order[rng.choice(avail, size=global_batch, replace=False)].tolist())
+        return batches
+
+
+def build_schedule(
+    difficulty, spec, *, global_batch: int, epochs: int, seed: int, max_steps: int | None = None
+) -> list[list[int]]:
+    """Global batches of row indices for the whole run, by the curriculum plug-in ``spec`` names."""
+    return Curriculum.registry.build(spec).schedule(
+        np.asarray(difficulty, dtype=float), global_batch, epochs, seed, max_steps
+    )
 
 
 def worker_slice(batch: list[int], rank: int, world_size: int) -> list[int]:

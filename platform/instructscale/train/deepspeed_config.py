@@ -1,12 +1,13 @@
 """The DeepSpeed config a training run uses: generated from typed settings, optionally merged
 with a user's JSON/YAML file (which may not change the batch geometry the schedule relies on)."""
+
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import yaml
 
+from instructscale import storage
 from instructscale.config import ConfigError
 from instructscale.train.config import TrainOptions
 
@@ -18,16 +19,35 @@ def _scheduler(opts: TrainOptions, total_steps: int) -> dict | None:
     if o.schedule == "constant" and o.warmup_steps == 0:
         return None  # the optimizer's lr from the first step
     if o.schedule == "constant":
-        return {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": o.lr,
-                                               "warmup_num_steps": max(o.warmup_steps, 1), "warmup_type": "linear"}}
+        return {
+            "type": "WarmupLR",
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": o.lr,
+                "warmup_num_steps": max(o.warmup_steps, 1),
+                "warmup_type": "linear",
+            },
+        }
     if o.schedule == "linear":
-        return {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": o.lr,
-                                                    "warmup_num_steps": max(o.warmup_steps, 1),
-                                                    "total_num_steps": max(total_steps, o.warmup_steps + 1),
-                                                    "warmup_type": "linear"}}
-    return {"type": "WarmupCosineLR", "params": {"total_num_steps": max(total_steps, o.warmup_steps + 1),
-                                                 "warmup_num_steps": max(o.warmup_steps, 1),
-                                                 "warmup_min_ratio": 0.0, "cos_min_ratio": 0.0}}
+        return {
+            "type": "WarmupDecayLR",
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": o.lr,
+                "warmup_num_steps": max(o.warmup_steps, 1),
+                "total_num_steps": max(total_steps, o.warmup_steps + 1),
+                "warmup_type": "linear",
+            },
+        }
+    return {
+        "type": "WarmupCosineLR",
+        "params": {
+            "total_num_steps": max(total_steps, o.warmup_steps + 1),
+            "warmup_num_steps": max(o.warmup_steps, 1),
+            "warmup_min_ratio": 0.0,
+            "cos_min_ratio": 0.0,
+        },
+    }
 
 
 def build_deepspeed_config(opts: TrainOptions, total_steps: int) -> dict:
@@ -53,14 +73,17 @@ def build_deepspeed_config(opts: TrainOptions, total_steps: int) -> dict:
     if scheduler:
         config["scheduler"] = scheduler
     if ds.config_file:
-        path = Path(ds.config_file)
-        if not path.is_file():
+        path = ds.config_file
+        if not storage.is_file(path):
             raise ConfigError(f"deepspeed.config_file: {path} not found")
-        user = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        text = storage.read_text(path)
+        user = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
         for key in BATCH_KEYS:
             if key in user and user[key] not in ("auto", config[key]):
-                raise ConfigError(f"deepspeed.config_file: {key}={user[key]} conflicts with the run's "
-                                  f"batch geometry ({config[key]}); set micro_batch_size/grad_accum instead")
+                raise ConfigError(
+                    f"deepspeed.config_file: {key}={user[key]} conflicts with the run's "
+                    f"batch geometry ({config[key]}); set micro_batch_size/grad_accum instead"
+                )
             user.pop(key, None)
         config.update(user)
     return config

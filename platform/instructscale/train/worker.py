@@ -1,9 +1,10 @@
-"""The per-worker training loop that Ray Train runs: DeepSpeed engine over a transformers model."""
+"""The per-worker training loop that Ray Train runs: a DeepSpeed engine over a transformers model."""
+
 from __future__ import annotations
 
+import copy
 import json
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -12,33 +13,42 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from instructscale import storage
+from instructscale.plugins import TrainCallback
+from instructscale.tokens import IGNORE, Example, collate, pack, tokenize
 from instructscale.train.config import TrainConfig
 from instructscale.train.curriculum import worker_slice
-from instructscale.train.data import Example, collate, pack, read_training_columns, tokenize
+from instructscale.train.data import read_training_columns
 from instructscale.train.deepspeed_config import build_deepspeed_config
+from instructscale.train.metrics import METRICS, MetricsLog
 
 STATE = "state.json"
 PRINT_EVERY_S = 10.0
-METRICS = "metrics.jsonl"  # rank 0 appends every logged step; a resumed run appends again
+TEXT_COLUMNS = ["id", "instruction", "input", "output", "messages"]
 
 
-def _build_model(cfg: TrainConfig):
+def _build_model(cfg: TrainConfig, path: str):
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if cfg.lora is None:
         return model
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
 def _load_examples(cfg: TrainConfig, wanted: set[str], tokenizer) -> dict[str, Example]:
     """The rows this worker's slice of the schedule uses, tokenized (read straight from Parquet)."""
-    table = read_training_columns(cfg.data, ["id", "instruction", "input", "output", "messages"], ids=wanted)
+    table = read_training_columns(cfg.data, TEXT_COLUMNS, ids=wanted)
     examples = {row["id"]: tokenize(row, tokenizer, cfg.max_length) for row in table.to_pylist()}
     missing = wanted - examples.keys()
     if missing:
@@ -50,8 +60,7 @@ def _eval_examples(cfg: TrainConfig, tokenizer, rank: int, world: int) -> list[E
     """This worker's share of the held-out rows (the first ``eval_rows`` usable ones)."""
     if not cfg.eval_data or not cfg.eval_every:
         return []
-    table = read_training_columns(cfg.eval_data, ["id", "instruction", "input", "output", "messages"])
-    rows = table.slice(0, cfg.eval_rows).to_pylist()
+    rows = read_training_columns(cfg.eval_data, TEXT_COLUMNS).slice(0, cfg.eval_rows).to_pylist()
     return [tokenize(r, tokenizer, cfg.max_length) for r in rows[rank::world]]
 
 
@@ -61,8 +70,8 @@ def eval_loss(engine, examples: list[Example], pad_id: int, micro_batch: int) ->
     engine.eval()
     with torch.no_grad():
         for k in range(0, len(examples), micro_batch):
-            batch = collate(examples[k:k + micro_batch], pad_id)
-            n = float((batch["labels"][:, 1:] != -100).sum())
+            batch = collate(examples[k : k + micro_batch], pad_id)
+            n = float((batch["labels"][:, 1:] != IGNORE).sum())
             total += torch.tensor([engine(**batch).loss.item() * n, n])
     engine.train()
     dist.all_reduce(total)
@@ -83,15 +92,14 @@ def _export_hf(engine, cfg: TrainConfig, tokenizer, out: Path) -> None:
         else:
             model.save_pretrained(out / "adapter")
             if cfg.lora.merge:
-                import copy
-
                 copy.deepcopy(model).merge_and_unload().save_pretrained(out / "model", safe_serialization=True)
         for sub in ("model", "adapter"):
             if (out / sub).exists():
                 tokenizer.save_pretrained(out / sub)
 
 
-def _save_checkpoint(engine, cfg, tokenizer, step: int, metrics: dict, final: bool) -> None:
+def _save_checkpoint(engine, cfg: TrainConfig, tokenizer, step: int, metrics: dict, final: bool) -> None:
+    """DeepSpeed state plus Hugging Face exports, handed to Ray Train (which stores it under out_dir)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         engine.save_checkpoint(str(tmp_path / "ds"), tag="ds")
@@ -100,6 +108,57 @@ def _save_checkpoint(engine, cfg, tokenizer, step: int, metrics: dict, final: bo
         if dist.get_rank() == 0:
             (tmp_path / STATE).write_text(json.dumps({"step": step, "final": final}))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _restore(engine) -> int:
+    """The step to start from: 0, or the step of the checkpoint Ray Train hands back after a restart."""
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return 0
+    with checkpoint.as_directory() as d:
+        engine.load_checkpoint(os.path.join(d, "ds"), tag="ds")
+        return json.loads(Path(d, STATE).read_text())["step"]
+
+
+def _train_step(engine, rows: list[Example], cfg: TrainConfig, pad_id: int) -> tuple[list[float], int]:
+    """One optimizer step over this worker's rows (in ``grad_accum`` micro-batches)."""
+    if cfg.packing:
+        rows = pack(rows, cfg.max_length)
+    losses, tokens = [], 0
+    for k in range(cfg.grad_accum):
+        batch = collate(rows[k :: cfg.grad_accum], pad_id)
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+        tokens += int(batch["attention_mask"].sum())
+    return losses, tokens
+
+
+class _Reporter:
+    """Rank 0's metric records (buffered to ``out_dir/metrics.jsonl``) and throttled console lines."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, steps: int):
+        self.log = MetricsLog(storage.join(cfg.out_dir, METRICS)) if rank == 0 else None
+        self.steps, self.t_print = steps, 0.0
+
+    def record(self, metrics: dict, final: bool) -> None:
+        if self.log is None:
+            return
+        self.log.add(metrics)
+        self.log.flush(force=final or "eval_loss" in metrics)
+        if time.time() - self.t_print > PRINT_EVERY_S or final:
+            self.t_print = time.time()
+            held = f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""
+            print(
+                f"train step {metrics['step']}/{self.steps} loss {metrics['loss']:.4f}{held} "
+                f"{metrics['tokens_per_s']:.0f} tok/s lr {metrics['lr']:.2e}",
+                flush=True,
+            )
+
+    def flush(self) -> None:
+        if self.log is not None:
+            self.log.flush(force=True)
 
 
 def train_loop(config: dict) -> None:
@@ -115,65 +174,54 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed + rank)
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    model_path = storage.local_dir(cfg.model)  # a URI is fetched once per node
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     mine = [[ids[i] for i in worker_slice(b, rank, world)] for b in schedule]
     examples = _load_examples(cfg, {i for step in mine for i in step}, tokenizer)
     held_out = _eval_examples(cfg, tokenizer, rank, world)
-
-    model = _build_model(cfg)
+    model = _build_model(cfg, model_path)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=build_deepspeed_config(cfg, len(schedule)), dist_init_required=False)
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=build_deepspeed_config(cfg, len(schedule)),
+        dist_init_required=False,
+    )
+    start = _restore(engine)
+    callbacks = [TrainCallback.registry.build(c) for c in cfg.callbacks]
+    reporter = _Reporter(cfg, rank, len(schedule))
 
-    start = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            engine.load_checkpoint(os.path.join(d, "ds"), tag="ds")
-            start = json.loads(Path(d, STATE).read_text())["step"]
-
-    kill_marker = Path(cfg.out_dir) / ".killed_once"
     t_last, tokens_since, losses = time.time(), 0, []
-    t_print = 0.0
     for step in range(start, len(schedule)):
-        if cfg.kill_worker_at_step == step + 1 and rank == 1 and not kill_marker.exists():
-            kill_marker.parent.mkdir(parents=True, exist_ok=True)
-            kill_marker.touch()
-            os.kill(os.getpid(), signal.SIGKILL)  # a lost worker, for resume drills
-        rows = [examples[i] for i in mine[step]]
-        if cfg.packing:
-            rows = pack(rows, cfg.max_length)
-        for k in range(cfg.grad_accum):
-            batch = collate(rows[k::cfg.grad_accum], tokenizer.pad_token_id)
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-            tokens_since += int(batch["attention_mask"].sum())
+        for callback in callbacks:
+            callback.on_step_start(step + 1, rank, cfg.out_dir)
+        step_losses, step_tokens = _train_step(engine, [examples[i] for i in mine[step]], cfg, tokenizer.pad_token_id)
+        losses += step_losses
+        tokens_since += step_tokens
         done = step + 1
         final = done == len(schedule)
         evaluate = bool(held_out) and (done % cfg.eval_every == 0 or final)
-        if done % cfg.log_every and done % cfg.checkpoint_every and not final and not evaluate:
+        checkpoint = done % cfg.checkpoint_every == 0 or final
+        if done % cfg.log_every and not checkpoint and not evaluate:
             continue
         stats = torch.tensor([sum(losses) / len(losses), float(tokens_since)])
         dist.all_reduce(stats)
         elapsed = time.time() - t_last
-        metrics = {"step": done, "loss": stats[0].item() / world, "tokens": int(stats[1].item()),
-                   "seconds": elapsed, "tokens_per_s": stats[1].item() / elapsed,
-                   "lr": engine.get_lr()[0], "resumed_from": start,
-                   "difficulty_mean": sum(difficulty[i] for i in schedule[step]) / len(schedule[step])}
+        metrics = {
+            "step": done,
+            "loss": stats[0].item() / world,
+            "tokens": int(stats[1].item()),
+            "seconds": elapsed,
+            "tokens_per_s": stats[1].item() / elapsed,
+            "lr": engine.get_lr()[0],
+            "resumed_from": start,
+            "difficulty_mean": sum(difficulty[i] for i in schedule[step]) / len(schedule[step]),
+        }
         if evaluate:
             metrics["eval_loss"] = eval_loss(engine, held_out, tokenizer.pad_token_id, cfg.micro_batch_size)
-        if rank == 0:
-            with open(Path(cfg.out_dir) / METRICS, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-        if rank == 0 and (time.time() - t_print > PRINT_EVERY_S or final):  # console progress, throttled
-            t_print = time.time()
-            held = f" eval_loss {metrics['eval_loss']:.4f}" if evaluate else ""
-            print(f"train step {done}/{len(schedule)} loss {metrics['loss']:.4f}{held} "
-                  f"{metrics['tokens_per_s']:.0f} tok/s lr {metrics['lr']:.2e}", flush=True)
+        reporter.record(metrics, final)
         # Ray Train's report blocks until its controller polls (every ~2 s), so it is called only
         # with checkpoints; every logged step is in metrics.jsonl.
-        if done % cfg.checkpoint_every == 0 or final:
+        if checkpoint:
+            reporter.flush()
             _save_checkpoint(engine, cfg, tokenizer, done, metrics, final)
         t_last, tokens_since, losses = time.time(), 0, []

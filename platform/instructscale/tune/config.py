@@ -1,4 +1,5 @@
 """Typed config of a hyperparameter search over selection, curriculum, LoRA and optimiser settings."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -6,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from instructscale.config import StrictModel
+from instructscale.lifecycle import StageConfig
 from instructscale.select.config import SelectOptions
 from instructscale.train.config import TrainOptions
 
@@ -19,7 +21,7 @@ class Param(StrictModel):
     randint: tuple[int, int] | None = Field(None, description="[low, high) integers")
 
     @model_validator(mode="after")
-    def _one(self) -> "Param":
+    def _one(self) -> Param:
         set_ = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
         if len(set_) != 1:
             raise ValueError(f"give exactly one of choice/uniform/loguniform/randint, got {set_ or 'none'}")
@@ -45,16 +47,25 @@ def nest(dotted: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge(base: dict, update: dict) -> dict:
+    """``base`` with ``update`` applied recursively; a section whose plug-in ``kind`` changes starts
+    from the new plug-in's defaults (the old plug-in's options would not fit it)."""
     out = dict(base)
     for k, v in update.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        old = out.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):
+            same_kind = "kind" not in v or v["kind"] == old.get("kind")
+            out[k] = merge(old, v) if same_kind else dict(v)
+        else:
+            out[k] = v
     return out
 
 
 class TuneSettings(StrictModel):
     """The `tune` section: what to search, how, and how many trials."""
 
-    space: dict[str, Param] = Field(description="dotted keys under train. or select., e.g. train.optim.lr")
+    space: dict[str, Param] = Field(
+        description="dotted keys under train. or select., e.g. train.optim.lr or train.curriculum.kind"
+    )
     num_samples: int = Field(8, ge=1, description="trials")
     max_concurrent: int = Field(2, ge=1)
     searcher: Literal["optuna", "random"] = "optuna"
@@ -64,7 +75,7 @@ class TuneSettings(StrictModel):
     seed: int = 0
 
 
-class TuneConfig(TuneSettings):
+class TuneConfig(TuneSettings, StageConfig):
     """`instructscale tune`: search over trials of (select ->) train, scored by held-out loss."""
 
     data: str = Field(description="pool to select from (when `select` is set) or to train on")
@@ -75,7 +86,7 @@ class TuneConfig(TuneSettings):
     select: SelectOptions | None = Field(None, description="each trial re-selects from `data` (features shared)")
 
     @model_validator(mode="after")
-    def _check(self) -> "TuneConfig":
+    def _check(self) -> TuneConfig:
         if self.train.eval_every is None:
             raise ValueError("train.eval_every is required: trials are compared and stopped on held-out loss")
         for key, param in self.space.items():

@@ -6,25 +6,27 @@ that the workers log to ``metrics.jsonl`` as a Tune result, so ASHA sees the cur
 An interrupted search resumes with ``Tuner.restore``; the best finished trial's model is copied to
 ``out_dir/best_model``, and the trials are written as a table and a plot.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
 import threading
 import time
-from pathlib import Path
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from instructscale.io import existing_path, model_ref, write_json_atomic
+from instructscale import storage
+from instructscale.config import ConfigError
+from instructscale.lifecycle import part_files
+from instructscale.progress import verbose
 from instructscale.select.config import SelectConfig
 from instructscale.select.stage import select
 from instructscale.train.config import TrainConfig
+from instructscale.train.metrics import METRICS
 from instructscale.train.stage import train
-from instructscale.train.worker import METRICS
 from instructscale.tune.config import Param, TuneConfig, merge, nest
 
 log = logging.getLogger(__name__)
@@ -41,26 +43,37 @@ def _domain(p: Param):
     return tune.randint(*p.randint)
 
 
-def _configs(cfg: TuneConfig, sampled: dict, trial_dir: Path) -> tuple[SelectConfig | None, TrainConfig]:
+def _configs(cfg: TuneConfig, sampled: dict, trial_dir: str) -> tuple[SelectConfig | None, TrainConfig]:
     """The trial's select and train configs: the base sections with the sampled values applied."""
     picked = nest(sampled)
     data = cfg.data
     select_cfg = None
     if cfg.select is not None:
-        options = merge(cfg.select.model_dump(), picked.get("select", {}))
-        select_cfg = SelectConfig(**options, input=cfg.data, out_dir=str(trial_dir / "select"),
-                                  features_dir=str(Path(cfg.out_dir) / "features" / "features"))
-        data = str(trial_dir / "select" / "selected")
-    options = merge(cfg.train.model_dump(), picked.get("train", {}))
-    train_cfg = TrainConfig(**options, data=data, model=cfg.model, eval_data=cfg.eval_data,
-                            out_dir=str(trial_dir / "train"))
+        options = merge(cfg.select.model_dump(mode="json"), picked.get("select", {}))
+        select_cfg = SelectConfig(
+            **options,
+            input=cfg.data,
+            out_dir=storage.join(trial_dir, "select"),
+            features_dir=storage.join(cfg.out_dir, "features", "features"),
+            **cfg.shared(),
+        )
+        data = storage.join(trial_dir, "select", "selected")
+    options = merge(cfg.train.model_dump(mode="json"), picked.get("train", {}))
+    train_cfg = TrainConfig(
+        **options,
+        data=data,
+        model=cfg.model,
+        eval_data=cfg.eval_data,
+        out_dir=storage.join(trial_dir, "train"),
+        **cfg.shared(),
+    )
     return select_cfg, train_cfg
 
 
-def _trial(sampled: dict, cfg_json: str) -> None:
+def _trial(sampled: dict, cfg: dict) -> None:
     """One Tune trial: (re)select, train in a helper thread, forward held-out losses to Tune."""
-    cfg = TuneConfig.model_validate_json(cfg_json)
-    trial_dir = Path(cfg.out_dir) / "trials" / tune.get_context().get_trial_id()
+    cfg = TuneConfig.model_validate(cfg)
+    trial_dir = storage.join(cfg.out_dir, "trials", tune.get_context().get_trial_id())
     select_cfg, train_cfg = _configs(cfg, sampled, trial_dir)
     if select_cfg is not None:
         select(select_cfg)
@@ -74,10 +87,10 @@ def _trial(sampled: dict, cfg_json: str) -> None:
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    metrics_file, seen = Path(train_cfg.out_dir) / METRICS, 0
+    metrics_file, seen = storage.join(train_cfg.out_dir, METRICS), 0
     while True:
         alive = worker.is_alive()
-        lines = metrics_file.read_text().splitlines() if metrics_file.exists() else []
+        lines = storage.read_text(metrics_file).splitlines() if storage.is_file(metrics_file) else []
         for line in lines[seen:]:
             record = json.loads(line)
             if METRIC in record:
@@ -90,25 +103,33 @@ def _trial(sampled: dict, cfg_json: str) -> None:
         raise outcome["error"]
 
 
-def _write_results(cfg: TuneConfig, results, out: Path) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _trials_table(cfg: TuneConfig, results):
     import pandas as pd
 
     rows = []
     for r in results:
         last = r.metrics or {}
-        trained = Path(cfg.out_dir) / "trials" / str(last.get("trial_id")) / "train"
-        finished = (trained / "_manifest.json").exists()
-        rows.append({"trial_id": last.get("trial_id"), **{f"config/{k}": v for k, v in r.config.items()},
-                     METRIC: last.get(METRIC), "steps": last.get("step"),
-                     "status": "error" if r.error else ("completed" if finished else "stopped_early"),
-                     "time_s": last.get("time_total_s"), "model": str(trained / "model") if finished else None})
-    table = pd.DataFrame(rows).sort_values(METRIC, na_position="last")
-    table.to_csv(out / "trials.csv", index=False)
-    table.astype({c: str for c in table.columns if c.startswith("config/")}).to_parquet(out / "trials.parquet")
+        trained = storage.join(cfg.out_dir, "trials", str(last.get("trial_id")), "train")
+        finished = storage.is_file(storage.join(trained, "_manifest.json"))
+        rows.append(
+            {
+                "trial_id": last.get("trial_id"),
+                **{f"config/{k}": v for k, v in r.config.items()},
+                METRIC: last.get(METRIC),
+                "steps": last.get("step"),
+                "status": "error" if r.error else ("completed" if finished else "stopped_early"),
+                "time_s": last.get("time_total_s"),
+                "model": storage.join(trained, "model") if finished else None,
+            }
+        )
+    return pd.DataFrame(rows).sort_values(METRIC, na_position="last")
+
+
+def _plot_trials(results, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
@@ -120,61 +141,123 @@ def _write_results(cfg: TuneConfig, results, out: Path) -> dict:
     ax.set_title("trials (ASHA stops the lagging ones)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "trials.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
+
+def _write_results(cfg: TuneConfig, results) -> dict:
+    """trials.csv, trials.parquet, trials.png and best_model/ under out_dir; returns the summary."""
+    table = _trials_table(cfg, results)
+    scratch = storage.local_scratch("tune")
+    table.to_csv(os.path.join(scratch, "trials.csv"), index=False)
+    table.astype({c: str for c in table.columns if c.startswith("config/")}).to_parquet(
+        os.path.join(scratch, "trials.parquet")
+    )
+    _plot_trials(results, os.path.join(scratch, "trials.png"))
+    for name in ("trials.csv", "trials.parquet", "trials.png"):
+        with open(os.path.join(scratch, name), "rb") as f:
+            storage.write_bytes(storage.join(cfg.out_dir, name), f.read())
     done = table[table["status"] == "completed"]
     if done.empty:
-        raise RuntimeError(f"tune: no trial finished; see {out / 'trials.csv'}")
+        raise RuntimeError(f"tune: no trial finished; see {storage.join(cfg.out_dir, 'trials.csv')}")
     best = done.iloc[0]
-    tmp = out / ".best_model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(best["model"], tmp)
-    shutil.rmtree(out / "best_model", ignore_errors=True)
-    os.replace(tmp, out / "best_model")
-    return {"best_trial": best["trial_id"], "best_eval_loss": float(best[METRIC]),
-            "best_config": {k[len("config/"):]: getattr(best[k], "item", lambda v=best[k]: v)()
-                            for k in table.columns if k.startswith("config/")},
-            "best_model": str(out / "best_model"), "trials": len(table),
-            "by_status": table["status"].value_counts().to_dict()}
+    best_model = storage.join(cfg.out_dir, "best_model")
+    storage.remove(best_model)
+    storage.copy_tree(best["model"], best_model)
+    return {
+        "best_trial": best["trial_id"],
+        "best_eval_loss": float(best[METRIC]),
+        "best_config": {
+            k[len("config/") :]: getattr(best[k], "item", lambda v=best[k]: v)()
+            for k in table.columns
+            if k.startswith("config/")
+        },
+        "best_model": best_model,
+        "trials": len(table),
+        "by_status": table["status"].value_counts().to_dict(),
+    }
+
+
+def _check(cfg: TuneConfig) -> TuneConfig:
+    for field in ("data", "eval_data"):
+        path = getattr(cfg, field)
+        if not storage.exists(path) or not part_files(path):
+            raise ConfigError(f"{field}: {path!r} does not exist or holds no Parquet files")
+    return cfg.model_copy(
+        update={
+            "data": storage.normalize(cfg.data),
+            "model": storage.model_ref(cfg.model),
+            "eval_data": storage.normalize(cfg.eval_data),
+            "out_dir": storage.normalize(cfg.out_dir),
+        }
+    )
+
+
+def _tuner(cfg: TuneConfig, trainable) -> tune.Tuner:
+    """A new search, or the interrupted one under ``out_dir/search`` restored."""
+    fs, root = storage.resolve(cfg.out_dir)
+    fs_arg = None if storage.is_local(cfg.out_dir) else fs
+    path = storage.join(cfg.out_dir, "search")
+    if tune.Tuner.can_restore(storage.resolve(path)[1] if fs_arg else path, storage_filesystem=fs_arg):
+        log.info("tune: resuming the search in %s", path)
+        return tune.Tuner.restore(
+            storage.resolve(path)[1] if fs_arg else path,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=fs_arg,
+        )
+    search_alg = None
+    if cfg.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric=METRIC, mode="min", seed=cfg.seed)
+    scheduler = ASHAScheduler(
+        time_attr="step",
+        metric=METRIC,
+        mode="min",
+        grace_period=cfg.grace_period,
+        reduction_factor=cfg.reduction_factor,
+        # above the last step: ASHA only cuts at rungs, a full trial exports its model
+        max_t=max(cfg.train.max_steps or 10**6, cfg.grace_period) + 1,
+    )
+    return tune.Tuner(
+        trainable,
+        param_space={k: _domain(p) for k, p in cfg.space.items()},
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=cfg.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name="search", storage_path=root, storage_filesystem=fs_arg, verbose=1 if verbose() else 0
+        ),
+    )
 
 
 def run_search(cfg: TuneConfig) -> dict:
     """Run (or resume) the search; returns the summary written to ``out_dir/_manifest.json``."""
-    out = Path(cfg.out_dir).resolve()
-    cfg = cfg.model_copy(update={"data": existing_path(cfg.data, "data"), "model": model_ref(cfg.model),
-                                 "eval_data": existing_path(cfg.eval_data, "eval_data"), "out_dir": str(out)})
-    out.mkdir(parents=True, exist_ok=True)
+    cfg = _check(cfg)
     if cfg.select is not None:  # score the pool once; trials only re-decide from these features
-        select(SelectConfig(**cfg.select.model_dump(), input=cfg.data, out_dir=str(out / "features")))
-
-    trainable = tune.with_resources(tune.with_parameters(_trial, cfg_json=cfg.model_dump_json()),
-                                    {"cpu": cfg.trial_cpus})
-    path = out / "search"
-    if tune.Tuner.can_restore(str(path)):
-        log.info("tune: resuming the search in %s", path)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        if cfg.searcher == "optuna":
-            from ray.tune.search.optuna import OptunaSearch
-
-            search_alg = OptunaSearch(metric=METRIC, mode="min", seed=cfg.seed)
-        else:
-            search_alg = None
-        scheduler = ASHAScheduler(time_attr="step", metric=METRIC, mode="min", grace_period=cfg.grace_period,
-                                  reduction_factor=cfg.reduction_factor,
-                                  # above the last step: ASHA only cuts at rungs, a full trial exports its model
-                                  max_t=max(cfg.train.max_steps or 10**6, cfg.grace_period) + 1)
-        tuner = tune.Tuner(
-            trainable, param_space={k: _domain(p) for k, p in cfg.space.items()},
-            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=cfg.num_samples,
-                                        max_concurrent_trials=cfg.max_concurrent),
-            run_config=tune.RunConfig(name="search", storage_path=str(out), verbose=1))
+        select(
+            SelectConfig(
+                **cfg.select.model_dump(mode="json"),
+                input=cfg.data,
+                out_dir=storage.join(cfg.out_dir, "features"),
+                **cfg.shared(),
+            )
+        )
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, cfg=cfg.model_dump(mode="json")), {"cpu": cfg.trial_cpus}
+    )
     t0 = time.time()
-    results = tuner.fit()
-    summary = _write_results(cfg, results, out)
-    summary |= {"seconds": round(time.time() - t0, 2), "trials_table": str(out / "trials.csv"),
-                "plot": str(out / "trials.png")}
-    write_json_atomic(out / "_manifest.json", summary)
+    results = _tuner(cfg, trainable).fit()
+    summary = _write_results(cfg, results)
+    summary |= {
+        "seconds": round(time.time() - t0, 2),
+        "trials_table": storage.join(cfg.out_dir, "trials.csv"),
+        "plot": storage.join(cfg.out_dir, "trials.png"),
+    }
+    storage.write_json(storage.join(cfg.out_dir, "_manifest.json"), summary)
     return summary
-

@@ -1,0 +1,321 @@
+"""Plug-in contracts and their registries: extend instructscale by registering, not by editing.
+
+Seven small base classes, one per extension point; a class joins a registry with ``@register``:
+
+=================  ============================================  ==========================
+contract           what it does                                  runs in
+=================  ============================================  ==========================
+``RowFilter``      one check per row, a reason to drop it        Ray Data tasks (select)
+``Scorer``         score columns for a batch of rows             Ray Data tasks or actors
+``Selector``       spends a row budget on scored rows            driver / Ray tasks
+``GenerationMode`` prompts for rows, completions -> output rows  generation actors
+``Backend``        an inference engine for chat completions      generation/judge actors
+``Curriculum``     the order of training rows, step by step      driver (the plan)
+``TrainCallback``  hooks into the training loop                  Ray Train workers
+=================  ============================================  ==========================
+
+A plug-in has a nested ``Config`` (a strict pydantic model); configs pick one by name, as a string
+(``selector: random``) or a mapping with ``kind`` and the plug-in's options. Built-ins use the same
+path. Your own plug-ins load from ``plugins: [my_module, ./my_plugins.py]`` in any stage config or
+from the ``instructscale.plugins`` entry-point group; stage configs import them wherever they are
+parsed, which includes every Ray actor, task and training worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
+
+from pydantic import Field, PlainValidator, SerializeAsAny
+
+from instructscale.config import ActorPool, StrictModel
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+    from instructscale.backends.base import Completion, Conversation, SamplingConfig
+
+ENTRY_POINT_GROUP = "instructscale.plugins"
+P = TypeVar("P", bound="Plugin")
+
+
+class PluginConfig(StrictModel):
+    """Options of one plug-in; ``kind`` is the name it was registered under."""
+
+    kind: str
+
+
+class ActorScorerConfig(ActorPool, PluginConfig):
+    """Options of a scorer that runs in an actor pool: replicas, rows per call, resources."""
+
+
+class Plugin:
+    """Base of every contract. ``self.config`` is the plug-in's validated ``Config``."""
+
+    registry: ClassVar[Registry]
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+
+    def __init__(self, config: PluginConfig):
+        self.config = config
+
+
+class Registry(Generic[P]):
+    """Name -> plug-in class for one contract; built-in modules are imported on first use."""
+
+    def __init__(self, kind: str, builtins: tuple[str, ...]):
+        self.kind, self._builtins, self._classes = kind, builtins, {}
+
+    def add(self, name: str, cls: type[P]) -> None:
+        old = self._classes.get(name)
+        if old is not None and _origin(old) != _origin(cls):
+            raise ValueError(f"{self.kind} {name!r} is already registered by {old.__module__}.{old.__qualname__}")
+        self._classes[name] = cls
+
+    def names(self) -> list[str]:
+        _load_builtins(self)
+        return sorted(self._classes)
+
+    def get(self, name: str) -> type[P]:
+        _load_builtins(self)
+        if name not in self._classes:
+            raise ValueError(
+                f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}. A plug-in of "
+                f"your own must be imported: list its module or file under `plugins:`"
+            )
+        return self._classes[name]
+
+    def parse(self, value: Any) -> PluginConfig:
+        """A config for the plug-in ``value`` names (a string, a mapping with ``kind``, or a config)."""
+        if isinstance(value, PluginConfig):
+            value = value.model_dump()
+        if isinstance(value, str):
+            value = {"kind": value}
+        if not isinstance(value, dict) or not isinstance(value.get("kind"), str):
+            raise ValueError(f"expected a {self.kind} name or a mapping with `kind`, got {value!r}")
+        return self.get(value["kind"]).Config.model_validate(value)
+
+    def build(self, config: PluginConfig, *args: Any) -> P:
+        """An instance of the plug-in ``config`` selects."""
+        return self.get(config.kind)(config, *args)
+
+
+def _origin(cls: type) -> tuple[str, str]:
+    try:
+        source = os.path.realpath(inspect.getfile(cls))
+    except (TypeError, OSError):
+        source = cls.__module__
+    return source, cls.__qualname__
+
+
+def spec(base: type[Plugin]) -> Any:
+    """The pydantic field type of a config that picks one ``base`` plug-in by name."""
+    return Annotated[SerializeAsAny[PluginConfig], PlainValidator(base.registry.parse)]
+
+
+def register(name: str):
+    """Class decorator: add a plug-in to its contract's registry under ``name``."""
+
+    def add(cls: type[P]) -> type[P]:
+        bases = [b for b in cls.__mro__[1:] if "registry" in b.__dict__]
+        if not bases:
+            raise TypeError(f"{cls.__qualname__} does not subclass a plug-in contract")
+        cls.name = name
+        if not issubclass(cls.Config, bases[0].Config):
+            raise TypeError(f"{cls.__qualname__}.Config must subclass {bases[0].__name__}.Config")
+        bases[0].registry.add(name, cls)
+        return cls
+
+    return add
+
+
+_imported_builtins: set[str] = set()
+_entry_points_loaded = False
+
+
+def _load_builtins(registry: Registry) -> None:
+    global _entry_points_loaded
+    for module in registry._builtins:
+        if module not in _imported_builtins:
+            _imported_builtins.add(module)
+            importlib.import_module(module)
+    if not _entry_points_loaded:
+        _entry_points_loaded = True
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()
+
+
+def resolve_entry(entry: str) -> str:
+    """A plug-in entry as workers need it: files made absolute, module names unchanged."""
+    if entry.endswith(".py") or os.sep in entry:
+        return os.path.abspath(os.path.expanduser(entry))
+    return entry
+
+
+def load_plugins(entries: list[str]) -> None:
+    """Import plug-in modules (``pkg.module``) or files (``path/to/plugins.py``); each import registers."""
+    for entry in entries:
+        entry = resolve_entry(entry)
+        if not entry.endswith(".py"):
+            importlib.import_module(entry)
+            continue
+        real = os.path.realpath(entry)
+        if any(
+            getattr(m, "__file__", None) and os.path.realpath(m.__file__) == real for m in list(sys.modules.values())
+        ):
+            continue  # already imported (by its module name, or earlier by path)
+        if not os.path.isfile(entry):
+            raise ValueError(f"plugins: {entry} not found")
+        folder = os.path.dirname(entry)
+        if folder not in sys.path:  # as for a script: the file may import its neighbours
+            sys.path.append(folder)
+        module_name = f"instructscale_plugin_{os.path.splitext(os.path.basename(entry))[0]}"
+        spec_ = importlib.util.spec_from_file_location(module_name, entry)
+        module = importlib.util.module_from_spec(spec_)
+        sys.modules[module_name] = module
+        spec_.loader.exec_module(module)
+
+
+# ----------------------------------------------------------------------------------------------
+# The contracts
+
+
+class RowFilter(Plugin):
+    """One check per row (as datatrove's filters): return a short reason to drop the row, or None.
+
+    ``row`` holds the canonical columns plus ``prompt`` (the user-side text), ``prompt_chars``,
+    ``output_chars`` and ``repetition``.
+    """
+
+    registry: ClassVar[Registry] = Registry("filter", ("instructscale.select.filters",))
+
+    def filter(self, row: dict) -> str | None:
+        raise NotImplementedError
+
+
+class Scorer(Plugin):
+    """Adds ``columns`` to a batch of rows (rows that a filter already removed are not scored).
+    With ``actor = True`` the scorer runs in an autoscaling actor pool (``setup`` loads a model once
+    per replica; its Config subclasses :class:`ActorScorerConfig`), otherwise in Ray Data tasks.
+    A row with a null in one of ``required`` is removed as ``unscorable``."""
+
+    registry: ClassVar[Registry] = Registry("scorer", ("instructscale.scorers",))
+    columns: ClassVar[dict[str, pa.DataType]] = {}
+    required: ClassVar[tuple[str, ...]] = ()
+    actor: ClassVar[bool] = False
+
+    def setup(self) -> None:
+        """Load what the scorer needs (called once per task or replica, before ``score``)."""
+
+    def score(self, rows: list[dict]) -> dict[str, list]:
+        """One value per row for each of ``columns`` (None where a row cannot be scored)."""
+        raise NotImplementedError
+
+
+class SelectorConfig(PluginConfig):
+    seed: int = 0
+    shard_rows: int = Field(
+        50_000,
+        ge=100,
+        description="embedding selectors run per shard of this size, then "
+        "merge (or, when the candidates would be every row, "
+        "split the budget over the shards)",
+    )
+    oversample: float = Field(2.0, ge=1, description="candidates each shard passes to the merge, x its share")
+
+
+class Selector(Plugin):
+    """Spends a budget: picks ``k`` of the eligible rows of one stratum (or one shard of it).
+
+    ``score`` is the weighted score (higher is better); ``embeddings`` is given when
+    ``needs_embeddings`` (then the stage shards large strata and merges the shards' picks)."""
+
+    registry: ClassVar[Registry] = Registry("selector", ("instructscale.select.selectors",))
+    Config: ClassVar[type[PluginConfig]] = SelectorConfig
+    needs_embeddings: ClassVar[bool] = False
+
+    def select(self, score: np.ndarray, embeddings: np.ndarray | None, k: int, seed: int) -> np.ndarray:
+        """Positions of the chosen rows."""
+        raise NotImplementedError
+
+
+class GenerationMode(Plugin):
+    """What a teacher is asked for each row, and how its completions become output rows.
+
+    Output rows carry the canonical columns plus ``parent_id``, ``sample_idx``, the ``gen_*``
+    columns and ``reject_reason`` (build them with :meth:`output_row`)."""
+
+    registry: ClassVar[Registry] = Registry("generation mode", ("instructscale.generate.modes",))
+
+    def __init__(self, config: PluginConfig, options: Any = None):
+        super().__init__(config)
+        self.options = options  # the stage's GenerateOptions: sampling, system prompt, model
+
+    def check(self) -> None:
+        """Raise ValueError when the stage's other options (``self.options``) do not fit this mode."""
+
+    def needs_teacher(self, row: dict) -> bool:
+        return True
+
+    def prompts(self, rows: list[dict]) -> list[Conversation]:
+        raise NotImplementedError
+
+    def outputs(self, row: dict, completions: list[Completion]) -> list[dict]:
+        raise NotImplementedError
+
+
+class Backend(Plugin):
+    """An inference engine: chat conversations in, ``sampling.n`` completions per conversation out."""
+
+    registry: ClassVar[Registry] = Registry(
+        "backend", ("instructscale.backends.vllm", "instructscale.backends.hf", "instructscale.backends.openai")
+    )
+    remote: ClassVar[bool] = False  # True: the model lives behind an endpoint, not in a local directory
+
+    def __init__(self, config: PluginConfig, model: str):
+        super().__init__(config)
+        self.model = model
+
+    def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[list[Completion]]:
+        raise NotImplementedError
+
+
+class CurriculumConfig(PluginConfig):
+    difficulty_key: str = Field("difficulty", description="column, or metadata key, holding difficulty")
+
+
+class Curriculum(Plugin):
+    """The training order, decided up front: global batches of row positions for the whole run."""
+
+    registry: ClassVar[Registry] = Registry("curriculum", ("instructscale.train.curriculum",))
+    Config: ClassVar[type[PluginConfig]] = CurriculumConfig
+    needs_difficulty: ClassVar[bool] = True
+
+    def schedule(
+        self, difficulty: np.ndarray, global_batch: int, epochs: int, seed: int, max_steps: int | None
+    ) -> list[list[int]]:
+        raise NotImplementedError
+
+
+class TrainCallback(Plugin):
+    """Hooks into every training worker's loop (logging, alerts, drills)."""
+
+    registry: ClassVar[Registry] = Registry("train callback", ())
+
+    def on_step_start(self, step: int, rank: int, out_dir: str) -> None:
+        """Called before step ``step`` (1-based) on every worker."""
+
+
+FilterSpec = spec(RowFilter)
+ScorerSpec = spec(Scorer)
+SelectorSpec = spec(Selector)
+ModeSpec = spec(GenerationMode)
+BackendSpec = spec(Backend)
+CurriculumSpec = spec(Curriculum)
+CallbackSpec = spec(TrainCallback)

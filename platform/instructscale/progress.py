@@ -1,0 +1,166 @@
+"""Quiet, informative runs: one progress line per stage, library logs to files, ``-v`` for more."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger("instructscale")
+LIBRARY_LOGGERS = (
+    "ray",
+    "vllm",
+    "deepspeed",
+    "DeepSpeed",
+    "transformers",
+    "torch",
+    "urllib3",
+    "filelock",
+    "httpx",
+    "botocore",
+    "s3fs",
+    "fsspec",
+    "peft",
+    "accelerate",
+    "optuna",
+)
+_verbose = False
+
+
+def verbose() -> bool:
+    return _verbose
+
+
+class _ConsoleFilter(logging.Filter):
+    """Quiet console: instructscale's warnings and errors, other libraries' errors only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _verbose:
+            return True
+        if record.name.startswith("instructscale"):
+            return record.levelno >= logging.WARNING
+        return record.levelno >= logging.ERROR
+
+
+def _mark(handler: logging.Handler) -> logging.Handler:
+    handler._instructscale = True
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
+def quiet_library_handlers() -> None:
+    """Route libraries that print through console handlers of their own (Ray, Ray Data, DeepSpeed,
+    vLLM, ...) through ours: their records then reach the log file, and the console per ``-v``."""
+    for name in list(logging.root.manager.loggerDict):
+        if not name.startswith(LIBRARY_LOGGERS):
+            continue
+        lib = logging.getLogger(name)
+        for handler in list(lib.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                lib.removeHandler(handler)
+        lib.propagate = True
+
+
+def setup_logging(is_verbose: bool, log_dir: str | None = None) -> str | None:
+    """Console: instructscale's warnings (everything with ``-v``); file ``log_dir/instructscale.log``:
+    everything at INFO and above. Returns the log file's path."""
+    global _verbose
+    _verbose = is_verbose
+    if not is_verbose:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' save/load bars
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_instructscale", False):
+            root.removeHandler(handler)
+    console = _mark(logging.StreamHandler(sys.stderr))
+    console.addFilter(_ConsoleFilter())
+    root.addHandler(console)
+    root.setLevel(logging.DEBUG if is_verbose else logging.INFO)
+    path = None
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        path = os.path.join(log_dir, "instructscale.log")
+        to_file = _mark(logging.FileHandler(path))
+        to_file.setLevel(logging.INFO)
+        root.addHandler(to_file)
+    quiet_library_handlers()
+    return path
+
+
+def _fmt_rate(n: float, seconds: float) -> str:
+    return f"{n / seconds:,.1f}/s" if seconds > 0 else "-"
+
+
+class Progress:
+    """One line for one stage: done / total, rate, ETA. A terminal sees it redrawn in place; a log or
+    a pipe gets the final line only (and a line a minute for long stages)."""
+
+    def __init__(self, stage: str, total: int | None = None, unit: str = "rows", stream=None):
+        self.stage, self.total, self.unit = stage, total, unit
+        self.done, self.t0 = 0, time.time()
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._last = 0.0
+
+    def update(self, n: int, note: str = "") -> None:
+        self.done += n
+        now = time.time()
+        if self.tty and now - self._last > 0.2:
+            self._write(self._line(note), end="\r")
+            self._last = now
+        elif not self.tty and now - self._last > 60 and now - self.t0 > 60:
+            self._write(self._line(note))
+            self._last = now
+        log.debug("%s", self._line(note))
+
+    def _line(self, note: str = "") -> str:
+        elapsed = time.time() - self.t0
+        of = f"/{self.total:,}" if self.total else ""
+        eta = ""
+        if self.total and self.done and self.done < self.total:
+            eta = f", ETA {(self.total - self.done) * elapsed / self.done:.0f} s"
+        extra = f", {note}" if note else ""
+        return (
+            f"{self.stage:<9} {self.done:,}{of} {self.unit}, {_fmt_rate(self.done, elapsed)}, "
+            f"{elapsed:.1f} s{eta}{extra}"
+        )
+
+    def _write(self, text: str, end: str = "\n") -> None:
+        pad = " " * 8 if end == "\r" else ""
+        print(text + pad, end=end, file=self.stream, flush=True)
+
+    def close(self, note: str = "") -> None:
+        line = self._line(note)
+        self._write(line)
+        log.info("%s", line)
+
+
+@contextmanager
+def run_logs(out: str) -> Iterator[str]:
+    """Log to ``out/logs/instructscale.log`` for the duration of a command (a local scratch file,
+    uploaded at the end, when ``out`` is an object store), then add the logs of an embedded Ray
+    cluster's workers (Ray Data, vLLM, DeepSpeed, Train) under ``out/logs/ray``."""
+    from instructscale import storage
+    from instructscale.runtime import session_logs_dir
+
+    remote = not storage.is_local(out)
+    local = storage.local_scratch("logs") if remote else storage.join(storage.normalize(out), "logs")
+    path = setup_logging(_verbose, local)
+    try:
+        yield path
+    finally:
+        ray_logs = session_logs_dir()
+        if ray_logs and os.path.isdir(ray_logs):
+            shutil.copytree(
+                ray_logs,
+                os.path.join(local, "ray"),
+                dirs_exist_ok=True,
+                ignore=lambda d, names: [n for n in names if n.endswith((".sock", ".lock"))],
+            )
+        if remote:
+            storage.copy_tree(local, storage.join(out, "logs"))
+            shutil.rmtree(local, ignore_errors=True)

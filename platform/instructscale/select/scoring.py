@@ -1,0 +1,58 @@
+"""Running any scorer plug-in inside the selection stage's Ray Data pipeline: stateless scorers as
+task functions, stateful ones (models) in an actor pool on a model thread of their own."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from instructscale.plugins import Scorer
+
+
+def _append_scores(batch: pa.Table, scorer: Scorer, scorer_call) -> pa.Table:
+    """``batch`` plus the scorer's columns; rows a filter removed get nulls and are not scored."""
+    keep = pc.is_null(batch["filter_reason"]).to_pylist()
+    rows = [r for r, k in zip(batch.to_pylist(), keep) if k]
+    values = scorer_call(rows) if rows else {c: [] for c in scorer.columns}
+    for name, dtype in scorer.columns.items():
+        it = iter(values[name])
+        full = [next(it) if k else None for k in keep]
+        batch = batch.append_column(name, pa.array(full, dtype))
+    return batch
+
+
+class ScorerActor:
+    """Ray Data actor running one configured scorer (``index`` into the select config's scorers)
+    on its own model thread."""
+
+    def __init__(self, cfg: dict, index: int, api_key: str | None = None):
+        from instructscale.runtime import ModelThread
+        from instructscale.select.config import SelectConfig
+
+        config = SelectConfig.model_validate(cfg)
+        self.scorer = Scorer.registry.build(config.scorers[index])
+        if hasattr(self.scorer, "api_key"):
+            self.scorer.api_key = api_key
+        self.thread = ModelThread()
+        self.thread.run(self.scorer.setup)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _append_scores(batch, self.scorer, lambda rows: self.thread.run(self.scorer.score, rows))
+
+
+@lru_cache(maxsize=8)
+def _task_scorer(cfg_json: str, index: int) -> Scorer:
+    from instructscale.select.config import SelectConfig
+
+    config = SelectConfig.model_validate_json(cfg_json)
+    scorer = Scorer.registry.build(config.scorers[index])
+    scorer.setup()
+    return scorer
+
+
+def score_in_task(batch: pa.Table, cfg_json: str, index: int) -> pa.Table:
+    """A stateless scorer as a Ray Data task function (set up once per worker process)."""
+    scorer = _task_scorer(cfg_json, index)
+    return _append_scores(batch, scorer, scorer.score)
