@@ -8,7 +8,7 @@ from instructscale.cli import main
 
 
 @pytest.mark.slow
-def test_pipeline_demo_run(ray_local, tmp_path, capsys):
+def test_pipeline_demo_run(ray_local, tmp_path, capfd):
     run = tmp_path / "run"
     args = [
         "pipeline",
@@ -27,7 +27,10 @@ def test_pipeline_demo_run(ray_local, tmp_path, capsys):
         "train.micro_batch_size=4",
     ]
     assert main(args) == 0
-    assert "pipeline done" in capsys.readouterr().out
+    printed = capfd.readouterr()  # file descriptors: Ray's and the engines' output included
+    assert "pipeline done" in printed.out
+    assert len((printed.out + printed.err).splitlines()) < 60, "quiet: a line per stage and the summary"
+    assert (run / "logs" / "instructscale.log").is_file() and (run / "logs" / "ray").is_dir()
     summary = json.loads((run / "summary.json").read_text())
     ing = summary["stages"]["ingest"]
     assert ing["rows"] == 2000 + 30 and ing["quarantined"] == 10

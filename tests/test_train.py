@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import struct
 from pathlib import Path
 
 import pyarrow as pa
@@ -62,6 +63,22 @@ def cfg_for(tmp_path, student, **kw) -> TrainConfig:
     return parse_config(TrainConfig, base | kw)
 
 
+def tensorboard_steps(folder: Path) -> dict[str, list[int]]:
+    """Tag -> steps of the scalars in TensorBoard event files (TFRecord framing, Event protos)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    steps: dict[str, list[int]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
+    return steps
+
+
 def first_last_loss(manifest: dict) -> tuple[float, float]:
     hist = sorted(manifest["history"], key=lambda r: r["step"])
     return sum(r["loss"] for r in hist[:2]) / 2, sum(r["loss"] for r in hist[-2:]) / 2
@@ -94,9 +111,11 @@ def test_lora_zero2_two_workers_loss_drops_and_exports_load(ray_local, tiny_mode
         eval_every=8,
         curriculum="easy_to_hard",
         checkpoint_every=100,
+        tracking={"mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "mlflow_experiment": "lora-test"},
     )
     m = train(cfg)
     assert m["steps"] == 16 and m["rows"] == 16  # 16 rows / (4 x 2 workers) x 8 epochs
+    assert 0 < m["startup_s"] < m["seconds"]
     assert [r["step"] for r in m["history"]] == list(range(1, 17))
     first, last = first_last_loss(m)
     assert last < first - 0.4, (first, last)
@@ -115,6 +134,16 @@ def test_lora_zero2_two_workers_loss_drops_and_exports_load(ray_local, tiny_mode
     assert check_transformers(m["model"])["tokens"] >= 1
     assert check_in_vllm(m["model"])["tokens"] >= 1
     assert train(cfg) == m  # a finished run with the same config is not trained again
+
+    steps = tensorboard_steps(tmp_path / "out" / "tensorboard")
+    assert steps["train/loss"] == list(range(1, 17)) and steps["train/eval_loss"] == [8, 16]
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["lora-test"], output_format="list")
+    client = mlflow.tracking.MlflowClient()
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 17))
+    assert run.data.params["lora.r"] == "8"
 
 
 @pytest.mark.slow

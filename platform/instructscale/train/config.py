@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from instructscale.config import StrictModel
 from instructscale.lifecycle import StageConfig
 from instructscale.plugins import CallbackSpec, CurriculumSpec
+from instructscale.train.tracking import TrackingSettings
 
 
 class LoraSettings(StrictModel):
@@ -55,6 +56,7 @@ class TrainOptions(StrictModel):
         "random", description="random | easy_to_hard | anti | baby_steps | competence | a plug-in"
     )
     callbacks: list[CallbackSpec] = Field(default_factory=list, description="training-loop hooks (plug-ins)")
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     micro_batch_size: int = Field(8, ge=1, description="rows per worker per forward pass")
     grad_accum: int = Field(1, ge=1)
     epochs: int = Field(1, ge=1)

@@ -10,7 +10,10 @@ group that loses a worker restarts from the last one (FailureConfig).
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pyarrow.fs as pafs
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -20,6 +23,7 @@ from instructscale import storage
 from instructscale.config import ConfigError
 from instructscale.lifecycle import StageRun, part_files
 from instructscale.plugins import Curriculum
+from instructscale.progress import Progress
 from instructscale.train.config import TrainConfig
 from instructscale.train.curriculum import build_schedule
 from instructscale.train.data import difficulty_of, read_training_columns
@@ -93,6 +97,27 @@ def _export(checkpoint, out: str) -> None:
         storage.copy_tree(src, dst, src_fs=checkpoint.filesystem)
 
 
+@contextmanager
+def _progress(metrics: str, steps: int) -> Iterator[Progress]:
+    """The stage's progress line, fed from the metrics that rank 0 flushes while training runs."""
+    progress = Progress("train", total=steps, unit="steps")
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(5.0):
+            history = read_history(metrics)
+            if history and history[-1]["step"] > progress.done:
+                progress.update(history[-1]["step"] - progress.done, f"loss {history[-1]['loss']:.4f}")
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    try:
+        yield progress
+    finally:
+        stop.set()
+        watcher.join()
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) and export the model to ``out_dir/model``; returns the manifest."""
     run = StageRun("train", cfg.out_dir, cfg.identity(), cfg.overwrite)
@@ -128,11 +153,15 @@ def train(cfg: TrainConfig) -> dict:
         run_config=_run_config(cfg),
     )
     t0 = time.time()
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    with _progress(run.uri(METRICS), len(schedule)) as progress:
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        history = read_history(run.uri(METRICS))
+        progress.done = history[-1]["step"]
+        progress.close(f"loss {history[-1]['loss']:.4f}")
     _export(result.checkpoint, run.out)
-    history = read_history(run.uri(METRICS))
+    first = history[0]
     has_adapter = storage.exists(run.uri("adapter"))
     summary = {
         "rows": len(ids),
@@ -143,6 +172,10 @@ def train(cfg: TrainConfig) -> dict:
         "final_loss": history[-1]["loss"],
         "eval_loss": history[-1].get("eval_loss"),
         "seconds": round(time.time() - t0, 2),
+        # from fit() to the end of step 1, minus the step itself: workers, data, model, engine
+        "startup_s": round(first["time"] - first["seconds"] - t0, 2)
+        if "time" in first and not first["resumed_from"]
+        else None,
         "history": history,
     }
     return run.publish(summary)

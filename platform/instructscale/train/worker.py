@@ -21,6 +21,7 @@ from instructscale.train.curriculum import worker_slice
 from instructscale.train.data import read_training_columns
 from instructscale.train.deepspeed_config import build_deepspeed_config
 from instructscale.train.metrics import METRICS, MetricsLog
+from instructscale.train.tracking import Tracker
 
 STATE = "state.json"
 PRINT_EVERY_S = 10.0
@@ -136,17 +137,25 @@ def _train_step(engine, rows: list[Example], cfg: TrainConfig, pad_id: int) -> t
 
 
 class _Reporter:
-    """Rank 0's metric records (buffered to ``out_dir/metrics.jsonl``) and throttled console lines."""
+    """Rank 0's metric records (buffered to ``out_dir/metrics.jsonl``, TensorBoard, MLflow) and
+    throttled console lines (in the worker's log)."""
 
     def __init__(self, cfg: TrainConfig, rank: int, steps: int):
         self.log = MetricsLog(storage.join(cfg.out_dir, METRICS)) if rank == 0 else None
+        self.tracker = None
+        if rank == 0:
+            params = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("plugins", "storage")}
+            self.tracker = Tracker(cfg.tracking, cfg.out_dir, storage.name(cfg.out_dir), _flatten(params))
         self.steps, self.t_print = steps, 0.0
 
     def record(self, metrics: dict, final: bool) -> None:
         if self.log is None:
             return
         self.log.add(metrics)
+        self.tracker.log(metrics)
         self.log.flush(force=final or "eval_loss" in metrics)
+        if final:
+            self.tracker.close()
         if time.time() - self.t_print > PRINT_EVERY_S or final:
             self.t_print = time.time()
             held = f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""
@@ -159,6 +168,17 @@ class _Reporter:
     def flush(self) -> None:
         if self.log is not None:
             self.log.flush(force=True)
+            self.tracker.flush()
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def train_loop(config: dict) -> None:
@@ -212,6 +232,7 @@ def train_loop(config: dict) -> None:
             "tokens": int(stats[1].item()),
             "seconds": elapsed,
             "tokens_per_s": stats[1].item() / elapsed,
+            "time": time.time(),
             "lr": engine.get_lr()[0],
             "resumed_from": start,
             "difficulty_mean": sum(difficulty[i] for i in schedule[step]) / len(schedule[step]),
