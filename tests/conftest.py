@@ -3,6 +3,7 @@ per test session. The S3 server starts first, so Ray workers inherit its endpoin
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -23,6 +24,7 @@ def s3_endpoint():
     """moto's S3 server on 127.0.0.1, configured only through the standard AWS_* variables."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

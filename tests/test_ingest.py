@@ -1,6 +1,7 @@
 """The ingest stage on real files through Ray Data: good rows, exact quarantine counts, formats."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -121,3 +122,41 @@ def test_missing_input_path_is_a_config_error(ray_local, tmp_path):
                 inputs=[PoolInput(path=str(tmp_path / "nope*.jsonl"), format="jsonl")], out_dir=str(tmp_path / "o")
             )
         )
+
+
+def test_s3_ingest_and_generate_read_and_write_the_bucket_and_rerun_skips(ray_local, tiny_models, bucket, tmp_path):
+    """Every path an s3:// URI on the local S3 server, configured only by the AWS_* variables."""
+    from instructscale import storage
+    from instructscale.generate.config import GenerateConfig
+    from instructscale.generate.stage import generate, read_generated
+
+    lines = [
+        json.dumps({"id": f"q{i}", "instruction": f"Compute {i} + 1.", "output": "" if i % 3 else str(i + 1)})
+        for i in range(30)
+    ] + ['{"broken": ']
+    storage.write_text(f"{bucket}/raw/a.jsonl", "\n".join(lines[:15]) + "\n")
+    storage.write_text(f"{bucket}/raw/b.jsonl", "\n".join(lines[15:]) + "\n")
+    storage.copy_tree(tiny_models["teacher"], f"{bucket}/models/teacher")
+    cfg = IngestConfig(inputs=[PoolInput(path=f"{bucket}/raw/*.jsonl", format="jsonl")], out_dir=f"{bucket}/ingest")
+    m = ingest(cfg)
+    assert (m["rows"], m["quarantined"]) == (30, 1)
+    assert m["quarantine_by_file"] == {f"{bucket}/raw/b.jsonl": 1}
+    pool = storage.list_files(f"{bucket}/ingest/pool", suffix=".parquet")
+    assert pool and storage.read_parquet(pool).num_rows == 30
+
+    gen = GenerateConfig(
+        input=f"{bucket}/ingest/pool",
+        out_dir=f"{bucket}/generate",
+        model=f"{bucket}/models/teacher",
+        backend="hf",
+        mode={"kind": "distill", "only_missing": True},
+        sampling={"max_tokens": 4},
+        replicas={"batch_size": 8},
+    )
+    g = generate(gen)
+    assert g["inputs"] == 30 and g["this_run"]["inputs"] == 30
+    table = read_generated(f"{bucket}/generate", include_rejected=True)
+    assert sorted(table["parent_id"].to_pylist()) == sorted(f"q{i}" for i in range(30))
+    assert sum(1 for r in table.to_pylist() if r["gen_model"]) == 20  # only the empty outputs were asked
+    assert ingest(cfg) == m and generate(gen) == g, "a rerun skips the finished work"
+    assert not (tmp_path / "s3:").exists() and not Path("s3:").exists()

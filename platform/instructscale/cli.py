@@ -46,9 +46,7 @@ def _print(obj: dict) -> None:
 def cmd_pipeline(args) -> None:
     from instructscale.pipeline import PipelineConfig, run_pipeline
 
-    cfg = _load(PipelineConfig, args)
-    with run_logs(cfg.run_dir):
-        summary = run_pipeline(cfg)
+    summary = run_pipeline(_load(PipelineConfig, args))
     ing = summary["stages"]["ingest"]
     print(f"\npipeline done: {summary['run_dir']}")
     print(f"  pool       {ing['rows']:,} rows -> {summary['pool']}")

@@ -19,6 +19,7 @@ from instructscale.generate.stage import ROWS, generate
 from instructscale.lifecycle import StageConfig
 from instructscale.models.tiny import ensure_tiny_models
 from instructscale.pools.ingest import IngestConfig, IngestOptions, PoolInput, ingest
+from instructscale.progress import run_logs
 from instructscale.report import write_report
 from instructscale.runtime import RayConfig, check_output_location, init_ray
 from instructscale.select.config import SelectConfig, SelectOptions
@@ -89,7 +90,13 @@ def _scorers_with_student(options: SelectOptions, student: str) -> SelectOptions
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
-    """Run every stage in order; each stage skips work it already finished for the same config."""
+    """Run every stage in order; each stage skips work it already finished for the same config.
+    The run's log (and the embedded Ray cluster's worker logs) go to ``run_dir/logs``."""
+    with run_logs(cfg.run_dir):
+        return _run_stages(cfg)
+
+
+def _run_stages(cfg: PipelineConfig) -> dict:
     run = storage.normalize(cfg.run_dir)
     init_ray(cfg.ray)
     check_output_location(run)

@@ -363,6 +363,14 @@ def local_dir(uri: str) -> str:
     return str(target)
 
 
+def scratch_root() -> str:
+    """Local scratch space (staging before an upload, checkpoint staging), under the cache root so
+    that what a killed process leaves behind stays with the caches, not among outputs."""
+    root = cache_root() / "scratch"
+    root.mkdir(parents=True, exist_ok=True)
+    return str(root)
+
+
 def local_scratch(prefix: str) -> str:
-    """A fresh local temp directory (the caller removes it)."""
-    return tempfile.mkdtemp(prefix=f"instructscale-{prefix}-")
+    """A fresh local scratch directory (the caller removes it)."""
+    return tempfile.mkdtemp(prefix=f"{prefix}-", dir=scratch_root())

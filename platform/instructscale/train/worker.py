@@ -101,7 +101,7 @@ def _export_hf(engine, cfg: TrainConfig, tokenizer, out: Path) -> None:
 
 def _save_checkpoint(engine, cfg: TrainConfig, tokenizer, step: int, metrics: dict, final: bool) -> None:
     """DeepSpeed state plus Hugging Face exports, handed to Ray Train (which stores it under out_dir)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=storage.scratch_root()) as tmp:
         tmp_path = Path(tmp)
         engine.save_checkpoint(str(tmp_path / "ds"), tag="ds")
         if final or cfg.lora is not None:  # LoRA exports are tiny: every checkpoint is loadable
@@ -154,8 +154,6 @@ class _Reporter:
         self.log.add(metrics)
         self.tracker.log(metrics)
         self.log.flush(force=final or "eval_loss" in metrics)
-        if final:
-            self.tracker.close()
         if time.time() - self.t_print > PRINT_EVERY_S or final:
             self.t_print = time.time()
             held = f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""
@@ -169,6 +167,11 @@ class _Reporter:
         if self.log is not None:
             self.log.flush(force=True)
             self.tracker.flush()
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.flush(force=True)
+            self.tracker.close()
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:
@@ -246,3 +249,4 @@ def train_loop(config: dict) -> None:
             reporter.flush()
             _save_checkpoint(engine, cfg, tokenizer, done, metrics, final)
         t_last, tokens_since, losses = time.time(), 0, []
+    reporter.close()
