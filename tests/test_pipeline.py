@@ -31,7 +31,7 @@ def counts(summary: dict) -> dict:
     return {
         "ingest": {k: st["ingest"][k] for k in ("rows", "quarantined", "quarantine_reasons")},
         "generate": {k: st["generate"][k] for k in ("rows", "rejected", "inputs")},
-        "select": {k: st["select"][k] for k in ("input_rows", "removed", "selected", "allocation")},
+        "select": {k: st["select"][k] for k in ("input_rows", "removed", "selected", "eligible")},
         "train": {k: st["train"][k] for k in ("rows", "steps")},
         "evaluate": {m: st["evaluate"][m]["overall"]["rows"] for m in st["evaluate"]},
     }
