@@ -35,6 +35,11 @@ def test_cluster_launcher_configs_validate(name):
     broken = dict(config, available_node_types={**types, "gpu_teacher": {**types["gpu_teacher"], "min_worker": 0}})
     with pytest.raises(jsonschema.ValidationError):
         validate_config(broken)
+    # outputs on object storage: every node has a cloud identity, and the header says where run_dir goes
+    identity = "IamInstanceProfile" if name == "aws.yaml" else "serviceAccounts"
+    assert all(identity in t["node_config"] for t in types.values())
+    scheme = "s3://" if name == "aws.yaml" else "gs://"
+    assert f"--set run_dir={scheme}YOUR-BUCKET" in (CLUSTER / name).read_text()
 
 
 def _check_raycluster_spec(spec: dict) -> None:
@@ -50,6 +55,10 @@ def _check_raycluster_spec(spec: dict) -> None:
         assert int(limits["nvidia.com/gpu"]) >= 1
     for g in groups.values():
         assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+    for pod in [head["template"]["spec"], *(g["template"]["spec"] for g in groups.values())]:
+        assert pod["serviceAccountName"] == "instructscale"  # the cloud identity that reaches the bucket
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert "secretKeyRef" in env["OPENAI_API_KEY"]["valueFrom"], "API keys from a Kubernetes Secret"
 
 
 def test_kuberay_manifests_have_the_expected_structure():
@@ -59,8 +68,23 @@ def test_kuberay_manifests_have_the_expected_structure():
     job = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     assert "jobs/pipeline.py" in job["spec"]["entrypoint"] and job["spec"]["shutdownAfterJobFinishes"] is True
+    assert "--set run_dir=s3://" in job["spec"]["entrypoint"], "outputs outlive the cluster the RayJob deletes"
     assert "working_dir" in yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     _check_raycluster_spec(job["spec"]["rayClusterSpec"])
+
+
+def test_submit_refuses_secrets_in_the_job_env_and_applies_overrides(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("run_dir: runs/x\nplugins: [tests/test_plugins.py]\n")
+    assert main(["submit", str(config), "--env", "OPENAI_API_KEY=sk-planted"]) == 2
+    err = capsys.readouterr().err
+    assert "OPENAI_API_KEY: a job's environment shows in the Ray dashboard" in err and "sk-planted" not in err
+    job = submit._job_config(str(config), ["run_dir=s3://b/run", "train.max_steps=3"])
+    assert job == {"run_dir": "s3://b/run", "plugins": ["tests/test_plugins.py"], "train": {"max_steps": 3}}
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    packages, plugins = submit._ship_plugins(job, staging)
+    assert packages == [] and plugins == ["test_plugins"] and (staging / "test_plugins.py").is_file()
 
 
 def _free_port() -> int:
@@ -142,10 +166,14 @@ def test_submit_demo_pipeline_to_a_local_head(local_head, tmp_path, capsys):
         "train.micro_batch_size=4",
         "--set",
         "train.eval_every=2",
+        "--set",
+        "plugins=[tests/test_plugins.py]",  # shipped with the job, imported there by module name
     ]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "submitted demo-job" in out and "pipeline done" in out and "job demo-job: SUCCEEDED" in out
+    assert "warning" not in captured.err, "one node: a local run_dir is fine"
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["stages"]) == {"models", "demo", "ingest", "select", "train"}
     assert summary["stages"]["train"]["steps"] == 2 and (run / "train" / "model" / "config.json").is_file()

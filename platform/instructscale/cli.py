@@ -175,9 +175,9 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_build_models(args) -> None:
-    from instructscale.models.tiny import build_tiny_models
+    from instructscale.models.tiny import ensure_tiny_models
 
-    _print(build_tiny_models(args.out, args.seed))
+    _print(ensure_tiny_models(args.out, args.seed))
 
 
 def cmd_check_model(args) -> None:

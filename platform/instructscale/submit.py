@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import json
 import os
 import shlex
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 import instructscale
-from instructscale.config import ConfigError
+from instructscale import storage
+from instructscale.config import ConfigError, set_dotted
 
 # stage -> entry point; not jobs/select.py, which would shadow the standard library's `select`
 ENTRYPOINTS = {
@@ -67,14 +73,20 @@ def submit(
         raise ConfigError(f"--stage: {stage!r} is not one of {', '.join(ENTRYPOINTS)}")
     if not Path(config).is_file():
         raise ConfigError(f"config: {config} not found")
+    _refuse_secrets(env or {})
+    job_config = _job_config(config, overrides)
     client = _client(address)
+    warn_if_local_output(job_config, address)
     staging = Path(tempfile.mkdtemp(prefix="instructscale-job-"))
     try:
         shutil.copytree(_jobs_dir(), staging / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(config, staging / "config.yaml")
+        packages, plugins = _ship_plugins(job_config, staging)
+        if plugins:
+            overrides = [*overrides, f"plugins={json.dumps(plugins)}"]
         runtime_env: dict = {
             "working_dir": str(staging),
-            "py_modules": [str(Path(instructscale.__file__).parent)],
+            "py_modules": [str(Path(instructscale.__file__).parent), *packages],
             "env_vars": {"PYTHONUNBUFFERED": "1", **(env or {})},
         }
         if pip:
@@ -91,6 +103,88 @@ def submit(
                 time.sleep(2)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+
+
+def _refuse_secrets(env: dict[str, str]) -> None:
+    """A job's runtime_env is visible in the Ray dashboard: secrets must come from the cluster."""
+    secret = [k for k in env if any(w in k.upper() for w in SECRET_WORDS)]
+    if secret:
+        raise ConfigError(
+            f"--env {', '.join(secret)}: a job's environment shows in the Ray dashboard; set secrets "
+            "in the cluster's environment (a Kubernetes Secret, an instance role; see cluster/) and "
+            "name the variable in the config (e.g. backend.api_key_env)"
+        )
+
+
+def _job_config(config: str, overrides: list[str]) -> dict:
+    """The job's config as a mapping, with the ``--set`` overrides applied (not validated here:
+    plug-ins may only exist on the cluster)."""
+    data = yaml.safe_load(Path(config).read_text()) or {}
+    for pair in overrides:
+        key, _, value = pair.partition("=")
+        set_dotted(data, key, yaml.safe_load(value))
+    return data
+
+
+def output_dir(job_config: dict) -> str | None:
+    return job_config.get("run_dir", job_config.get("out_dir"))
+
+
+def warn_if_local_output(job_config: dict, address: str | None) -> None:
+    """Warn (before the job fails on the cluster) when its outputs would land on several local disks."""
+    out = output_dir(job_config)
+    shared = (job_config.get("storage") or {}).get("shared_mount", False)
+    if out is None or shared or not storage.is_local(out):
+        return
+    nodes = _node_count(address)
+    if nodes > 1:
+        print(
+            f"warning: the job's output {out!r} is a local path and the cluster has {nodes} nodes: outputs on "
+            "other nodes would be lost, and the job refuses to start. Use s3://, gs:// or abfs:// (or "
+            "storage.shared_mount: true for NFS/EFS/Filestore)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _node_count(address: str | None) -> int:
+    from ray.util.state import list_nodes
+
+    try:
+        return sum(
+            1
+            for n in list_nodes(address=address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS)
+            if n.state == "ALIVE"
+        )
+    except Exception:  # the warning is best effort; the job itself refuses a scattered output
+        return 0
+
+
+def _ship_plugins(job_config: dict, staging: Path) -> tuple[list[str], list[str]]:
+    """Plug-ins travel with the job: files and single-file modules into its working directory (on
+    every node's import path, so the job names them as modules), local packages (not installed ones)
+    as py_modules. Returns the py_modules and the job's ``plugins`` list."""
+    packages, names = [], []
+    for entry in job_config.get("plugins") or []:
+        if entry.endswith(".py"):
+            path = Path(entry)
+            if path.is_file():
+                shutil.copy(path, staging / path.name)
+                entry = path.stem
+            names.append(entry)  # a file not here must exist on the cluster
+            continue
+        names.append(entry)
+        spec = importlib.util.find_spec(entry.split(".")[0])
+        if spec is None or spec.origin is None or "site-packages" in spec.origin:
+            continue  # installed on the cluster, or not found here (then it must be there)
+        if spec.submodule_search_locations:
+            packages.append(os.path.dirname(spec.origin))
+        else:
+            shutil.copy(spec.origin, staging / os.path.basename(spec.origin))
+    return packages, names
 
 
 def status(job_id: str, address: str | None = None) -> str:
