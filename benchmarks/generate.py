@@ -49,6 +49,14 @@ def main() -> None:
     parser.add_argument("--hf-plain-rows", type=int, default=64, help="rows for the one-prompt-per-call HF loop")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4096, help="rows per replica call")
+    parser.add_argument(
+        "--poison",
+        type=float,
+        default=0.0,
+        help="also run the stage on the same pool with this share of rows poisoned (prompts "
+        "longer than the teacher's context), and compare rows/s (goal >= 0.9x)",
+    )
+    parser.add_argument("--poison-only", action="store_true", help="skip the raw vLLM and HF arms")
     parser.add_argument("--raw", help=argparse.SUPPRESS)  # internal: run the raw arm on this prompts file
     parser.add_argument("--teacher", help=argparse.SUPPRESS)
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
@@ -88,7 +96,10 @@ def main() -> None:
     # engine-core subprocess, and in-process, the setting the stage's replicas use on CPU
     prompts_file = work / "prompts.json"
     prompts_file.write_text(json.dumps(prompts))
-    for label, engine_process in (("raw vllm.LLM, engine subprocess", True), ("raw vllm.LLM, in-process", False)):
+    raw_arms = (
+        () if args.poison_only else (("raw vllm.LLM, engine subprocess", True), ("raw vllm.LLM, in-process", False))
+    )
+    for label, engine_process in raw_arms:
         t0 = time.time()
         cmd = [
             sys.executable,
@@ -111,24 +122,43 @@ def main() -> None:
     import ray
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    t0 = time.time()
-    m = generate(cfg)
-    results.append(
-        {
-            "method": "instructscale generate",
-            "rows": m["inputs"],
-            "tokens": m["this_run"]["tokens"],
-            "seconds": time.time() - t0,
-            "gen_s": m["this_run"]["replica_busy_s"],
-        }
-    )
+    arms = [("instructscale generate", cfg)]
+    if args.poison:  # the same rows, a share of them poisoned: prompts far beyond the teacher's context
+        bad = set(range(0, len(rows), max(1, round(1 / args.poison))))
+        poisoned = [dict(r, instruction="Summarise: " + "word " * 8000) if i in bad else r for i, r in enumerate(rows)]
+        write_parquet(str(work / "poisoned" / "part-0.parquet"), pa.Table.from_pylist(poisoned, schema=POOL_SCHEMA))
+        poisoned_cfg = cfg.model_copy(update={"input": str(work / "poisoned"), "out_dir": str(work / "out-poisoned")})
+        again = cfg.model_copy(update={"out_dir": str(work / "out-again")})  # the clean arm after, for the spread
+        arms = [
+            *arms,
+            (f"instructscale generate, {len(bad)} poison rows ({args.poison:.1%})", poisoned_cfg),
+            ("instructscale generate (again)", again),
+        ]
+    for label, arm_cfg in arms:
+        t0 = time.time()
+        m = generate(arm_cfg)
+        results.append(
+            {
+                "method": label,
+                "rows": m["inputs"],
+                "tokens": m["this_run"]["tokens"],
+                "seconds": time.time() - t0,
+                "gen_s": m["this_run"]["replica_busy_s"],
+                "faults": m["faults"],
+            }
+        )
     ray.shutdown()
 
     # (3) Hugging Face generate loops: one prompt per call, then 64 per call
-    for label, n_rows, batch in (
-        ("HF loop, 1 prompt/call", args.hf_plain_rows, 1),
-        ("HF loop, 64 prompts/call", args.hf_rows, 64),
-    ):
+    hf_arms = (
+        ()
+        if args.poison_only
+        else (
+            ("HF loop, 1 prompt/call", args.hf_plain_rows, 1),
+            ("HF loop, 64 prompts/call", args.hf_rows, 64),
+        )
+    )
+    for label, n_rows, batch in hf_arms:
         t0 = time.time()
         hf = HFBackend(HFBackend.Config(), teacher)
         t_loaded = time.time()
@@ -141,7 +171,31 @@ def main() -> None:
     for r in results:
         r["wall_rows_per_s"] = r["rows"] / r["seconds"]
         r["gen_tokens_per_s"] = r["tokens"] / r["gen_s"]
-    raw_subprocess, raw_inproc, stage, hf_plain, hf_batched = results
+    by_method = {r["method"]: r for r in results}
+    stage = by_method["instructscale generate"]
+    print()
+    print_table(
+        results, ["method", "rows", "tokens", "seconds", "gen_s", "wall_rows_per_s", "gen_tokens_per_s", "faults"]
+    )
+    ratios = {} if args.poison_only else comparisons(by_method, stage)
+    if args.poison:
+        poisoned = results[[r["method"] for r in results].index("instructscale generate") + 1]
+        clean = (stage["wall_rows_per_s"] + by_method["instructscale generate (again)"]["wall_rows_per_s"]) / 2
+        ratios["poison_over_clean_wall"] = poisoned["wall_rows_per_s"] / clean
+        print(
+            f"\nstage with {args.poison:.1%} poison rows / without (mean of the runs before and after): "
+            f"{ratios['poison_over_clean_wall']:.2f}x rows/s "
+            f"wall ({poisoned['faults']} rows rejected as too long; goal >= 0.9)"
+        )
+    write_result(
+        "generate_poison" if args.poison_only else "generate",
+        {"args": vars(args), "results": results, "ratios": ratios},
+    )
+
+
+def comparisons(by_method: dict, stage: dict) -> dict:
+    raw_subprocess, raw_inproc = by_method["raw vllm.LLM, engine subprocess"], by_method["raw vllm.LLM, in-process"]
+    hf_plain, hf_batched = by_method["HF loop, 1 prompt/call"], by_method["HF loop, 64 prompts/call"]
     raw = max(raw_subprocess, raw_inproc, key=lambda r: r["wall_rows_per_s"])
     ratios = {
         "raw_vllm_inproc_vs_subprocess_wall": raw_inproc["wall_rows_per_s"] / raw_subprocess["wall_rows_per_s"],
@@ -150,8 +204,6 @@ def main() -> None:
         "stage_vs_hf_plain_wall": stage["wall_rows_per_s"] / hf_plain["wall_rows_per_s"],
         "stage_vs_hf_batched_wall": stage["wall_rows_per_s"] / hf_batched["wall_rows_per_s"],
     }
-    print()
-    print_table(results, ["method", "rows", "tokens", "seconds", "gen_s", "wall_rows_per_s", "gen_tokens_per_s"])
     print(f"\nraw vLLM in-process / engine subprocess: {ratios['raw_vllm_inproc_vs_subprocess_wall']:.2f}x rows/s wall")
     print(
         f"stage / best raw vLLM ({raw['method']}): {ratios['stage_vs_raw_vllm_wall']:.2f}x rows/s wall, "
@@ -161,7 +213,7 @@ def main() -> None:
         f"stage / HF loop:  {ratios['stage_vs_hf_plain_wall']:.1f}x (1 prompt/call), "
         f"{ratios['stage_vs_hf_batched_wall']:.1f}x (64 prompts/call) rows/s wall (target >= 10)"
     )
-    write_result("generate", {"args": vars(args), "results": results, "ratios": ratios})
+    return ratios
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def test_hf_backend_distill_only_missing_is_seeded(ray_local, tiny_models, tmp_p
     assert first == second, "same seed, same outputs"
 
 
-@pytest.mark.parametrize("mode", ["self_instruct", "evolve"])
+@pytest.mark.parametrize("mode", ["self_instruct", pytest.param("evolve", marks=pytest.mark.slow)])
 def test_synthesis_modes_with_hf_backend(ray_local, tiny_models, tmp_path, mode):
     rows = make_pool(tmp_path / "pool", 16)
     mode_cfg = {"kind": mode}
@@ -161,27 +161,19 @@ def test_openai_backend_against_local_server_with_retries(ray_local, tmp_path, m
     assert "sk-test" not in json.dumps(m) and "sk-test" not in (tmp_path / "out" / "_manifest.json").read_text()
 
 
-def test_unreachable_endpoint_and_exhausted_retries_are_clear(ray_local, tmp_path):
+def test_unreachable_endpoint_is_clear(ray_local, tmp_path):
+    """(Exhausted retries: tests/test_faults.py.)"""
     make_pool(tmp_path / "pool", 4)
     cfg = cfg_for(tmp_path, "m", backend={"kind": "openai", "base_url": "http://127.0.0.1:9/v1"})
     with pytest.raises(GenerationError, match=r"cannot reach http://127.0.0.1:9/v1"):
         generate(cfg)
-    server = StubServer(fail_first=10**6)
-    try:
-        cfg = cfg_for(
-            tmp_path, "m", backend={"kind": "openai", "base_url": server.url, "max_retries": 1, "backoff_s": 0.01}
-        )
-        with pytest.raises(GenerationError, match=r"failed after 2 attempt\(s\): HTTP 503"):
-            generate(cfg)
-    finally:
-        server.close()
 
 
 def test_bad_configs_are_named(tmp_path, tiny_models):
     with pytest.raises(ConfigError, match="mode 'sample' needs sampling.n >= 2"):
         parse_config(GenerateConfig, {"input": "x", "out_dir": "y", "model": "m", "mode": "sample"})
     with pytest.raises(
-        ConfigError, match=r"backend: Value error, unknown backend 'tgi'; registered: (.*, )?hf, openai, vllm"
+        ConfigError, match=r"backend: Value error, unknown backend 'tgi'; registered: .*hf, openai, .*vllm"
     ):
         parse_config(GenerateConfig, {"input": "x", "out_dir": "y", "model": "m", "backend": {"kind": "tgi"}})
     with pytest.raises(ConfigError, match=r"replicas: Value error, max_replicas \(1\) < min_replicas \(2\)"):

@@ -124,6 +124,7 @@ def test_missing_input_path_is_a_config_error(ray_local, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_s3_ingest_and_generate_read_and_write_the_bucket_and_rerun_skips(ray_local, tiny_models, bucket, tmp_path):
     """Every path an s3:// URI on the local S3 server, configured only by the AWS_* variables."""
     from instructscale import storage

@@ -306,7 +306,7 @@ def test_llm_judge_scores_through_the_openai_backend():
         )
         judge.setup()
         rows = [row(0, "Add 2 and 3.", "5"), row(1, "Add 2 and 3.", "6"), row(2, "Add 2 and 3.", "five")]
-        assert judge.score(rows) == {"judge": [9.0, 2.0, None]}
+        assert judge.score(rows) == {"judge": [9.0, 2.0, None], "judge_error": [None, None, "judge_unparsable"]}
     finally:
         server.close()
     with pytest.raises(ConfigError, match=r"unknown score column\(s\) \['judge'\]"):

@@ -29,8 +29,9 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 def _load(model, args) -> Any:
     overrides = _overrides(args.set)
-    if getattr(args, "overwrite", False):
-        overrides["overwrite"] = True
+    for flag in ("overwrite", "restart"):
+        if getattr(args, flag, False):
+            overrides[flag] = True
     if args.config:
         return load_config(model, args.config, overrides)
     data: dict = {}
@@ -117,6 +118,11 @@ def cmd_generate(args) -> None:
 
 def cmd_select(args) -> None:
     _run_stage(args, "instructscale.select.config.SelectConfig", "instructscale.select.stage.select")
+
+
+def _restart_args(p: argparse.ArgumentParser) -> None:
+    _with_config(p, False)
+    p.add_argument("--restart", action="store_true", help="discard checkpoints of a run with other settings")
 
 
 def cmd_train(args) -> None:
@@ -237,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
             "train",
             "fine-tune a student with Ray Train + DeepSpeed (full or LoRA) and a curriculum",
             cmd_train,
-            lambda p: _with_config(p, False),
+            _restart_args,
         ),
         (
             "evaluate",

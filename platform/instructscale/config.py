@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,9 +16,29 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, never silently ignored."""
+    """Base for every config section: unknown keys are errors, never silently ignored.
+
+    ``OPERATIONAL`` names fields that change how work runs but not what it produces (an endpoint's
+    URL, concurrency, retries): they are left out of a stage's identity, so changing them resumes."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset()
+
+
+def without_operational(model: BaseModel, data: Any) -> Any:
+    """``data`` (``model`` dumped) without the OPERATIONAL fields of every nested section."""
+    if not isinstance(model, BaseModel) or not isinstance(data, dict):
+        return data
+    out = {}
+    for name, value in data.items():
+        if name in getattr(model, "OPERATIONAL", ()):
+            continue
+        child = getattr(model, name, None)
+        if isinstance(child, list) and isinstance(value, list):
+            out[name] = [without_operational(c, v) for c, v in zip(child, value)]
+        else:
+            out[name] = without_operational(child, value)
+    return out
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
@@ -97,6 +117,7 @@ def to_yaml(cfg: BaseModel) -> str:
 class ActorPool(StrictModel):
     """An autoscaling Ray Data actor pool: replica range, rows per call, resources per replica."""
 
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"min_replicas", "max_replicas", "num_cpus", "num_gpus"})
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(1, ge=1)
     batch_size: int = Field(256, ge=1, description="rows per actor call")

@@ -22,8 +22,9 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from instructscale import storage
-from instructscale.config import ConfigError, StrictModel
+from instructscale.config import ConfigError, StrictModel, without_operational
 from instructscale.plugins import load_plugins, resolve_entry
+from instructscale.redact import redact
 from instructscale.storage import StorageConfig
 
 SCHEMA_VERSION = 2  # of manifests and canonical rows; bump when either changes incompatibly
@@ -63,7 +64,7 @@ class StageConfig(StrictModel):
     def identity(self) -> dict:
         """What decides whether an earlier output can be reused: the config without run settings."""
         exclude = {"plugins", "storage", "overwrite", *self.IDENTITY_EXCLUDE}
-        return self.model_dump(mode="json", exclude=exclude)
+        return without_operational(self, self.model_dump(mode="json", exclude=exclude))
 
     def shared(self) -> dict:
         """The settings a stage hands to the stages and workers it starts."""
@@ -129,7 +130,8 @@ class StageRun:
     """One run of a stage into ``out``: decides skip/resume/clean and publishes the manifests."""
 
     def __init__(self, stage: str, out: str, identity: dict, overwrite: bool = False):
-        self.stage, self.out, self.identity, self.overwrite = stage, storage.normalize(out), identity, overwrite
+        self.stage, self.out, self.overwrite = stage, storage.normalize(out), overwrite
+        self.identity = redact(identity)  # manifests are shared: no credential in a URL reaches one
 
     def uri(self, *parts: str) -> str:
         return storage.join(self.out, *parts)
@@ -201,7 +203,7 @@ class StageRun:
             "stage": self.stage,
             "config": self.identity,
             **({"datasets": rows} if rows else {}),
-            **summary,
+            **redact(summary),
         }
         storage.write_json(self.uri(MANIFEST), manifest)
         storage.remove(self.uri(STARTED))

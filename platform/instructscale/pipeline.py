@@ -20,6 +20,7 @@ from instructscale.lifecycle import StageConfig
 from instructscale.models.tiny import ensure_tiny_models
 from instructscale.pools.ingest import IngestConfig, IngestOptions, PoolInput, ingest
 from instructscale.progress import run_logs
+from instructscale.redact import redact, redact_text
 from instructscale.report import write_report
 from instructscale.runtime import RayConfig, check_output_location, init_ray
 from instructscale.select.config import SelectConfig, SelectOptions
@@ -100,7 +101,7 @@ def _run_stages(cfg: PipelineConfig) -> dict:
     run = storage.normalize(cfg.run_dir)
     init_ray(cfg.ray)
     check_output_location(run)
-    storage.write_text(storage.join(run, "config.yaml"), to_yaml(cfg))
+    storage.write_text(storage.join(run, "config.yaml"), redact_text(to_yaml(cfg)))
     common = {**cfg.shared(), "overwrite": cfg.overwrite}
     summary: dict = {"run_dir": run, "stages": {}, "seconds": {}}
 
@@ -180,5 +181,5 @@ def _run_stages(cfg: PipelineConfig) -> dict:
                     )
                     summary["stages"]["evaluate"][name] = _without(ev)
     summary["report"] = write_report(run, summary)
-    storage.write_json(storage.join(run, "summary.json"), summary)
+    storage.write_json(storage.join(run, "summary.json"), redact(summary))
     return summary

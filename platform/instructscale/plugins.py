@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from instructscale.backends.base import Completion, Conversation, SamplingConfig
+    from instructscale.backends.base import Completion, Conversation, RowFault, SamplingConfig
 
 ENTRY_POINT_GROUP = "instructscale.plugins"
 P = TypeVar("P", bound="Plugin")
@@ -263,6 +263,28 @@ class GenerationMode(Plugin):
     def needs_teacher(self, row: dict) -> bool:
         return True
 
+    def output_row(self, row: dict, completion: Completion | None, idx: int, **changes: Any) -> dict:
+        """An output row: ``row`` with ``changes``, its lineage and the completion's statistics."""
+        out = {
+            **row,
+            **changes,
+            "parent_id": row["id"],
+            "sample_idx": idx,
+            "reject_reason": None,
+            "gen_model": None,
+            "gen_tokens": None,
+            "gen_logprob": None,
+            "finish_reason": None,
+        }
+        if completion is not None:
+            out.update(
+                gen_model=getattr(self.options, "model", None),
+                gen_tokens=completion.num_tokens,
+                gen_logprob=completion.mean_logprob,
+                finish_reason=completion.finish_reason,
+            )
+        return out
+
     def prompts(self, rows: list[dict]) -> list[Conversation]:
         raise NotImplementedError
 
@@ -271,7 +293,12 @@ class GenerationMode(Plugin):
 
 
 class Backend(Plugin):
-    """An inference engine: chat conversations in, ``sampling.n`` completions per conversation out."""
+    """An inference engine: chat conversations in, ``sampling.n`` completions per conversation out.
+
+    ``generate`` may answer a conversation it cannot serve with a :class:`RowFault` instead of
+    completions (an HTTP 400 for that row, say); an exception fails the whole call, and the stage then
+    isolates the failing rows by splitting the batch. ``check`` rejects rows before they reach the
+    engine (a prompt longer than the context)."""
 
     registry: ClassVar[Registry] = Registry(
         "backend", ("instructscale.backends.vllm", "instructscale.backends.hf", "instructscale.backends.openai")
@@ -282,8 +309,14 @@ class Backend(Plugin):
         super().__init__(config)
         self.model = model
 
-    def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(
+        self, conversations: list[Conversation], sampling: SamplingConfig
+    ) -> list[list[Completion] | RowFault]:
         raise NotImplementedError
+
+    def check(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[str | None]:
+        """A reason to reject each conversation before it reaches the engine, or None."""
+        return [None if any((m.get("content") or "").strip() for m in c) else "empty_prompt" for c in conversations]
 
 
 class CurriculumConfig(PluginConfig):

@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from instructscale.redact import RedactingFilter
+
 log = logging.getLogger("instructscale")
 LIBRARY_LOGGERS = (
     "ray",
@@ -48,6 +50,7 @@ class _ConsoleFilter(logging.Filter):
 
 def _mark(handler: logging.Handler) -> logging.Handler:
     handler._instructscale = True
+    handler.addFilter(RedactingFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     return handler
 

@@ -58,6 +58,7 @@ class ModelScorer(Scorer):
         "ppl": pa.float32(),
         "ifd": pa.float32(),
         "embedding": pa.list_(pa.float32()),
+        "model_error": pa.string(),
     }
     required = ("loss",)
     actor = True
@@ -86,38 +87,59 @@ class ModelScorer(Scorer):
         self.lm = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
         self.torch = torch
 
-    def score(self, rows: list[dict]) -> dict[str, list]:
-        from instructscale.tokens import tokenize_turns
+    def _examples(self, row: dict) -> tuple:
+        """(conditioned, unconditioned) examples of a row, or an error string."""
+        from instructscale.tokens import IGNORE, tokenize_turns
 
-        cols: dict[str, list] = {k: [] for k in self.columns}
-        todo = [i for i, r in enumerate(rows) if (r.get("output") or "").strip() or r.get("messages")]
-        cond, uncond = [], []
-        for i in todo:
-            turns = conversation(rows[i])
-            cond.append(tokenize_turns(turns, self.tokenizer, self.config.max_length, rows[i]["id"]))
-            uncond.append(
-                tokenize_turns(
-                    [{"role": "user", "content": ""}, turns[-1]], self.tokenizer, self.config.max_length, rows[i]["id"]
-                )
-            )
-        scores: dict[int, tuple] = {}
+        if not ((row.get("output") or "").strip() or row.get("messages")):
+            return "empty_response"
+        try:
+            turns = conversation(row)
+            cond = tokenize_turns(turns, self.tokenizer, self.config.max_length, row["id"])
+            alone = [{"role": "user", "content": ""}, turns[-1]]
+            uncond = tokenize_turns(alone, self.tokenizer, self.config.max_length, row["id"])
+        except Exception as err:
+            return f"tokenize_error: {type(err).__name__}: {str(err)[:200]}"
+        if all(label == IGNORE for label in cond.labels):
+            return f"no_response_tokens: the prompt fills max_length {self.config.max_length}"
+        return cond, uncond
+
+    def _losses(self, examples: list[tuple]) -> list[tuple]:
+        """(loss, unconditioned loss, embedding) per example; a micro-batch that fails is redone row
+        by row, and a row that fails alone gets an error string."""
         pad = self.tokenizer.pad_token_id
-        by_length = sorted(range(len(todo)), key=lambda k: len(cond[k].input_ids))
+        try:
+            with self.torch.no_grad():
+                loss_c, emb = response_losses(self.lm, [c for c, _ in examples], pad)
+                loss_u, _ = response_losses(self.lm, [u for _, u in examples], pad)
+            return [(lc, lu, e.tolist()) for lc, lu, e in zip(loss_c, loss_u, emb)]
+        except Exception as err:
+            if len(examples) == 1:
+                return [f"model_error: {type(err).__name__}: {str(err)[:200]}"]
+            return [r for ex in examples for r in self._losses([ex])]
+
+    def score(self, rows: list[dict]) -> dict[str, list]:
+        """The model columns per row; a row that cannot be scored gets nulls and ``model_error``."""
+        prepared = [self._examples(r) for r in rows]
+        todo = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
+        results: dict[int, tuple | str] = {i: p for i, p in enumerate(prepared) if isinstance(p, str)}
+        by_length = sorted(todo, key=lambda i: len(prepared[i][0].input_ids))
         for start in range(0, len(by_length), MICRO_BATCH):  # similar lengths together: little padding
             part = by_length[start : start + MICRO_BATCH]
-            with self.torch.no_grad():
-                loss_c, emb = response_losses(self.lm, [cond[k] for k in part], pad)
-                loss_u, _ = response_losses(self.lm, [uncond[k] for k in part], pad)
-            for j, k in enumerate(part):
-                scores[todo[k]] = (loss_c[j], loss_u[j], emb[j].tolist())
+            results.update(zip(part, self._losses([prepared[i] for i in part])))
+        cols: dict[str, list] = {k: [] for k in self.columns}
         for i in range(len(rows)):
-            lc, lu, e = scores.get(i, (math.nan, math.nan, None))
-            ok = not math.isnan(lc)
-            cols["loss"].append(lc if ok else None)
-            cols["loss_uncond"].append(lu if ok else None)
+            result = results[i]
+            if not isinstance(result, str) and (math.isnan(result[0]) or math.isinf(result[0])):
+                result = "nan_loss"
+            ok = not isinstance(result, str)
+            lc, lu, e = result if ok else (None, None, None)
+            cols["loss"].append(lc)
+            cols["loss_uncond"].append(lu)
             cols["ppl"].append(math.exp(min(lc, 50.0)) if ok else None)
             cols["ifd"].append(lc / lu if ok and lu > 0 else None)
             cols["embedding"].append(e)
+            cols["model_error"].append(None if ok else result)
         return cols
 
 
@@ -134,7 +156,7 @@ def parse_score(text: str) -> float | None:
 class JudgeScorer(Scorer):
     """An LLM judge (any generation backend) rates each row 1-10 (column `judge`)."""
 
-    columns = {"judge": pa.float32()}
+    columns = {"judge": pa.float32(), "judge_error": pa.string()}
     actor = True
     api_key: str | None = None  # handed over by the actor wrapper, never stored in a config
 
@@ -153,19 +175,32 @@ class JudgeScorer(Scorer):
             return self
 
     def setup(self) -> None:
-        from instructscale.backends.base import SamplingConfig, build_backend
+        from instructscale.backends.base import SamplingConfig
+        from instructscale.backends.faults import FaultGuard
 
-        self.backend = build_backend(self.config.backend, self.config.model, self.api_key)
         self.sampling = SamplingConfig(max_tokens=self.config.max_tokens, temperature=0.0)
+        self._build()
+        self.guard = FaultGuard(lambda prompts: self.backend.generate(prompts, self.sampling), self._build)
+
+    def _build(self) -> None:
+        from instructscale.backends.base import build_backend
+
+        self.backend = None
+        self.backend = build_backend(self.config.backend, self.config.model, self.api_key)
 
     def score(self, rows: list[dict]) -> dict[str, list]:
+        """A 1-10 score per row; a row the judge cannot serve (engine error, HTTP 4xx) or whose reply
+        holds no score gets null and its reason in ``judge_error`` (``judge_unparsable``)."""
+        from instructscale.backends.base import RowFault
+
+        template = self.config.template
         prompts = [
-            [
-                {
-                    "role": "user",
-                    "content": self.config.template.format(instruction=prompt_text(r), response=r.get("output") or ""),
-                }
-            ]
+            [{"role": "user", "content": template.format(instruction=prompt_text(r), response=r.get("output") or "")}]
             for r in rows
         ]
-        return {"judge": [parse_score(c[0].text) for c in self.backend.generate(prompts, self.sampling)]}
+        scores, errors = [], []
+        for result in self.guard.run([r["id"] for r in rows], prompts):
+            score = None if isinstance(result, RowFault) else parse_score(result[0].text)
+            scores.append(score)
+            errors.append(result.reason if isinstance(result, RowFault) else None if score else "judge_unparsable")
+        return {"judge": scores, "judge_error": errors}

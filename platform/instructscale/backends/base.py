@@ -48,6 +48,26 @@ class GenerationError(RuntimeError):
     """A backend could not produce completions (unreachable endpoint, bad model, ...)."""
 
 
+@dataclass(frozen=True)
+class RowFault:
+    """What a backend answers for one conversation it cannot serve; ``reason`` starts with a code
+    (``http_400: ...``) and becomes the row's ``reject_reason``."""
+
+    reason: str
+
+
+def count_prompt_tokens(tokenizer, conversation: Conversation) -> int:
+    """Tokens of a conversation rendered by the model's chat template, ready for the answer."""
+    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def prompt_too_long(n_tokens: int, max_tokens: int, max_model_len: int) -> str | None:
+    if n_tokens + max_tokens > max_model_len:
+        return f"prompt_too_long: {n_tokens} tokens + max_tokens {max_tokens} > {max_model_len}"
+    return None
+
+
 def cut_at_stop(text: str, stop: list[str]) -> str:
     """``text`` up to the first stop string (backends that cannot stop by themselves)."""
     cut = min((text.find(s) for s in stop if s in text), default=-1)

@@ -7,7 +7,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from instructscale.backends.base import Completion, Conversation, SamplingConfig, cut_at_stop
+from instructscale.backends.base import (
+    Completion,
+    Conversation,
+    SamplingConfig,
+    count_prompt_tokens,
+    cut_at_stop,
+    prompt_too_long,
+)
 from instructscale.plugins import Backend, PluginConfig, register
 
 
@@ -29,6 +36,15 @@ class HFBackend(Backend):
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, config.dtype)).to(self.device).eval()
+
+    def check(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[str | None]:
+        """Empty prompts, and prompts that leave no room for ``max_tokens`` in the model's positions."""
+        reasons = super().check(conversations, sampling)
+        limit = getattr(self.lm.config, "max_position_embeddings", None) or 10**9
+        return [
+            r or prompt_too_long(count_prompt_tokens(self.tok, c), sampling.max_tokens, limit)
+            for r, c in zip(reasons, conversations)
+        ]
 
     def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[list[Completion]]:
         torch = self.torch

@@ -1,36 +1,72 @@
-"""Any OpenAI-compatible ``/chat/completions`` endpoint, with a concurrency limit and retries.
+"""Any OpenAI-compatible ``/chat/completions`` endpoint, with a concurrency limit and bounded retries.
 
-The API key is read from the environment variable named in the config and never logged.
+A 4xx answer for one row (400, 413, 422, ...) rejects that row with the server's message; 408, 409,
+425, 429 and 5xx answers and connection errors are retried with exponential backoff and jitter,
+honouring ``Retry-After``, for at most ``max_retries`` attempts and ``max_retry_s`` seconds; then
+the job fails with a clear error (committed parts stay for the rerun). 401, 403 and 404 concern the
+whole job (key, permissions, model name) and fail it at once. The API key is read from the
+environment variable named in the config and never logged.
 """
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
 
 from pydantic import Field
 
-from instructscale.backends.base import Completion, Conversation, GenerationError, SamplingConfig
+from instructscale.backends.base import Completion, Conversation, GenerationError, RowFault, SamplingConfig
 from instructscale.plugins import Backend, PluginConfig, register
 
 log = logging.getLogger(__name__)
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+JOB_STATUS = {401, 403, 404}  # wrong key, no permission, unknown model: no row would succeed
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), None when absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def server_message(resp) -> str:
+    try:
+        body = resp.json()
+        err = body.get("error", body) if isinstance(body, dict) else body
+        message = err.get("message", err) if isinstance(err, dict) else err
+    except ValueError:
+        message = resp.text
+    return str(message)[:300]
 
 
 @register("openai")
 class OpenAIBackend(Backend):
     remote = True
-    RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
     class Config(PluginConfig):
+        OPERATIONAL: ClassVar[frozenset[str]] = frozenset(
+            {"base_url", "api_key_env", "max_concurrency", "max_retries", "max_retry_s", "backoff_s", "timeout_s"}
+        )
         kind: str = "openai"
         base_url: str = Field(description="e.g. http://127.0.0.1:8000/v1")
         api_key_env: str | None = Field("OPENAI_API_KEY", description="name of the env var holding the key")
         max_concurrency: int = Field(8, ge=1)
-        max_retries: int = Field(5, ge=0)
-        backoff_s: float = Field(0.5, ge=0)
+        max_retries: int = Field(8, ge=0, description="retries of one request (429, 5xx, connection errors)")
+        max_retry_s: float = Field(300.0, gt=0, description="give up on a request after retrying this long")
+        backoff_s: float = Field(0.5, ge=0, description="first backoff; doubles per attempt, with jitter")
         timeout_s: float = Field(60.0, gt=0)
 
     def __init__(self, config: Config, model: str, api_key: str | None = None):
@@ -54,29 +90,37 @@ class OpenAIBackend(Backend):
                 f"openai backend: cannot reach {self.config.base_url} ({type(err).__name__}: {err})"
             ) from None
 
-    def _post(self, payload: dict) -> dict:
+    def _backoff(self, attempt: int) -> float:
+        return self.config.backoff_s * 2**attempt * (1 + random.random() / 4)
+
+    def _post(self, payload: dict) -> dict | RowFault:
         import httpx
 
-        cfg, last = self.config, ""
-        for attempt in range(cfg.max_retries + 1):
+        cfg, started, attempt = self.config, time.time(), 0
+        while True:
             try:
                 resp = self.client.post("/chat/completions", json=payload)
                 if resp.status_code == 200:
                     return resp.json()
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                if resp.status_code not in self.RETRY_STATUS:
-                    break
+                last = f"HTTP {resp.status_code}: {server_message(resp)}"
+                if resp.status_code in JOB_STATUS:
+                    raise GenerationError(f"openai backend: {cfg.base_url}/chat/completions answered {last}")
+                if resp.status_code not in RETRY_STATUS:
+                    return RowFault(f"http_{resp.status_code}: {server_message(resp)}")
+                delay = retry_after_s(resp.headers.get("Retry-After"))
+                delay = self._backoff(attempt) if delay is None else delay + random.random() * cfg.backoff_s
             except httpx.TransportError as err:
-                last = f"{type(err).__name__}: {err}"
-            if attempt < cfg.max_retries:
-                delay = cfg.backoff_s * 2**attempt * (1 + random.random() / 4)
-                log.warning("openai backend: attempt %d failed (%s); retrying in %.2fs", attempt + 1, last, delay)
-                time.sleep(delay)
-        raise GenerationError(
-            f"openai backend: POST {cfg.base_url}/chat/completions failed after {attempt + 1} attempt(s): {last}"
-        )
+                last, delay = f"{type(err).__name__}: {err}", self._backoff(attempt)
+            attempt += 1
+            if attempt > cfg.max_retries or time.time() - started + delay > cfg.max_retry_s:
+                raise GenerationError(
+                    f"openai backend: POST {cfg.base_url}/chat/completions failed after "
+                    f"{attempt} attempt(s) in {time.time() - started:.0f} s: {last}"
+                )
+            log.warning("openai backend: attempt %d failed (%s); retrying in %.2fs", attempt, last, delay)
+            time.sleep(delay)
 
-    def _one(self, conversation: Conversation, sampling: SamplingConfig) -> list[Completion]:
+    def _one(self, conversation: Conversation, sampling: SamplingConfig) -> list[Completion] | RowFault:
         payload = {
             "model": self.model,
             "messages": conversation,
@@ -91,6 +135,8 @@ class OpenAIBackend(Backend):
         if sampling.stop:
             payload["stop"] = sampling.stop
         body = self._post(payload)
+        if isinstance(body, RowFault):
+            return body
         out = []
         for choice in sorted(body["choices"], key=lambda c: c.get("index", 0)):
             tokens = ((choice.get("logprobs") or {}).get("content")) or []
@@ -99,7 +145,9 @@ class OpenAIBackend(Backend):
             out.append(Completion(choice["message"]["content"] or "", usage_tokens, mean, choice.get("finish_reason")))
         return out
 
-    def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(
+        self, conversations: list[Conversation], sampling: SamplingConfig
+    ) -> list[list[Completion] | RowFault]:
         return list(self.pool.map(lambda c: self._one(c, sampling), conversations))
 
 

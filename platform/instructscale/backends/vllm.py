@@ -7,11 +7,11 @@ vLLM spawns worker processes: a script that builds an engine must guard its entr
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from instructscale.backends.base import Completion, Conversation, SamplingConfig
+from instructscale.backends.base import Completion, Conversation, SamplingConfig, count_prompt_tokens, prompt_too_long
 from instructscale.config import StrictModel
 from instructscale.plugins import Backend, PluginConfig, register
 
@@ -25,6 +25,9 @@ def has_cuda() -> bool:
 class VllmConfig(StrictModel):
     """Engine arguments for `vllm.LLM`; ``None`` means: pick what works on this device."""
 
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset(
+        {"tensor_parallel_size", "gpu_memory_utilization", "kv_cache_gb", "enforce_eager", "engine_process"}
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = None
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
@@ -71,6 +74,15 @@ class VllmBackend(Backend):
     def __init__(self, config: Config, model: str):
         super().__init__(config, model)
         self.llm = make_llm(model, config.engine)
+
+    def check(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[str | None]:
+        """Empty prompts, and prompts that leave no room for ``max_tokens`` in the model's context."""
+        reasons = super().check(conversations, sampling)
+        tokenizer, limit = self.llm.get_tokenizer(), self.llm.model_config.max_model_len
+        return [
+            r or prompt_too_long(count_prompt_tokens(tokenizer, c), sampling.max_tokens, limit)
+            for r, c in zip(reasons, conversations)
+        ]
 
     def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[list[Completion]]:
         from vllm import SamplingParams

@@ -32,6 +32,13 @@ class GenerateOptions(StrictModel):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
     system_prompt: str | None = None
+    max_faulty_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="fail the job when more rows than this share cannot be served (too long, "
+        "engine error or crash, HTTP 4xx), not the rows a mode rejects by design",
+    )
 
     @model_validator(mode="after")
     def _mode_fits(self) -> GenerateOptions:
@@ -46,4 +53,4 @@ class GenerateConfig(GenerateOptions, StageConfig):
     out_dir: str
     model: str = Field(description="teacher: local directory, URI, hub id, or the endpoint's model name")
 
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"replicas"})
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"replicas", "max_faulty_fraction"})

@@ -53,28 +53,6 @@ class Mode(GenerationMode):
     def rng(self, row_id: str) -> random.Random:
         return random.Random(f"{self.options.sampling.seed}:{self.name}:{row_id}")
 
-    def output_row(self, row: dict, c: Completion | None, idx: int, **changes) -> dict:
-        """An output row: ``row`` with ``changes``, its lineage and the completion's statistics."""
-        out = {
-            **row,
-            **changes,
-            "parent_id": row["id"],
-            "sample_idx": idx,
-            "reject_reason": None,
-            "gen_model": None,
-            "gen_tokens": None,
-            "gen_logprob": None,
-            "finish_reason": None,
-        }
-        if c is not None:
-            out.update(
-                gen_model=getattr(self.options, "model", None),
-                gen_tokens=c.num_tokens,
-                gen_logprob=c.mean_logprob,
-                finish_reason=c.finish_reason,
-            )
-        return out
-
     def model_name(self) -> str:
         return str(getattr(self.options, "model", "teacher")).rstrip("/").rsplit("/", 1)[-1]
 

@@ -9,6 +9,7 @@ duplicating rows. Rows a mode cannot use stay in the parts with a `reject_reason
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -19,7 +20,8 @@ import pyarrow.compute as pc
 import ray
 
 from instructscale import storage
-from instructscale.backends.base import GenerationError, build_backend
+from instructscale.backends.base import GenerationError, RowFault, SamplingConfig, build_backend
+from instructscale.backends.faults import Attempts, FaultGuard, is_row_fault
 from instructscale.backends.openai import resolve_api_key
 from instructscale.config import ConfigError
 from instructscale.generate.config import GenerateConfig
@@ -44,40 +46,78 @@ GEN_SCHEMA = pa.schema(
     ]
 )
 ROWS = "rows"
+ATTEMPTS = "_attempts"  # crash markers (generate/faults.py), removed when the stage publishes
+FAULT_IDS = 20  # row ids a fault summary names
+MIN_ROWS_FOR_CAP = 100  # the faulty-row cap is judged once this many inputs are done
 
 
 class GenerationActor:
     """One replica: loads the backend once (on its own `ModelThread`), then turns batches of rows
-    into committed output parts."""
+    into committed output parts. Rows the engine cannot serve are kept with a ``reject_reason``."""
 
     def __init__(self, cfg: dict, api_key: str | None = None):
         t0 = time.time()
         self.cfg = GenerateConfig.model_validate(cfg)
         self.mode = GenerationMode.registry.build(self.cfg.mode, self.cfg)
-        self.thread = ModelThread()
-        self.backend = self.thread.run(build_backend, self.cfg.backend, self.cfg.model, api_key)
+        self.thread, self.api_key = ModelThread(), api_key
+        self.backend = self.thread.run(self._build)
+        self.guard = FaultGuard(self._generate, self._rebuild, Attempts(storage.join(self.cfg.out_dir, ATTEMPTS)))
         self.rows_uri = storage.join(self.cfg.out_dir, ROWS)
         self.load_s = time.time() - t0  # reported once, with this replica's first batch
+
+    def _build(self):
+        return build_backend(self.cfg.backend, self.cfg.model, self.api_key)
+
+    def _rebuild(self) -> None:
+        """After an engine exception: keep the engine if it still answers a probe, else build it anew."""
+        probe = SamplingConfig(max_tokens=1, temperature=0.0, seed=0)
+        try:
+            self.thread.run(self.backend.generate, [[{"role": "user", "content": "Hi"}]], probe)
+            return
+        except Exception:  # the engine is unusable: rebuild it
+            log.warning("generate: the engine failed a probe after an error; rebuilding it")
+        self.backend = None
+        gc.collect()
+        self.backend = self.thread.run(self._build)
+
+    def _generate(self, prompts: list) -> list:
+        return self.thread.run(self.backend.generate, prompts, self.cfg.sampling)
+
+    def _answer(self, rows: list[dict]) -> list[dict]:
+        """Output rows for ``rows``: the mode's, or the row with the reason it could not be served."""
+        ask = [r for r in rows if self.mode.needs_teacher(r)]
+        prompts = self.mode.prompts(ask)
+        reasons = self.thread.run(self.backend.check, prompts, self.cfg.sampling) if ask else []
+        served = [i for i, reason in enumerate(reasons) if reason is None]
+        results = dict(zip(served, self.guard.run([ask[i]["id"] for i in served], [prompts[i] for i in served])))
+        asked = {r["id"] for r in ask}
+        out = [self.mode.output_row(r, None, 0) for r in rows if r["id"] not in asked]
+        for i, row in enumerate(ask):
+            result = results.get(i, RowFault(reasons[i] or ""))
+            if isinstance(result, RowFault):
+                out.append({**self.mode.output_row(row, None, 0), "reject_reason": result.reason})
+            else:
+                out += self.mode.outputs(row, result)
+        return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         t0 = time.time()
         rows = batch.to_pylist()
-        ask = [r for r in rows if self.mode.needs_teacher(r)]
-        asked = {r["id"] for r in ask}
-        completions = self.thread.run(self.backend.generate, self.mode.prompts(ask), self.cfg.sampling) if ask else []
-        out_rows = [self.mode.output_row(r, None, 0) for r in rows if r["id"] not in asked]
-        for row, comps in zip(ask, completions):
-            out_rows += self.mode.outputs(row, comps)
-        table = pa.Table.from_pylist(out_rows, schema=GEN_SCHEMA)
-        commit_part(self.rows_uri, part_name([r["id"] for r in rows]), table)
-        rejected = Counter(r["reject_reason"] for r in out_rows if r["reject_reason"])
+        out_rows = self._answer(rows)
+        commit_part(
+            self.rows_uri, part_name([r["id"] for r in rows]), pa.Table.from_pylist(out_rows, schema=GEN_SCHEMA)
+        )
+        reasons = [r["reject_reason"] for r in out_rows if r["reject_reason"]]
+        faults = [r["parent_id"] for r in out_rows if is_row_fault(r["reject_reason"])]
         load_s, self.load_s = self.load_s, 0.0
         return pa.table(
             {
                 "inputs": [len(rows)],
-                "rows": [len(out_rows) - sum(rejected.values())],
+                "rows": [len(out_rows) - len(reasons)],
                 "tokens": [sum(r["gen_tokens"] or 0 for r in out_rows)],
-                "rejected": [json.dumps(rejected)],
+                "rejected": [json.dumps(Counter(reason.split(":", 1)[0] for reason in reasons))],
+                "faults": [len(faults)],
+                "fault_ids": [json.dumps(faults[:FAULT_IDS])],
                 "load_s": [load_s],
                 "busy_s": [time.time() - t0],
             }
@@ -130,6 +170,93 @@ def _check(cfg: GenerateConfig) -> GenerateConfig:
     )
 
 
+class _Tally:
+    """What the replicas report, summed on the driver; stops the job when too many rows fault."""
+
+    def __init__(self, cap: float):
+        self.cap, self.t0 = cap, time.time()
+        self.inputs = self.rows = self.tokens = self.faults = 0
+        self.rejected: Counter = Counter()
+        self.fault_ids: list[str] = []
+        self.load_s: list[float] = []
+        self.busy_s = 0.0
+
+    def add(self, rec: dict) -> None:
+        self.inputs, self.rows, self.tokens = (
+            self.inputs + rec["inputs"],
+            self.rows + rec["rows"],
+            self.tokens + rec["tokens"],
+        )
+        self.rejected.update(json.loads(rec["rejected"]))
+        self.faults += rec["faults"]
+        self.fault_ids += json.loads(rec["fault_ids"])[: FAULT_IDS - len(self.fault_ids)]
+        self.busy_s += rec["busy_s"]
+        if rec["load_s"]:
+            self.load_s.append(rec["load_s"])
+        if self.inputs >= MIN_ROWS_FOR_CAP:
+            self.check()
+
+    def check(self) -> None:
+        """Fail with a summary when row faults exceed the cap: then the pool, not a row, is wrong."""
+        if self.inputs and self.faults / self.inputs > self.cap:
+            faults = {k: v for k, v in self.rejected.items() if is_row_fault(k)}
+            raise GenerationError(
+                f"generate: {self.faults} of {self.inputs} inputs faulted ({self.faults / self.inputs:.1%} > "
+                f"max_faulty_fraction {self.cap:.1%}): {faults}; first ids: {self.fault_ids}. The committed "
+                "parts stay; fix the cause (see reject_reason in the output) and rerun to resume"
+            )
+
+    def this_run(self) -> dict:
+        elapsed = time.time() - self.t0
+        return {
+            "inputs": self.inputs,
+            "rows": self.rows,
+            "tokens": self.tokens,
+            "seconds": round(elapsed, 2),
+            "rows_per_s": round(self.rows / elapsed, 2) if elapsed else None,
+            "tokens_per_s": round(self.tokens / elapsed, 2) if elapsed else None,
+            "replica_load_s": [round(x, 2) for x in self.load_s],
+            "replica_busy_s": round(self.busy_s, 2),
+            "rejected": dict(self.rejected),
+            "faults": self.faults,
+        }
+
+
+def _pool(cfg: GenerateConfig, finished: pa.Array) -> ray.data.Dataset:
+    """The input rows still to generate."""
+    fs, _ = storage.resolve(cfg.input)
+    ds = ray.data.read_parquet(
+        [storage.resolve(u)[1] for u in part_files(cfg.input)], filesystem=fs, schema=POOL_SCHEMA
+    ).select_columns(list(POOL_COLUMNS))
+    if len(finished):
+        ds = ds.map_batches(_pending, batch_format="pyarrow", fn_kwargs={"done": [ray.put(finished)]})
+        log.info("generate: resuming, %d input rows already done", len(finished))
+    return ds
+
+
+def _run_replicas(cfg: GenerateConfig, finished: pa.Array) -> _Tally:
+    ctx = ray.data.DataContext.get_current()  # captured by the datasets below: a job-level
+    raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True  # error surfaces as is
+    # The key travels as an actor argument (never in the config, a log or the runtime env).
+    results = _pool(cfg, finished).map_batches(
+        GenerationActor,
+        fn_constructor_kwargs={"cfg": cfg.model_dump(mode="json"), "api_key": resolve_api_key(cfg.backend)},
+        batch_format="pyarrow",
+        **cfg.replicas.map_batches_args(),
+    )
+    tally, progress = _Tally(cfg.max_faulty_fraction), Progress("generate", unit="inputs")
+    try:
+        for rec in results.iter_rows():
+            tally.add(rec)
+            progress.update(rec["inputs"], f"{tally.tokens / max(time.time() - tally.t0, 1e-9):,.0f} tokens/s")
+    except GenerationError as err:
+        raise GenerationError(_root_message(err)) from None
+    finally:
+        ctx.raise_original_map_exception = raise_original
+    progress.close(f"{tally.rows:,} rows, {sum(tally.rejected.values()):,} rejected")
+    return tally
+
+
 def generate(cfg: GenerateConfig) -> dict:
     """Run (or resume) the generation stage; returns the manifest written to ``out_dir``."""
     run = StageRun("generate", cfg.out_dir, cfg.identity(), cfg.overwrite)
@@ -138,59 +265,21 @@ def generate(cfg: GenerateConfig) -> dict:
         return done
     cfg = _check(cfg)
     run.start(resumable=(ROWS,))
-    rows_uri = run.uri(ROWS)
-    finished = _done_parents(rows_uri)
-    ctx = ray.data.DataContext.get_current()  # captured by the datasets below
-    raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
-    fs, _ = storage.resolve(cfg.input)
-    ds = ray.data.read_parquet(
-        [storage.resolve(u)[1] for u in part_files(cfg.input)], filesystem=fs, schema=POOL_SCHEMA
-    ).select_columns(list(POOL_COLUMNS))
-    if len(finished):
-        ds = ds.map_batches(_pending, batch_format="pyarrow", fn_kwargs={"done": [ray.put(finished)]})
-        log.info("generate: resuming, %d input rows already done", len(finished))
-    # The key travels as an actor argument (never in the config, a log or the runtime env).
-    results = ds.map_batches(
-        GenerationActor,
-        fn_constructor_kwargs={"cfg": cfg.model_dump(mode="json"), "api_key": resolve_api_key(cfg.backend)},
-        batch_format="pyarrow",
-        **cfg.replicas.map_batches_args(),
-    )
-    t0, inputs, rows, tokens, rejected = time.time(), 0, 0, 0, Counter()
-    load_s, busy_s = [], 0.0
-    progress = Progress("generate", unit="inputs")
-    try:
-        for rec in results.iter_rows():
-            inputs, rows, tokens = inputs + rec["inputs"], rows + rec["rows"], tokens + rec["tokens"]
-            rejected.update(json.loads(rec["rejected"]))
-            busy_s += rec["busy_s"]
-            if rec["load_s"]:
-                load_s.append(rec["load_s"])
-            progress.update(rec["inputs"], f"{tokens / max(time.time() - t0, 1e-9):,.0f} tokens/s")
-    except GenerationError as err:
-        raise GenerationError(_root_message(err)) from None
-    finally:
-        ctx.raise_original_map_exception = raise_original
-    elapsed = time.time() - t0
-    progress.close(f"{rows:,} rows, {sum(rejected.values()):,} rejected")
-    totals = storage.read_parquet(part_files(rows_uri), columns=["parent_id", "reject_reason"])
-    reasons = Counter(v for v in totals["reject_reason"].to_pylist() if v)
+    finished = _done_parents(run.uri(ROWS))
+    tally = _run_replicas(cfg, finished)
+    this_run = tally.this_run()
+    totals = storage.read_parquet(part_files(run.uri(ROWS)), columns=["parent_id", "reject_reason"])
+    reasons = [v for v in totals["reject_reason"].to_pylist() if v]
+    tally.inputs, tally.faults = len(pc.unique(totals["parent_id"])), sum(is_row_fault(r) for r in reasons)
+    tally.check()  # over the whole output, resumed parts included
     summary = {
-        "rows": totals.num_rows - sum(reasons.values()),
-        "rejected": dict(reasons),
-        "inputs": len(pc.unique(totals["parent_id"])),
+        "rows": totals.num_rows - len(reasons),
+        "rejected": dict(Counter(r.split(":", 1)[0] for r in reasons)),
+        "faults": tally.faults,
+        "inputs": tally.inputs,
         "resumed_inputs": len(finished),
-        "files": len(part_files(rows_uri)),
-        "this_run": {
-            "inputs": inputs,
-            "rows": rows,
-            "tokens": tokens,
-            "seconds": round(elapsed, 2),
-            "rows_per_s": round(rows / elapsed, 2) if elapsed else None,
-            "tokens_per_s": round(tokens / elapsed, 2) if elapsed else None,
-            "replica_load_s": [round(x, 2) for x in load_s],
-            "replica_busy_s": round(busy_s, 2),
-            "rejected": dict(rejected),
-        },
+        "files": len(part_files(run.uri(ROWS))),
+        "this_run": this_run,
     }
+    storage.remove(run.uri(ATTEMPTS))
     return run.publish(summary, datasets=(ROWS,))

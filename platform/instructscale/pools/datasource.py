@@ -105,19 +105,67 @@ def _parquet_batches(f: pa.NativeFile, batch_rows: int) -> Iterator[tuple[int, p
         start += batch.num_rows
 
 
+class _Reader:
+    """A file-like view of an Arrow stream for ijson, counting the bytes it has handed out."""
+
+    def __init__(self, f: pa.NativeFile):
+        self.f, self.offset = f, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n if n is not None and n >= 0 else None)
+        self.offset += len(data)
+        return data
+
+
 def _json_array_records(f: pa.NativeFile) -> Iterator[tuple[int, object, str | None, str | None]]:
-    """A whole-file JSON array (the classic alpaca_data.json); element index stands for the line."""
-    text = f.read().decode("utf-8", errors="replace")
+    """The elements of a JSON array file (the classic alpaca_data.json), parsed incrementally with
+    ijson: bounded memory, and a file cut mid-element keeps every complete element before the cut.
+    The element's 1-based index stands for the line."""
+    import ijson
+
+    reader = _Reader(f)
+    head = f.read(64)
+    first = head.lstrip()[:1]
+    if first != b"[":  # not an array: say what it is
+        text = (head + f.read()).decode("utf-8", errors="replace")
+        try:
+            kind = type(json.loads(text)).__name__
+        except json.JSONDecodeError as err:
+            yield 1, None, text[:RAW_KEEP_CHARS], f"invalid_json: file is not a JSON array ({err})"
+            return
+        yield 1, None, text[:RAW_KEEP_CHARS], f"wrong_type: file must hold a JSON array, got {kind}"
+        return
+    reader.offset = len(head)
+    index = 0
+    items = ijson.items(_Prefixed(head, reader), "item", use_float=True)
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        yield 1, None, text[:RAW_KEEP_CHARS], f"invalid_json: file is not a JSON array ({err})"
-        return
-    if not isinstance(data, list):
-        yield 1, None, text[:RAW_KEEP_CHARS], f"wrong_type: file must hold a JSON array, got {type(data).__name__}"
-        return
-    for i, rec in enumerate(data):
-        yield i + 1, rec, None, None
+        for index, rec in enumerate(items, start=1):
+            yield index, rec, None, None
+    except (ijson.JSONError, UnicodeDecodeError) as err:
+        text = err.args[0].decode("utf-8", "replace") if err.args and isinstance(err.args[0], bytes) else str(err)
+        detail = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        if isinstance(err, UnicodeDecodeError) or "UTF8" in text:
+            reason = "invalid_utf8"
+        elif "premature EOF" in text or "Incomplete JSON" in text:
+            reason = "truncated_json"
+        else:
+            reason = "invalid_json"
+        yield index + 1, None, None, f"{reason}: the array breaks off after element {index} ({detail})"
+
+
+class _Prefixed:
+    """``head`` then the rest of ``reader``, for a parser that must see the bytes already peeked."""
+
+    def __init__(self, head: bytes, reader: _Reader):
+        self.head, self.reader = head, reader
+
+    def read(self, n: int = -1) -> bytes:
+        if n == 0:  # ijson probes the stream's type with read(0)
+            return b""
+        if self.head:
+            out, self.head = self.head, b""
+            return out
+        return self.reader.read(n)
 
 
 def _jsonl_records(f: pa.NativeFile, max_line_bytes: int, chunk_bytes: int = 1 << 22):
@@ -132,7 +180,12 @@ def _jsonl_records(f: pa.NativeFile, max_line_bytes: int, chunk_bytes: int = 1 <
             line_no += 1
             if not raw.strip():
                 continue
-            text = raw.decode("utf-8", errors="replace")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:  # never silently replaced: the row is not what was written
+                shown = raw.decode("utf-8", errors="replace")[:RAW_KEEP_CHARS]
+                yield line_no, None, shown, f"invalid_utf8: {err.reason} at byte {err.start}"
+                continue
             if len(raw) > max_line_bytes:
                 yield (
                     line_no,

@@ -90,8 +90,59 @@ def _quarantine_jsonl(bad: pa.Table) -> bytes:
     ).encode()
 
 
-def _write_block(block: pa.Table, out: str) -> pa.Table:
-    """One block -> a committed pool part and a committed quarantine part; returns its counts."""
+DUPLICATE_SCHEMA = pa.schema([("_file", pa.string()), ("_line", pa.int64()), ("first", pa.string())])
+
+
+def _valid_keys(block: pa.Table) -> pa.Table:
+    return block.filter(pc.is_null(block["_reason"])).select(["id", "_file", "_line"])
+
+
+def _later_copies(group: pa.Table) -> pa.Table:
+    """For one id: every occurrence after the first (by file and line), with where the first is."""
+    if group.num_rows < 2:
+        return DUPLICATE_SCHEMA.empty_table()
+    rows = sorted(zip(group["_file"].to_pylist(), group["_line"].to_pylist()))
+    (first_file, first_line), later = rows[0], rows[1:]
+    first = f"{group['id'][0].as_py()!r} first at {first_file}:{first_line}"
+    return pa.table(
+        {"_file": [f for f, _ in later], "_line": [n for _, n in later], "first": [first] * len(later)},
+        schema=DUPLICATE_SCHEMA,
+    )
+
+
+def duplicate_ids(ds: Dataset) -> pa.Table:
+    """Every row whose id an earlier row already has, found by a distributed groupby on the ids
+    (the driver receives the duplicates only, never the set of all ids)."""
+    later = (
+        ds.map_batches(_valid_keys, batch_format="pyarrow")
+        .groupby("id")
+        .map_groups(_later_copies, batch_format="pyarrow")
+    )
+    tables = [t for t in ray.get(later.to_arrow_refs()) if t.num_rows]
+    return pa.concat_tables(tables).cast(DUPLICATE_SCHEMA) if tables else DUPLICATE_SCHEMA.empty_table()
+
+
+def _mark_duplicates(block: pa.Table, duplicates: pa.Table) -> pa.Table:
+    """Quarantine the rows of ``block`` that repeat an earlier row's id (reason ``duplicate_id``)."""
+    if not duplicates.num_rows:
+        return block
+    keys = pc.binary_join_element_wise(block["_file"], pc.cast(block["_line"], pa.string()), "\x1f")
+    dup_keys = pc.binary_join_element_wise(duplicates["_file"], pc.cast(duplicates["_line"], pa.string()), "\x1f")
+    where = pc.index_in(keys, value_set=dup_keys)
+    hit = pc.is_valid(where)
+    if not pc.any(hit).as_py():
+        return block
+    reasons = [
+        f"duplicate_id: {duplicates['first'][i].as_py()}" if i is not None else r
+        for i, r in zip(where.to_pylist(), block["_reason"].to_pylist())
+    ]
+    return block.set_column(block.schema.get_field_index("_reason"), "_reason", pa.array(reasons, pa.string()))
+
+
+def _write_block(block: pa.Table, out: str, duplicates: list) -> pa.Table:
+    """One block -> a committed pool part and a committed quarantine part; returns its counts.
+    ``duplicates`` holds one ObjectRef to the later copies of repeated ids."""
+    block = _mark_duplicates(block, ray.get(duplicates[0]))
     is_bad = pc.is_valid(block["_reason"])
     good = block.filter(pc.invert(is_bad)).select(list(POOL_COLUMNS)).cast(POOL_SCHEMA)
     bad = block.filter(is_bad).select(["_file", "_line", "_reason", "_raw"])
@@ -125,10 +176,13 @@ def ingest(cfg: IngestConfig) -> dict:
         log.info("ingest: %s already complete (%d rows), skipping", run.out, done["rows"])
         return done
     t0 = time.time()
-    ds = read_pool(cfg)
+    duplicates = duplicate_ids(read_pool(cfg))
     run.start(rebuilt=("pool", "quarantine"))
-    counts = ds.map_batches(
-        _write_block, batch_size=cfg.rows_per_shard, batch_format="pyarrow", fn_kwargs={"out": run.out}
+    counts = read_pool(cfg).map_batches(
+        _write_block,
+        batch_size=cfg.rows_per_shard,
+        batch_format="pyarrow",
+        fn_kwargs={"out": run.out, "duplicates": [ray.put(duplicates)]},
     )
     rows, quarantined, reasons, files = 0, 0, Counter(), Counter()
     progress = Progress("ingest")

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from instructscale.config import StrictModel
+from instructscale.config import StrictModel, without_operational
 from instructscale.lifecycle import StageConfig
 from instructscale.plugins import FilterSpec, Scorer, ScorerSpec, Selector, SelectorSpec
 
@@ -16,7 +16,7 @@ TEXT_COLUMNS = ("prompt_chars", "output_chars", "repetition")  # computed for ev
 
 
 def default_filters() -> list:
-    return ["length", "repetition", "control_characters", "refusal"]
+    return ["length", "repetition", "control_characters", "refusal", "truncated"]
 
 
 class DedupSettings(StrictModel):
@@ -135,4 +135,5 @@ class SelectConfig(SelectOptions, StageConfig):
     def feature_identity(self) -> dict:
         """What decides whether stored features can be reused."""
         dedup = self.dedup.model_dump(mode="json", include={"fields", "ngram", "num_perm", "seed"})
-        return {**self.model_dump(mode="json", include={"input", "filters", "scorers", "batch_size"}), "dedup": dedup}
+        scoring = self.model_dump(mode="json", include={"input", "filters", "scorers", "batch_size"})
+        return {**without_operational(self, scoring), "dedup": dedup}

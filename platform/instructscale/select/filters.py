@@ -83,3 +83,14 @@ class Refusal(RowFilter):
     def filter(self, row: dict) -> str | None:
         low = (row.get("output") or "").lower()
         return "refusal" if any(p in low for p in self.config.phrases) else None
+
+
+@register("truncated")
+class Truncated(RowFilter):
+    """Outputs the teacher stopped at ``max_tokens`` (``finish_reason`` "length"): cut mid-answer."""
+
+    class Config(PluginConfig):
+        kind: str = "truncated"
+
+    def filter(self, row: dict) -> str | None:
+        return "truncated_output" if row.get("finish_reason") == "length" else None

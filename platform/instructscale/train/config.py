@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -67,6 +67,7 @@ class TrainOptions(StrictModel):
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
+    max_nonfinite_steps: int = Field(10, ge=1, description="stop after this many steps in a row with a NaN/inf loss")
     eval_every: int | None = Field(None, ge=1, description="steps between held-out loss evaluations (and at the end)")
     eval_rows: int = Field(256, ge=1, description="at most this many rows of eval_data")
     seed: int = 0
@@ -87,7 +88,19 @@ class TrainOptions(StrictModel):
 class TrainConfig(TrainOptions, StageConfig):
     """`instructscale train`: a pool of rows with responses -> a fine-tuned model in out_dir."""
 
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"restart", "max_failures", "tracking"})
+
     data: str = Field(description="Parquet rows (selection or generation output; a directory or URI)")
     model: str = Field(description="student: local directory, URI or hub id")
     out_dir: str
     eval_data: str | None = Field(None, description="held-out Parquet rows: eval_loss in the metrics")
+    restart: bool = Field(False, description="discard checkpoints of a run with other settings and start over")
+
+    def identity(self) -> dict:
+        """The settings plus the data's version (its manifest), so that changed data is a new run."""
+        from instructscale import storage
+        from instructscale.lifecycle import MANIFEST
+
+        manifest = storage.read_json_if_exists(storage.join(self.data, MANIFEST)) or {}
+        version = {k: manifest.get(k) for k in ("parts", "rows")} if manifest else None
+        return {**super().identity(), "data_version": version}

@@ -21,7 +21,7 @@ from ray.train.torch import TorchTrainer
 
 from instructscale import storage
 from instructscale.config import ConfigError
-from instructscale.lifecycle import StageRun, part_files
+from instructscale.lifecycle import MANIFEST, STARTED, StageRun, part_files
 from instructscale.plugins import Curriculum
 from instructscale.progress import Progress
 from instructscale.train.config import TrainConfig
@@ -72,6 +72,32 @@ def _check(cfg: TrainConfig) -> TrainConfig:
             "eval_data": cfg.eval_data and storage.normalize(cfg.eval_data),
         }
     )
+
+
+def _differences(old: object, new: object, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _check_resume(run: StageRun, cfg: TrainConfig) -> None:
+    """Ray Train resumes from the checkpoints under out_dir: refuse when they come from other settings
+    (model, data, LoRA, optimizer, lengths, curriculum, batch), unless ``restart`` starts over."""
+    previous = storage.read_json_if_exists(run.uri(STARTED)) or storage.read_json_if_exists(run.uri(MANIFEST))
+    checkpoints = storage.glob(run.uri("ray_train", "checkpoint_*", "state.json"))
+    if not previous or previous.get("config") == run.identity or not checkpoints:
+        return
+    if not cfg.restart:
+        changed = ", ".join(_differences(previous.get("config"), run.identity))
+        raise ConfigError(
+            f"{run.out} holds checkpoints of a run with other settings ({changed}); rerun with "
+            "--restart to discard them and start over, or use another out_dir"
+        )
+    log.info("train: --restart: discarding the checkpoints in %s", run.uri("ray_train"))
+    for name in ("ray_train", METRICS, "tensorboard"):
+        storage.remove(run.uri(name))
 
 
 def _run_config(cfg: TrainConfig) -> RunConfig:
@@ -127,6 +153,7 @@ def train(cfg: TrainConfig) -> dict:
     cfg = _check(cfg)
     ids, difficulty, schedule = plan(cfg)
     build_deepspeed_config(cfg, len(schedule))  # a bad DeepSpeed file fails here, not in the workers
+    _check_resume(run, cfg)
     run.start()
     log.info(
         "train: %d rows, %d steps of %d rows (%s curriculum), %d workers",
@@ -170,6 +197,8 @@ def train(cfg: TrainConfig) -> dict:
         "adapter": run.uri("adapter") if has_adapter else None,
         "checkpoint": result.checkpoint.path,
         "final_loss": history[-1]["loss"],
+        "skipped_nonfinite_steps": history[-1].get("skipped_nonfinite_steps", 0),
+        "rows_without_response_tokens": history[-1].get("rows_without_response_tokens", 0),
         "eval_loss": history[-1].get("eval_loss"),
         "seconds": round(time.time() - t0, 2),
         # from fit() to the end of step 1, minus the step itself: workers, data, model, engine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import tempfile
 import time
@@ -51,6 +52,7 @@ def _load_examples(cfg: TrainConfig, wanted: set[str], tokenizer) -> dict[str, E
     """The rows this worker's slice of the schedule uses, tokenized (read straight from Parquet)."""
     table = read_training_columns(cfg.data, TEXT_COLUMNS, ids=wanted)
     examples = {row["id"]: tokenize(row, tokenizer, cfg.max_length) for row in table.to_pylist()}
+    # rows whose response lies beyond max_length add nothing to the loss: counted in the metrics
     missing = wanted - examples.keys()
     if missing:
         raise RuntimeError(f"{len(missing)} scheduled rows missing from the training data, e.g. {sorted(missing)[:3]}")
@@ -121,19 +123,31 @@ def _restore(engine) -> int:
         return json.loads(Path(d, STATE).read_text())["step"]
 
 
-def _train_step(engine, rows: list[Example], cfg: TrainConfig, pad_id: int) -> tuple[list[float], int]:
-    """One optimizer step over this worker's rows (in ``grad_accum`` micro-batches)."""
+def _finite_everywhere(loss: torch.Tensor) -> bool:
+    """Whether every worker's loss is finite (all ranks take the same branch)."""
+    flag = torch.tensor([1.0 if bool(torch.isfinite(loss)) else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _train_step(engine, rows: list[Example], cfg: TrainConfig, pad_id: int) -> tuple[list[float], int, bool]:
+    """One optimizer step over this worker's rows (in ``grad_accum`` micro-batches). A NaN/inf loss
+    on any worker turns the step into a no-op (zero loss, so DeepSpeed's counters stay in step);
+    returns the finite losses, the tokens and whether the step was skipped."""
     if cfg.packing:
         rows = pack(rows, cfg.max_length)
-    losses, tokens = [], 0
+    losses, tokens, skipped = [], 0, False
     for k in range(cfg.grad_accum):
         batch = collate(rows[k :: cfg.grad_accum], pad_id)
         loss = engine(**batch).loss
+        if not _finite_everywhere(loss):
+            loss, skipped = torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0, True
         engine.backward(loss)
         engine.step()
-        losses.append(loss.item())
+        if not skipped:
+            losses.append(loss.item())
         tokens += int(batch["attention_mask"].sum())
-    return losses, tokens
+    return losses, tokens, skipped
 
 
 class _Reporter:
@@ -184,9 +198,43 @@ def _flatten(config: dict, prefix: str = "") -> dict:
     return out
 
 
+def _engine(cfg: TrainConfig, model_path: str, steps: int):
+    import deepspeed
+
+    model = _build_model(cfg, model_path)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=build_deepspeed_config(cfg, steps),
+        dist_init_required=False,
+    )
+    return engine
+
+
+def _count_everywhere(value: float) -> int:
+    total = torch.tensor([float(value)])
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+class _NonFinite:
+    """Counts steps skipped for a NaN/inf loss; too many in a row stop the run with a clear error."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.total = limit, 0, 0
+
+    def update(self, skipped: bool, step: int) -> None:
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        self.total += skipped
+        if self.in_a_row >= self.limit:
+            raise RuntimeError(
+                f"train: {self.in_a_row} steps in a row (up to step {step}) had a NaN or infinite "
+                "loss; lower optim.lr, check the data, or use fp32/bf16 instead of fp16"
+            )
+
+
 def train_loop(config: dict) -> None:
     """Ray Train entry: ``config`` holds the TrainConfig, the id list and the global schedule."""
-    import deepspeed
     from transformers import AutoTokenizer
 
     cfg = TrainConfig.model_validate(config["cfg"])
@@ -201,32 +249,30 @@ def train_loop(config: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     mine = [[ids[i] for i in worker_slice(b, rank, world)] for b in schedule]
     examples = _load_examples(cfg, {i for step in mine for i in step}, tokenizer)
+    no_response = _count_everywhere(sum(all(v == IGNORE for v in e.labels) for e in examples.values()))
     held_out = _eval_examples(cfg, tokenizer, rank, world)
-    model = _build_model(cfg, model_path)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=build_deepspeed_config(cfg, len(schedule)),
-        dist_init_required=False,
-    )
+    engine = _engine(cfg, model_path, len(schedule))
     start = _restore(engine)
     callbacks = [TrainCallback.registry.build(c) for c in cfg.callbacks]
-    reporter = _Reporter(cfg, rank, len(schedule))
+    reporter, nonfinite = _Reporter(cfg, rank, len(schedule)), _NonFinite(cfg.max_nonfinite_steps)
 
     t_last, tokens_since, losses = time.time(), 0, []
     for step in range(start, len(schedule)):
         for callback in callbacks:
             callback.on_step_start(step + 1, rank, cfg.out_dir)
-        step_losses, step_tokens = _train_step(engine, [examples[i] for i in mine[step]], cfg, tokenizer.pad_token_id)
+        step_losses, step_tokens, skipped = _train_step(
+            engine, [examples[i] for i in mine[step]], cfg, tokenizer.pad_token_id
+        )
         losses += step_losses
         tokens_since += step_tokens
         done = step + 1
+        nonfinite.update(skipped, done)
         final = done == len(schedule)
         evaluate = bool(held_out) and (done % cfg.eval_every == 0 or final)
         checkpoint = done % cfg.checkpoint_every == 0 or final
         if done % cfg.log_every and not checkpoint and not evaluate:
             continue
-        stats = torch.tensor([sum(losses) / len(losses), float(tokens_since)])
+        stats = torch.tensor([sum(losses) / len(losses) if losses else math.nan, float(tokens_since)])
         dist.all_reduce(stats)
         elapsed = time.time() - t_last
         metrics = {
@@ -239,6 +285,8 @@ def train_loop(config: dict) -> None:
             "lr": engine.get_lr()[0],
             "resumed_from": start,
             "difficulty_mean": sum(difficulty[i] for i in schedule[step]) / len(schedule[step]),
+            "skipped_nonfinite_steps": nonfinite.total,
+            "rows_without_response_tokens": no_response,
         }
         if evaluate:
             metrics["eval_loss"] = eval_loss(engine, held_out, tokenizer.pad_token_id, cfg.micro_batch_size)

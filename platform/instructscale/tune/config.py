@@ -72,6 +72,7 @@ class TuneSettings(StrictModel):
     grace_period: int = Field(10, ge=1, description="ASHA: steps before a trial can be stopped")
     reduction_factor: int = Field(2, ge=2)
     trial_cpus: float = Field(0.5, gt=0, description="CPUs of each trial's driver (its workers ask for their own)")
+    max_failures: int = Field(1, ge=0, description="times a failed trial is retried (its training resumes)")
     seed: int = 0
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -87,20 +89,37 @@ def _trial(sampled: dict, cfg: dict) -> None:
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    metrics_file, seen = storage.join(train_cfg.out_dir, METRICS), 0
+    metrics_file, seen, reported = storage.join(train_cfg.out_dir, METRICS), 0, _reported_step()
     while True:
         alive = worker.is_alive()
         lines = storage.read_text(metrics_file).splitlines() if storage.is_file(metrics_file) else []
         for line in lines[seen:]:
             record = json.loads(line)
-            if METRIC in record:
-                tune.report({"step": record["step"], METRIC: record[METRIC], "loss": record["loss"]})
+            if METRIC in record and record["step"] > reported:  # a restored trial re-reads its file
+                _report({"step": record["step"], METRIC: record[METRIC], "loss": record["loss"]})
+                reported = record["step"]
         seen = len(lines)
         if not alive:
             break
         time.sleep(0.5)
     if "error" in outcome:
         raise outcome["error"]
+
+
+def _reported_step() -> int:
+    """The last step this trial reported before it was interrupted (0 for a fresh trial)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        return json.loads(Path(folder, "reported.json").read_text())["step"]
+
+
+def _report(metrics: dict) -> None:
+    """Report to Tune with a tiny checkpoint holding the step, so a restored search does not report it twice."""
+    with tempfile.TemporaryDirectory(dir=storage.scratch_root()) as folder:
+        Path(folder, "reported.json").write_text(json.dumps({"step": metrics["step"]}))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def _trials_table(cfg: TuneConfig, results):
@@ -231,7 +250,12 @@ def _tuner(cfg: TuneConfig, trainable) -> tune.Tuner:
             max_concurrent_trials=cfg.max_concurrent,
         ),
         run_config=tune.RunConfig(
-            name="search", storage_path=root, storage_filesystem=fs_arg, verbose=1 if verbose() else 0
+            name="search",
+            storage_path=root,
+            storage_filesystem=fs_arg,
+            verbose=1 if verbose() else 0,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
 
