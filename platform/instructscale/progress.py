@@ -68,6 +68,15 @@ def quiet_library_handlers() -> None:
         lib.propagate = True
 
 
+def name_the_accelerator() -> None:
+    """Tell DeepSpeed which accelerator this process has, so that importing it (transformers does)
+    prints no detection warning to stdout."""
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def setup_logging(is_verbose: bool, log_dir: str | None = None) -> str | None:
     """Console: instructscale's warnings (everything with ``-v``); file ``log_dir/instructscale.log``:
     everything at INFO and above. Returns the log file's path."""

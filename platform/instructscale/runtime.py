@@ -15,7 +15,7 @@ from pydantic import Field
 
 from instructscale import storage
 from instructscale.config import ConfigError, StrictModel
-from instructscale.progress import quiet_library_handlers, verbose
+from instructscale.progress import name_the_accelerator, quiet_library_handlers, verbose
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,8 +50,7 @@ def init_ray(cfg: RayConfig) -> None:
                 _system_config={"worker_maximum_startup_concurrency": cfg.num_cpus or os.cpu_count()},
                 **kwargs,
             )
-        if not ray.cluster_resources().get("GPU"):
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed then skips its detection warning
+        name_the_accelerator()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = verbose()
     ctx.print_on_execution_start = verbose()
