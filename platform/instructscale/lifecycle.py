@@ -27,7 +27,7 @@ from instructscale.plugins import load_plugins, resolve_entry
 from instructscale.redact import redact
 from instructscale.storage import StorageConfig
 
-SCHEMA_VERSION = 2  # of manifests and canonical rows; bump when either changes incompatibly
+SCHEMA_VERSION = 3  # of manifests and canonical rows (3: tool calls); bump when either changes incompatibly
 MANIFEST = "_manifest.json"
 STARTED = "_started.json"
 COMMITS = "_commits"

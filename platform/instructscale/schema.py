@@ -1,7 +1,9 @@
 """The one canonical Arrow schema for instruction rows, shared by every stage.
 
 `metadata` is a JSON-encoded object (task family, difficulty, reference answer, ...): Arrow
-structs need one fixed set of keys, and pools from different sources never agree on one.
+structs need one fixed set of keys, and pools from different sources never agree on one. Messages
+carry OpenAI-style tool calls (``arguments`` a JSON string), ``tool_call_id`` and ``name``; ``tools``
+holds the row's tool JSON schemas as a JSON list.
 """
 
 from __future__ import annotations
@@ -11,7 +13,16 @@ from typing import Any
 
 import pyarrow as pa
 
-MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+TOOL_CALL_TYPE = pa.struct([("id", pa.string()), ("name", pa.string()), ("arguments", pa.string())])
+MESSAGE_TYPE = pa.struct(
+    [
+        ("role", pa.string()),
+        ("content", pa.string()),
+        ("tool_calls", pa.list_(TOOL_CALL_TYPE)),
+        ("tool_call_id", pa.string()),
+        ("name", pa.string()),
+    ]
+)
 
 POOL_SCHEMA = pa.schema(
     [
@@ -22,6 +33,7 @@ POOL_SCHEMA = pa.schema(
         pa.field("messages", pa.list_(MESSAGE_TYPE), nullable=True),
         pa.field("source", pa.string(), nullable=False),
         pa.field("metadata", pa.string(), nullable=False),
+        pa.field("tools", pa.string(), nullable=True),
     ]
 )
 

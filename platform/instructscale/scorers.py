@@ -94,10 +94,10 @@ class ModelScorer(Scorer):
         if not ((row.get("output") or "").strip() or row.get("messages")):
             return "empty_response"
         try:
-            turns = conversation(row)
-            cond = tokenize_turns(turns, self.tokenizer, self.config.max_length, row["id"])
+            turns, max_length = conversation(row), self.config.max_length
+            cond = tokenize_turns(turns, self.tokenizer, max_length, row["id"], row.get("tools"), "last")
             alone = [{"role": "user", "content": ""}, turns[-1]]
-            uncond = tokenize_turns(alone, self.tokenizer, self.config.max_length, row["id"])
+            uncond = tokenize_turns(alone, self.tokenizer, max_length, row["id"], None, "last")
         except Exception as err:
             return f"tokenize_error: {type(err).__name__}: {str(err)[:200]}"
         if all(label == IGNORE for label in cond.labels):

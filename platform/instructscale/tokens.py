@@ -1,13 +1,18 @@
 """Tokenization shared by training, scoring and evaluation: chat-templated token ids with the loss
-masked to the response tokens, micro-batch collation and packing."""
+masked to the assistant's turns, micro-batch collation and packing.
+
+A turn's tokens are found by rendering the conversation up to it: the text the template adds for
+assistant turn ``i`` (from the prompt ending with turn ``i-1`` plus the generation prompt, to the
+conversation ending with turn ``i``) is trained; system, user and tool turns are not."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from instructscale.chat import Conversation, conversation
+from instructscale.chat import Conversation, conversation, template_turns
 
 IGNORE = -100
 
@@ -18,21 +23,49 @@ class Example:
     labels: list[int]
 
 
-def tokenize(row: dict, tokenizer, max_length: int) -> Example:
-    """Token ids of the row's templated conversation; labels are -100 except on the final response."""
-    return tokenize_turns(conversation(row), tokenizer, max_length, row.get("id"))
+def tokenize(row: dict, tokenizer, max_length: int, train_on: Literal["assistant", "last"] = "assistant") -> Example:
+    """Token ids of the row's templated conversation; labels are -100 except on its assistant turns
+    (``train_on="last"``: on the final one only)."""
+    return tokenize_turns(conversation(row), tokenizer, max_length, row.get("id"), row.get("tools"), train_on)
 
 
-def tokenize_turns(turns: Conversation, tokenizer, max_length: int, row_id: str | None = None) -> Example:
-    """As :func:`tokenize`, for chat turns that end with the assistant's response."""
-    prompt_text = tokenizer.apply_chat_template(turns[:-1], add_generation_prompt=True, tokenize=False)
-    full_text = tokenizer.apply_chat_template(turns, tokenize=False)
-    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    full = tokenizer(full_text, add_special_tokens=False)["input_ids"]
-    if full[: len(prompt)] != prompt:
-        raise ValueError(f"row {row_id}: chat template does not extend the prompt with the response")
-    labels = [IGNORE] * len(prompt) + full[len(prompt) :]
-    return Example(full[:max_length], labels[:max_length])
+def _render(tokenizer, turns: Conversation, tools, generation_prompt: bool) -> str:
+    kwargs = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(turns, add_generation_prompt=generation_prompt, tokenize=False, **kwargs)
+
+
+def trained_spans(
+    turns: Conversation, tools: str | None, tokenizer, train_on: str = "assistant", row_id: str | None = None
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of the turns to train on."""
+    rendered, schemas = template_turns(turns, tools, tokenizer)
+    full = _render(tokenizer, rendered, schemas, False)
+    spans = []
+    targets = [i for i, m in enumerate(rendered) if m["role"] == "assistant"]
+    for i in targets[-1:] if train_on == "last" else targets:
+        prompt = _render(tokenizer, rendered[:i], schemas, True)
+        upto = _render(tokenizer, rendered[: i + 1], schemas, False)
+        if not (full.startswith(upto) and upto.startswith(prompt)):
+            raise ValueError(f"row {row_id}: chat template does not extend the conversation turn by turn")
+        spans.append((len(prompt), len(upto)))
+    return full, spans
+
+
+def tokenize_turns(
+    turns: Conversation,
+    tokenizer,
+    max_length: int,
+    row_id: str | None = None,
+    tools: str | None = None,
+    train_on: str = "assistant",
+) -> Example:
+    """As :func:`tokenize`, for chat turns."""
+    full, spans = trained_spans(turns, tools, tokenizer, train_on, row_id)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, labels = enc["input_ids"], []
+    for token, (start, _) in zip(ids, enc["offset_mapping"]):
+        labels.append(token if any(a <= start < b for a, b in spans) else IGNORE)
+    return Example(ids[:max_length], labels[:max_length])
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from importlib import resources
 from pydantic import Field
 
 from instructscale.backends.base import Completion, Conversation
-from instructscale.chat import prompt_turns, user_turn
+from instructscale.chat import engine_turns, prompt_turns, user_turn
 from instructscale.plugins import GenerationMode, PluginConfig, register
 from instructscale.schema import decode_metadata, encode_metadata
 
@@ -73,7 +73,7 @@ class Distill(Mode):
         return not (getattr(self.config, "only_missing", False) and (row.get("output") or "").strip())
 
     def prompts(self, rows: list[dict]) -> list[Conversation]:
-        return [prompt_turns(row, self.system) for row in rows]
+        return [engine_turns(prompt_turns(row, self.system), row.get("tools")) for row in rows]
 
     def outputs(self, row: dict, completions: list[Completion]) -> list[dict]:
         rows = []

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
-from instructscale.pools.records import RecordLimits, RowError, normalize_record
+from instructscale.pools.records import ColumnMap, RecordLimits, RowError, normalize_record
 from instructscale.schema import POOL_SCHEMA
 
 READ_SCHEMA = pa.schema(
@@ -34,6 +34,7 @@ FORMATS = {
     "parquet": (["parquet"], "auto"),
     "alpaca": (["json", "jsonl"], "instruction"),
     "sharegpt": (["json", "jsonl"], "chat"),
+    "hf": (["arrow", "parquet"], "auto"),  # a Hugging Face `datasets` folder: save_to_disk Arrow, or Parquet
 }
 
 
@@ -49,6 +50,7 @@ class PoolDatasource(FileBasedDatasource):
         limits: RecordLimits = RecordLimits(),
         block_rows: int = 8192,
         uri_prefix: str = "",
+        columns: ColumnMap = ColumnMap(),
         **kwargs,
     ):
         if fmt not in FORMATS:
@@ -57,9 +59,10 @@ class PoolDatasource(FileBasedDatasource):
         self._fmt, self._style = fmt, FORMATS[fmt][1]
         self._source, self._limits, self._block_rows = source, limits, block_rows
         self._uri_prefix = uri_prefix  # "s3://" etc.: quarantine records name files as the user did
+        self._columns = columns
 
     def _open_input_source(self, filesystem, path: str, **open_args) -> pa.NativeFile:
-        if self._fmt == "parquet":  # Parquet needs random access for its footer
+        if path.endswith(".parquet"):  # Parquet needs random access for its footer
             return filesystem.open_input_file(path)
         return super()._open_input_source(filesystem, path, **open_args)
 
@@ -71,7 +74,13 @@ class PoolDatasource(FileBasedDatasource):
             if error is None:
                 try:
                     row = normalize_record(
-                        rec, style=self._style, file=path, line=line, source=source, limits=self._limits
+                        rec,
+                        style=self._style,
+                        file=path,
+                        line=line,
+                        source=source,
+                        limits=self._limits,
+                        columns=self._columns,
                     )
                     rows.append({**row, "_file": path, "_line": line, "_reason": None, "_raw": None})
                 except RowError as err:
@@ -88,8 +97,9 @@ class PoolDatasource(FileBasedDatasource):
 
     def _records(self, f: pa.NativeFile, path: str) -> Iterator[tuple[int, object, str | None, str | None]]:
         """Yield ``(line, record, raw_text, parse_error)``; line is 1-based (row index for Parquet)."""
-        if self._fmt == "parquet":
-            for batch_start, batch in _parquet_batches(f, self._block_rows):
+        if path.endswith((".parquet", ".arrow")):
+            batches = _arrow_batches(f) if path.endswith(".arrow") else _parquet_batches(f, self._block_rows)
+            for batch_start, batch in batches:
                 for i, rec in enumerate(batch.to_pylist()):
                     yield batch_start + i + 1, rec, None, None
         elif path.endswith(".json") and self._fmt in ("alpaca", "sharegpt"):
@@ -101,6 +111,14 @@ class PoolDatasource(FileBasedDatasource):
 def _parquet_batches(f: pa.NativeFile, batch_rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
     start = 0
     for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+        yield start, batch
+        start += batch.num_rows
+
+
+def _arrow_batches(f: pa.NativeFile) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """The record batches of an Arrow IPC stream (the files `datasets.save_to_disk` writes)."""
+    start = 0
+    for batch in pa.ipc.open_stream(f):
         yield start, batch
         start += batch.num_rows
 

@@ -19,7 +19,7 @@ from instructscale import storage
 from instructscale.config import ConfigError, StrictModel
 from instructscale.lifecycle import StageConfig, StageRun, commit_file, commit_part, part_name
 from instructscale.pools.datasource import FORMATS, PoolDatasource
-from instructscale.pools.records import RecordLimits
+from instructscale.pools.records import ColumnMap, RecordLimits
 from instructscale.progress import Progress
 from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA
 
@@ -30,8 +30,20 @@ class PoolInput(StrictModel):
     """One input: a file, a directory or a glob (local or a URI), in one format."""
 
     path: str
-    format: Literal["jsonl", "parquet", "alpaca", "sharegpt"]
+    format: Literal["jsonl", "parquet", "alpaca", "sharegpt", "hf"] = Field(
+        description="hf: a Hugging Face `datasets` folder (save_to_disk Arrow files or Parquet)"
+    )
     source: str | None = Field(None, description="value of the `source` column when rows carry none")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="canonical name (prompt, query, response, history, system, messages, "
+        "tools) -> this input's field name, as LLaMA-Factory's dataset_info",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="role_tag, content_tag, user_tag, assistant_tag, system_tag, "
+        "observation_tag, function_tag -> this input's names",
+    )
 
 
 class IngestOptions(StrictModel):
@@ -78,6 +90,7 @@ def read_pool(cfg: IngestConfig) -> Dataset:
             limits=limits,
             filesystem=fs,
             uri_prefix=prefix,
+            columns=ColumnMap(inp.columns, inp.tags),
         )
         datasets.append(ray.data.read_datasource(source))
     return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]

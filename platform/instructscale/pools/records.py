@@ -1,22 +1,28 @@
 """Turn one raw record (any supported row style) into a canonical row, or say exactly why not.
 
 Row styles, detected per record:
-- instruction style (canonical and Alpaca): ``instruction`` (required), ``input``, ``output``;
-- chat style (ShareGPT and OpenAI messages): ``conversations`` with ``from``/``value`` or
-  ``messages`` with ``role``/``content``.
-Keys outside the canonical ones are kept in ``metadata``.
+- instruction style (canonical and Alpaca): ``instruction`` (required), ``input``, ``output``, and
+  optionally ``system`` and ``history`` (earlier ``[query, response]`` pairs: the row becomes a chat);
+- chat style: ShareGPT ``conversations`` (``from``/``value``; ``human``, ``gpt``, ``system``,
+  ``function_call`` and ``observation`` turns) or OpenAI ``messages`` (``role``/``content`` with
+  ``tool_calls``, role ``tool`` with ``tool_call_id``, content as a string, a list of text parts or
+  null), with an optional ``system`` and ``tools`` (JSON schemas, a list or a JSON string).
+A per-input ``columns`` mapping (as LLaMA-Factory's dataset_info) renames other field names and role
+tags first. Keys outside the canonical ones are kept in ``metadata``. Non-text parts (images, audio)
+are refused as ``unsupported_modality``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from instructscale.chat import render_tool_calls
 from instructscale.schema import decode_metadata, encode_metadata
 
-SHAREGPT_ROLES = {
+ROLES = {
     "human": "user",
     "user": "user",
     "gpt": "assistant",
@@ -25,8 +31,24 @@ SHAREGPT_ROLES = {
     "chatgpt": "assistant",
     "bing": "assistant",
     "bard": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+    "function": "tool",
+    "function_call": "function_call",
 }
-CANONICAL_KEYS = {"id", "instruction", "input", "output", "messages", "source", "metadata"}
+CANONICAL_KEYS = {
+    "id",
+    "instruction",
+    "input",
+    "output",
+    "messages",
+    "source",
+    "metadata",
+    "tools",
+    "system",
+    "history",
+}
+TEXT_PARTS = {"text", "input_text", "output_text"}
 
 
 class RowError(ValueError):
@@ -45,6 +67,34 @@ class RecordLimits:
     max_messages: int = 256
 
 
+@dataclass(frozen=True)
+class ColumnMap:
+    """Where a dataset keeps the canonical fields (LLaMA-Factory's dataset_info ``columns`` and
+    ``tags``): source field names by canonical name, and role tag values by canonical tag."""
+
+    columns: dict[str, str] = field(default_factory=dict)  # prompt, query, response, history, system, messages, tools
+    tags: dict[str, str] = field(default_factory=dict)  # role_tag, content_tag, user_tag, assistant_tag, ...
+
+    def apply(self, rec: dict) -> dict:
+        if not self.columns:
+            return rec
+        names = {
+            "prompt": "instruction",
+            "query": "input",
+            "response": "output",
+            "history": "history",
+            "system": "system",
+            "messages": "messages",
+            "tools": "tools",
+            "id": "id",
+        }
+        out = {k: v for k, v in rec.items() if k not in self.columns.values()}
+        for canonical, source in self.columns.items():
+            if source in rec:
+                out[names.get(canonical, canonical)] = rec[source]
+        return out
+
+
 def _str_field(rec: dict, key: str, *, required: bool, limits: RecordLimits, allow_null: bool = False) -> str | None:
     if rec.get(key) is None:  # absent and null are the same thing in JSON pools
         if required:
@@ -53,16 +103,115 @@ def _str_field(rec: dict, key: str, *, required: bool, limits: RecordLimits, all
     value = rec[key]
     if not isinstance(value, str):
         raise RowError("wrong_type", f"field '{key}' must be a string, got {type(value).__name__}")
-    if len(value) > limits.max_field_chars:
-        raise RowError(
-            "oversize", f"field '{key}' has {len(value)} chars, over max_field_chars={limits.max_field_chars}"
-        )
+    _check_size(value, key, limits)
     if required and not value.strip():
         raise RowError("empty_field", f"field '{key}' is empty")
     return value
 
 
-def _messages(rec: dict, limits: RecordLimits) -> list[dict[str, str]]:
+def _check_size(text: str, where: str, limits: RecordLimits) -> None:
+    if len(text) > limits.max_field_chars:
+        raise RowError(
+            "oversize", f"field '{where}' has {len(text)} chars, over max_field_chars={limits.max_field_chars}"
+        )
+
+
+def _content(value: Any, where: str, limits: RecordLimits) -> str | None:
+    """A message's text: a string, text parts joined, or None; other parts are refused."""
+    if value is None or isinstance(value, str):
+        text = value
+    elif isinstance(value, list):
+        texts = []
+        for j, part in enumerate(value):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in TEXT_PARTS:
+                raise RowError(
+                    "unsupported_modality",
+                    f"field '{where}[{j}]' is a {kind or type(part).__name__!s} part; only text is supported",
+                )
+            texts.append(part.get("text") or "")
+        text = "".join(texts)
+    else:
+        raise RowError("wrong_type", f"field '{where}' must be a string, a list of parts or null")
+    if text is not None:
+        _check_size(text, where, limits)
+    return text
+
+
+def _json_value(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise RowError("wrong_type", f"field '{where}' is a string but not JSON") from None
+    return value
+
+
+def _tool_calls(value: Any, where: str) -> list[dict] | None:
+    """OpenAI ``tool_calls`` as canonical ``{id, name, arguments}`` (arguments a JSON string)."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise RowError("wrong_type", f"field '{where}' must be a list")
+    calls = []
+    for j, call in enumerate(value):
+        fn = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise RowError("missing_field", f"missing field '{where}[{j}].function.name'")
+        args = fn.get("arguments", {})
+        calls.append(
+            {
+                "id": str(call.get("id") or f"call_{j}"),
+                "name": fn["name"],
+                "arguments": args if isinstance(args, str) else json.dumps(args, sort_keys=True),
+            }
+        )
+    return calls
+
+
+def _turn(turn: Any, where: str, limits: RecordLimits, tags: dict[str, str]) -> dict:
+    if not isinstance(turn, dict):
+        raise RowError("wrong_type", f"field '{where}' must be an object, got {type(turn).__name__}")
+    sharegpt = "from" in turn or tags.get("role_tag") in turn
+    role_key = tags.get("role_tag", "from") if sharegpt else "role"
+    text_key = tags.get("content_tag", "value") if sharegpt else "content"
+    role = turn.get(role_key)
+    if not isinstance(role, str):
+        raise RowError(
+            "missing_field" if role is None else "wrong_type", f"field '{where}.{role_key}' must be a string"
+        )
+    tag_roles = {
+        tags[k]: v
+        for k, v in (
+            ("user_tag", "user"),
+            ("assistant_tag", "assistant"),
+            ("system_tag", "system"),
+            ("observation_tag", "tool"),
+            ("function_tag", "function_call"),
+        )
+        if k in tags
+    }
+    canonical = tag_roles.get(role) or ROLES.get(role.lower())
+    if canonical is None:
+        raise RowError("bad_value", f"field '{where}.{role_key}' has unknown role {role!r}")
+    if canonical == "function_call":  # ShareGPT: the value is {"name": ..., "arguments": ...}
+        call = _json_value(turn.get(text_key), f"{where}.{text_key}")
+        calls = _tool_calls([call] if isinstance(call, dict) else call, f"{where}.{text_key}")
+        return {"role": "assistant", "content": None, "tool_calls": calls}
+    if text_key not in turn and not turn.get("tool_calls"):
+        raise RowError("missing_field", f"missing field '{where}.{text_key}'")
+    message = {"role": canonical, "content": _content(turn.get(text_key), f"{where}.{text_key}", limits)}
+    if canonical == "assistant" and turn.get("tool_calls"):
+        message["tool_calls"] = _tool_calls(turn["tool_calls"], f"{where}.tool_calls")
+    elif message["content"] is None:
+        raise RowError("missing_field", f"field '{where}.{text_key}' is null")
+    for key in ("tool_call_id", "name"):
+        if isinstance(turn.get(key), str):
+            message[key] = turn[key]
+    return message
+
+
+def _messages(rec: dict, limits: RecordLimits, tags: dict[str, str]) -> list[dict]:
     key = "conversations" if "conversations" in rec else "messages"
     turns = rec[key]
     if not isinstance(turns, list):
@@ -71,29 +220,47 @@ def _messages(rec: dict, limits: RecordLimits) -> list[dict[str, str]]:
         raise RowError("empty_field", f"field '{key}' is empty")
     if len(turns) > limits.max_messages:
         raise RowError("oversize", f"field '{key}' has {len(turns)} turns, over max_messages={limits.max_messages}")
-    out = []
-    for i, turn in enumerate(turns):
-        where = f"{key}[{i}]"
-        if not isinstance(turn, dict):
-            raise RowError("wrong_type", f"field '{where}' must be an object, got {type(turn).__name__}")
-        role_key, text_key = ("from", "value") if "from" in turn else ("role", "content")
-        role, text = turn.get(role_key), turn.get(text_key)
-        if role is None or text is None:
-            missing = role_key if role is None else text_key
-            raise RowError("missing_field", f"missing field '{where}.{missing}'")
-        if not isinstance(role, str) or not isinstance(text, str):
-            raise RowError("wrong_type", f"fields '{where}.{role_key}'/'{text_key}' must be strings")
-        if role.lower() not in SHAREGPT_ROLES:
-            raise RowError("bad_value", f"field '{where}.{role_key}' has unknown role {role!r}")
-        if len(text) > limits.max_field_chars:
-            raise RowError(
-                "oversize",
-                f"field '{where}.{text_key}' has {len(text)} chars, over max_field_chars={limits.max_field_chars}",
-            )
-        out.append({"role": SHAREGPT_ROLES[role.lower()], "content": text})
-    if not any(m["role"] == "user" and m["content"].strip() for m in out):
+    out = [_turn(turn, f"{key}[{i}]", limits, tags) for i, turn in enumerate(turns)]
+    system = _str_field(rec, "system", required=False, limits=limits)
+    if system and out[0]["role"] != "system":
+        out.insert(0, {"role": "system", "content": system})
+    if not any(m["role"] == "user" and (m["content"] or "").strip() for m in out):
         raise RowError("empty_field", f"field '{key}' has no non-empty user turn")
     return out
+
+
+def _history_messages(rec: dict, limits: RecordLimits) -> list[dict] | None:
+    """An Alpaca row with ``history`` or ``system`` as chat turns (None when it has neither)."""
+    history, system = rec.get("history"), rec.get("system")
+    if not history and not system:
+        return None
+    if history is not None and (
+        not isinstance(history, list)
+        or not all(isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in history)
+    ):
+        raise RowError("wrong_type", "field 'history' must be a list of [query, response] string pairs")
+    messages = (
+        [{"role": "system", "content": _str_field(rec, "system", required=False, limits=limits)}] if system else []
+    )
+    for query, response in history or []:
+        messages += [{"role": "user", "content": query}, {"role": "assistant", "content": response}]
+    instruction = _str_field(rec, "instruction", required=True, limits=limits)
+    inp = _str_field(rec, "input", required=False, limits=limits)
+    messages.append({"role": "user", "content": f"{instruction}\n\n{inp}" if inp else instruction})
+    output = _str_field(rec, "output", required=False, limits=limits, allow_null=True)
+    if output is not None:
+        messages.append({"role": "assistant", "content": output})
+    return messages
+
+
+def _tools(rec: dict) -> str | None:
+    value = rec.get("tools")
+    if value is None or value == "":
+        return None
+    tools = _json_value(value, "tools")
+    if not isinstance(tools, list):
+        raise RowError("wrong_type", "field 'tools' must be a list of JSON schemas")
+    return json.dumps(tools, sort_keys=True)
 
 
 def _metadata(rec: dict, extra: dict[str, Any]) -> str:
@@ -115,10 +282,34 @@ def default_id(file: str, line: int) -> str:
     return hashlib.sha1(f"{file}:{line}".encode()).hexdigest()[:16]
 
 
-def normalize_record(rec: Any, *, style: str, file: str, line: int, source: str, limits: RecordLimits) -> dict:
+def _row_id(rec: dict, file: str, line: int) -> str:
+    row_id = rec.get("id")
+    if row_id is None:
+        return default_id(file, line)
+    if isinstance(row_id, int) and not isinstance(row_id, bool):
+        return str(row_id)
+    if not isinstance(row_id, str) or not row_id:
+        raise RowError("wrong_type", "field 'id' must be a non-empty string or integer")
+    return row_id
+
+
+def _from_messages(messages: list[dict]) -> tuple[str, str | None]:
+    """``instruction`` (the first user text) and ``output`` (the final assistant turn, its tool calls
+    rendered as text) of a chat row."""
+    first_user = next(m["content"] for m in messages if m["role"] == "user" and (m["content"] or "").strip())
+    last = messages[-1]
+    if last["role"] != "assistant":
+        return first_user, None
+    return first_user, (last.get("content") or "") + render_tool_calls(last.get("tool_calls"))
+
+
+def normalize_record(
+    rec: Any, *, style: str, file: str, line: int, source: str, limits: RecordLimits, columns: ColumnMap = ColumnMap()
+) -> dict:
     """Canonical row for ``rec``; raises :class:`RowError`. ``style``: auto, instruction or chat."""
     if not isinstance(rec, dict):
         raise RowError("wrong_type", f"row must be a JSON object, got {type(rec).__name__}")
+    rec = columns.apply(rec)
     is_chat = "conversations" in rec or ("messages" in rec and "instruction" not in rec)
     if style == "instruction" and is_chat:
         raise RowError(
@@ -126,34 +317,24 @@ def normalize_record(rec: Any, *, style: str, file: str, line: int, source: str,
         )
     if style == "chat" and not is_chat:
         raise RowError("missing_field", "missing field 'conversations' (or 'messages')")
-    row_id = rec.get("id")
-    if row_id is None:
-        row_id = default_id(file, line)
-    elif isinstance(row_id, int) and not isinstance(row_id, bool):
-        row_id = str(row_id)
-    elif not isinstance(row_id, str) or not row_id:
-        raise RowError("wrong_type", "field 'id' must be a non-empty string or integer")
-    src = _str_field(rec, "source", required=False, limits=limits) or source
     extra = {k: v for k, v in rec.items() if k not in CANONICAL_KEYS | {"conversations"}}
+    row = {
+        "id": _row_id(rec, file, line),
+        "source": _str_field(rec, "source", required=False, limits=limits) or source,
+        "metadata": _metadata(rec, extra),
+        "tools": _tools(rec),
+    }
     if is_chat:
-        messages = _messages(rec, limits)
-        users = [m["content"] for m in messages if m["role"] == "user"]
-        last = messages[-1]
-        return {
-            "id": row_id,
-            "instruction": users[0],
-            "input": "",
-            "output": last["content"] if last["role"] == "assistant" else None,
-            "messages": messages,
-            "source": src,
-            "metadata": _metadata(rec, extra),
-        }
+        messages = _messages(rec, limits, columns.tags)
+        instruction, output = _from_messages(messages)
+        return {**row, "instruction": instruction, "input": "", "output": output, "messages": messages}
+    messages = _history_messages(rec, limits)
+    if messages is None and rec.get("messages") is not None:
+        messages = _messages(rec, limits, columns.tags)
     return {
-        "id": row_id,
+        **row,
         "instruction": _str_field(rec, "instruction", required=True, limits=limits),
         "input": _str_field(rec, "input", required=False, limits=limits),
         "output": _str_field(rec, "output", required=False, limits=limits, allow_null=True),
-        "messages": _messages(rec, limits) if rec.get("messages") is not None else None,
-        "source": src,
-        "metadata": _metadata(rec, extra),
+        "messages": messages,
     }

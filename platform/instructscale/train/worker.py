@@ -26,7 +26,7 @@ from instructscale.train.tracking import Tracker
 
 STATE = "state.json"
 PRINT_EVERY_S = 10.0
-TEXT_COLUMNS = ["id", "instruction", "input", "output", "messages"]
+TEXT_COLUMNS = ["id", "instruction", "input", "output", "messages", "tools"]
 
 
 def _build_model(cfg: TrainConfig, path: str):
