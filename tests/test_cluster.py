@@ -108,6 +108,7 @@ def local_head():
             "--node-ip-address=127.0.0.1",
             f"--port={port}",
             f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={_free_port()}",  # not the default: another Ray may hold it
             "--dashboard-host=127.0.0.1",
             "--include-dashboard=true",
             "--num-cpus=8",

@@ -58,6 +58,21 @@ def pool(path: Path, n: int, edits: dict[int, str] | None = None) -> list[dict]:
     return rows
 
 
+def poison_config(tmp_path: Path, **options) -> GenerateConfig:
+    """Generation through the test-only poison backend (imported by the actors from this file)."""
+    return parse_config(
+        GenerateConfig,
+        {
+            "input": str(tmp_path / "pool"),
+            "out_dir": str(tmp_path / "out"),
+            "model": "poison",
+            "backend": "poison",
+            "plugins": [__file__],
+            **options,
+        },
+    )
+
+
 def by_parent(out: Path) -> dict[str, dict]:
     return {r["parent_id"]: r for r in read_generated(str(out), include_rejected=True).to_pylist()}
 
@@ -88,18 +103,7 @@ def test_a_52k_character_prompt_is_rejected_and_the_job_finishes(ray_local, tiny
 @pytest.mark.slow
 def test_engine_errors_and_crashes_cost_only_their_rows(ray_local, tmp_path):
     rows = pool(tmp_path / "pool", 40, {5: "RAISE-ME please", 22: "EXIT-ME please"})
-    cfg = parse_config(
-        GenerateConfig,
-        {
-            "input": str(tmp_path / "pool"),
-            "out_dir": str(tmp_path / "out"),
-            "model": "poison",
-            "backend": "poison",
-            "plugins": [__file__],
-            "max_faulty_fraction": 0.1,
-            "replicas": {"batch_size": 8},
-        },
-    )
+    cfg = poison_config(tmp_path, max_faulty_fraction=0.1, replicas={"batch_size": 8})
     m = generate(cfg)
     out = by_parent(tmp_path / "out")
     assert len(out) == 40 and m["inputs"] == 40 and m["faults"] == 2
@@ -113,17 +117,7 @@ def test_engine_errors_and_crashes_cost_only_their_rows(ray_local, tmp_path):
 
 def test_too_many_faulty_rows_fail_the_job_with_a_summary(ray_local, tmp_path):
     rows = pool(tmp_path / "pool", 150, {i: f"RAISE-ME {i}" for i in range(0, 150, 5)})
-    cfg = parse_config(
-        GenerateConfig,
-        {
-            "input": str(tmp_path / "pool"),
-            "out_dir": str(tmp_path / "out"),
-            "model": "poison",
-            "backend": "poison",
-            "plugins": [__file__],
-            "replicas": {"batch_size": 50},
-        },
-    )
+    cfg = poison_config(tmp_path, replicas={"batch_size": 50})
     with pytest.raises(
         GenerationError,
         match=r"faulted \(20\.0% > max_faulty_fraction 5\.0%\): "

@@ -91,7 +91,7 @@ def _run_stage(args, config_model: str, run: str, hide: tuple[str, ...] = ("conf
     (logging to its output directory) and print its manifest without the ``hide`` keys."""
     from importlib import import_module
 
-    from instructscale.runtime import RayConfig, init_ray
+    from instructscale.runtime import RayConfig, check_output_location, init_ray
 
     def resolve(dotted: str):
         module, _, name = dotted.rpartition(".")
@@ -99,6 +99,7 @@ def _run_stage(args, config_model: str, run: str, hide: tuple[str, ...] = ("conf
 
     cfg = _load(resolve(config_model), args)
     init_ray(RayConfig())
+    check_output_location(cfg.out_dir, "out_dir")  # before the log file lands there
     with run_logs(cfg.out_dir):
         manifest = resolve(run)(cfg)
     _print({k: v for k, v in manifest.items() if k not in hide})

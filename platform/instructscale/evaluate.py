@@ -17,10 +17,10 @@ from pydantic import Field
 from instructscale import storage
 from instructscale.answers import check_answer, normalize_answer
 from instructscale.backends.base import SamplingConfig
-from instructscale.config import ConfigError, StrictModel
-from instructscale.generate.config import GenerateConfig
+from instructscale.config import StrictModel
+from instructscale.generate.config import GenerateConfig, ReplicaConfig
 from instructscale.generate.stage import generate, read_generated
-from instructscale.lifecycle import StageConfig, StageRun, commit_part, part_files
+from instructscale.lifecycle import StageConfig, StageRun, commit_part, part_files, require_dataset
 from instructscale.plugins import BackendSpec
 from instructscale.schema import decode_metadata
 from instructscale.scorers import ModelScorer
@@ -68,6 +68,11 @@ class EvalOptions(StrictModel):
     max_rows: int | None = Field(None, ge=1, description="evaluate at most this many held-out rows")
     group_by: str = Field("task", description="metadata key (or column) for the per-family table")
     loss: bool = Field(True, description="also the model's loss on the reference outputs")
+    system_prompt: str | None = Field(None, description="e.g. a few-shot prompt that shows the answer format")
+    replicas: ReplicaConfig = Field(
+        default_factory=lambda: ReplicaConfig(batch_size=1024),
+        description="the generation replicas (num_cpus: the engine's threads)",
+    )
 
 
 class EvalConfig(EvalOptions, StageConfig):
@@ -127,9 +132,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     run = StageRun("evaluate", cfg.out_dir, cfg.identity(), cfg.overwrite)
     if done := run.finished():
         return done
-    if not storage.exists(cfg.data) or not part_files(cfg.data):
-        raise ConfigError(f"data: {cfg.data!r} does not exist or holds no Parquet files")
-    cfg = cfg.model_copy(update={"model": storage.model_ref(cfg.model), "data": storage.normalize(cfg.data)})
+    cfg = cfg.model_copy(update={"model": storage.model_ref(cfg.model), "data": require_dataset(cfg.data, "data")})
     t0 = time.time()
     run.start(rebuilt=("held_out", "predictions"))
     held_out = _held_out(cfg, run.out)
@@ -141,7 +144,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         out_dir=run.uri("generations"),
         model=cfg.model,
         overwrite=True,
-        replicas={"batch_size": 1024},
+        replicas=cfg.replicas,
+        system_prompt=cfg.system_prompt,
         **cfg.shared(),
     )
     generate(gen)

@@ -118,6 +118,13 @@ def part_files(dataset: str, suffix: str = ".parquet") -> list[str]:
     return storage.list_files(dataset, suffix=suffix)
 
 
+def require_dataset(path: str, field: str) -> str:
+    """``path`` normalised, after checking it holds Parquet rows; a ConfigError naming ``field`` if not."""
+    if not storage.exists(path) or not part_files(path):
+        raise ConfigError(f"{field}: {path!r} does not exist or holds no Parquet files")
+    return storage.normalize(path)
+
+
 def dataset_rows(dataset: str) -> int:
     """Rows of a published dataset (from its manifest, without reading the parts)."""
     manifest = storage.read_json_if_exists(storage.join(dataset, MANIFEST))

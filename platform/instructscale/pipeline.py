@@ -32,11 +32,22 @@ log = logging.getLogger(__name__)
 
 
 class ModelsConfig(StrictModel):
-    """Which student and teacher to use; unset ones are built as tiny local models."""
+    """Which student and teacher to use; unset ones are built as tiny local models. ``catalog:NAME``
+    names a model of `instructscale fetch-model`'s catalogue (fetched into the model cache once)."""
 
     seed: int = 0
-    student: str | None = Field(None, description="path, URI or hub id of your student model")
-    teacher: str | None = Field(None, description="path, URI or hub id of your teacher model")
+    student: str | None = Field(None, description="path, URI, hub id or catalog:NAME of your student model")
+    teacher: str | None = Field(None, description="path, URI, hub id or catalog:NAME of your teacher model")
+
+
+def _resolve_model(ref: str | None, built: str) -> str:
+    if ref is None:
+        return built
+    if ref.startswith("catalog:"):
+        from instructscale.models.catalog import fetch_model
+
+        return fetch_model(ref.removeprefix("catalog:"))["path"]
+    return ref
 
 
 class PipelineConfig(StageConfig):
@@ -93,21 +104,21 @@ def _scorers_with_student(options: SelectOptions, student: str) -> SelectOptions
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every stage in order; each stage skips work it already finished for the same config.
     The run's log (and the embedded Ray cluster's worker logs) go to ``run_dir/logs``."""
+    init_ray(cfg.ray)
+    check_output_location(storage.normalize(cfg.run_dir))  # before anything is written there
     with run_logs(cfg.run_dir):
         return _run_stages(cfg)
 
 
 def _run_stages(cfg: PipelineConfig) -> dict:
     run = storage.normalize(cfg.run_dir)
-    init_ray(cfg.ray)
-    check_output_location(run)
     storage.write_text(storage.join(run, "config.yaml"), redact_text(to_yaml(cfg)))
     common = {**cfg.shared(), "overwrite": cfg.overwrite}
     summary: dict = {"run_dir": run, "stages": {}, "seconds": {}}
 
     with _clock(summary, "models"):
         built = ensure_tiny_models(storage.join(run, "models"), cfg.models.seed)
-    models = {"student": cfg.models.student or built["student"], "teacher": cfg.models.teacher or built["teacher"]}
+        models = {role: _resolve_model(getattr(cfg.models, role), built[role]) for role in ("student", "teacher")}
     summary["models"] = summary["stages"]["models"] = models
 
     inputs = list(cfg.inputs)

@@ -23,9 +23,8 @@ from instructscale import storage
 from instructscale.backends.base import GenerationError, RowFault, SamplingConfig, build_backend
 from instructscale.backends.faults import Attempts, FaultGuard, is_row_fault
 from instructscale.backends.openai import resolve_api_key
-from instructscale.config import ConfigError
 from instructscale.generate.config import GenerateConfig
-from instructscale.lifecycle import StageRun, commit_part, part_files, part_name
+from instructscale.lifecycle import StageRun, commit_part, part_files, part_name, require_dataset
 from instructscale.plugins import Backend, GenerationMode
 from instructscale.progress import Progress
 from instructscale.runtime import ModelThread
@@ -157,17 +156,13 @@ def _pending(batch: pa.Table, done: list) -> pa.Table:
 
 def _check(cfg: GenerateConfig) -> GenerateConfig:
     """``cfg`` with normalised paths, after checking that the input, model and endpoint exist."""
-    files = part_files(cfg.input) if storage.exists(cfg.input) else []
-    if not files:
-        raise ConfigError(f"input: {cfg.input!r} does not exist or holds no Parquet files")
+    source = require_dataset(cfg.input, "input")
     if Backend.registry.get(cfg.backend.kind).remote:  # fail before starting actors; the model is remote
         build_backend(cfg.backend, cfg.model, resolve_api_key(cfg.backend))
         model = cfg.model
     else:
         model = storage.model_ref(cfg.model)
-    return cfg.model_copy(
-        update={"input": storage.normalize(cfg.input), "model": model, "out_dir": storage.normalize(cfg.out_dir)}
-    )
+    return cfg.model_copy(update={"input": source, "model": model, "out_dir": storage.normalize(cfg.out_dir)})
 
 
 class _Tally:

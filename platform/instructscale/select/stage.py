@@ -28,7 +28,7 @@ import ray
 from instructscale import storage
 from instructscale.backends.openai import resolve_api_key
 from instructscale.config import ConfigError
-from instructscale.lifecycle import StageRun, commit_part, commit_records, part_files, part_name
+from instructscale.lifecycle import StageRun, commit_part, commit_records, part_files, part_name, require_dataset
 from instructscale.plugins import Scorer, Selector
 from instructscale.progress import Progress
 from instructscale.schema import decode_metadata
@@ -332,8 +332,7 @@ def _write_outputs(block: pa.Table, decisions: list, out: str) -> pa.Table:
 
 
 def _check(cfg: SelectConfig) -> SelectConfig:
-    if not storage.exists(cfg.input) or not part_files(cfg.input):
-        raise ConfigError(f"input: {cfg.input!r} does not exist or holds no Parquet files")
+    source = require_dataset(cfg.input, "input")
     scorers = []
     for spec in cfg.scorers:
         model = getattr(spec, "model", None)
@@ -343,9 +342,7 @@ def _check(cfg: SelectConfig) -> SelectConfig:
         if model and not remote:
             spec = spec.model_copy(update={"model": storage.model_ref(model, f"scorers.{spec.kind}.model")})
         scorers.append(spec)
-    return cfg.model_copy(
-        update={"input": storage.normalize(cfg.input), "out_dir": storage.normalize(cfg.out_dir), "scorers": scorers}
-    )
+    return cfg.model_copy(update={"input": source, "out_dir": storage.normalize(cfg.out_dir), "scorers": scorers})
 
 
 def select(cfg: SelectConfig) -> dict:

@@ -21,7 +21,7 @@ from ray.train.torch import TorchTrainer
 
 from instructscale import storage
 from instructscale.config import ConfigError
-from instructscale.lifecycle import MANIFEST, STARTED, StageRun, part_files
+from instructscale.lifecycle import MANIFEST, STARTED, StageRun, require_dataset
 from instructscale.plugins import Curriculum
 from instructscale.progress import Progress
 from instructscale.train.config import TrainConfig
@@ -60,16 +60,12 @@ def plan(cfg: TrainConfig) -> tuple[list[str], list[float], list[list[int]]]:
 
 
 def _check(cfg: TrainConfig) -> TrainConfig:
-    for field in ("data", "eval_data"):
-        path = getattr(cfg, field)
-        if path and (not storage.exists(path) or not part_files(path)):
-            raise ConfigError(f"{field}: {path!r} does not exist or holds no Parquet files")
     return cfg.model_copy(
         update={
-            "data": storage.normalize(cfg.data),
+            "data": require_dataset(cfg.data, "data"),
             "model": storage.model_ref(cfg.model),
             "out_dir": storage.normalize(cfg.out_dir),
-            "eval_data": cfg.eval_data and storage.normalize(cfg.eval_data),
+            "eval_data": cfg.eval_data and require_dataset(cfg.eval_data, "eval_data"),
         }
     )
 

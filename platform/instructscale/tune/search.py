@@ -21,8 +21,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from instructscale import storage
-from instructscale.config import ConfigError
-from instructscale.lifecycle import part_files
+from instructscale.lifecycle import require_dataset
 from instructscale.progress import verbose
 from instructscale.select.config import SelectConfig
 from instructscale.select.stage import select
@@ -198,15 +197,11 @@ def _write_results(cfg: TuneConfig, results) -> dict:
 
 
 def _check(cfg: TuneConfig) -> TuneConfig:
-    for field in ("data", "eval_data"):
-        path = getattr(cfg, field)
-        if not storage.exists(path) or not part_files(path):
-            raise ConfigError(f"{field}: {path!r} does not exist or holds no Parquet files")
     return cfg.model_copy(
         update={
-            "data": storage.normalize(cfg.data),
+            "data": require_dataset(cfg.data, "data"),
             "model": storage.model_ref(cfg.model),
-            "eval_data": storage.normalize(cfg.eval_data),
+            "eval_data": require_dataset(cfg.eval_data, "eval_data"),
             "out_dir": storage.normalize(cfg.out_dir),
         }
     )
