@@ -131,7 +131,15 @@ def main() -> None:
                         "reference_answer",
                     ],
                     "scorers": [
-                        {"kind": "model", "model": model, "max_length": 96, "batch_size": 32, "max_replicas": 2}
+                        {
+                            "kind": "model",
+                            "model": model,
+                            "max_length": 96,
+                            "batch_size": 32,
+                            "min_replicas": 2,
+                            "max_replicas": 2,
+                            "dtype": "bfloat16",
+                        }
                     ],
                     "max_ifd": None,
                     "selector": {"kind": "random", "seed": seed},

@@ -41,6 +41,8 @@ def init_ray(cfg: RayConfig) -> None:
             ray.init(address=address, **kwargs)
         else:
             store = int(cfg.object_store_memory_gb * 2**30) if cfg.object_store_memory_gb else None
+            if not loud:  # Ray announces its default (token auth for a new local cluster) on every start
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             # as many worker processes may start at once as there are logical CPUs (Ray's default, the
             # physical cores, makes the raylet warn about every busy stage on a small machine)
             ray.init(

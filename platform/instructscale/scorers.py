@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field, model_validator
@@ -72,6 +73,9 @@ class ModelScorer(Scorer):
         batch_size: int = Field(64, ge=1)
         max_replicas: int = Field(2, ge=1)
         num_cpus: float = Field(1, gt=0)
+        dtype: Literal["float32", "bfloat16"] = Field(
+            "float32", description="bfloat16 is several times faster on CPUs with AMX and on GPUs"
+        )
 
     def setup(self) -> None:
         import torch
@@ -84,7 +88,8 @@ class ModelScorer(Scorer):
         path = storage.local_dir(self.config.model)
         device = "cuda" if self.config.num_gpus else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.lm = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+        dtype = getattr(torch, self.config.dtype)
+        self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         self.torch = torch
 
     def _examples(self, row: dict) -> tuple:

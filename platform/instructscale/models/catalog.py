@@ -10,7 +10,9 @@ in transformers and vLLM. A second call with the same settings returns at once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -107,7 +109,7 @@ def import_gguf(
 
 def _convert(path: str, out: str, dtype: str) -> int:
     """Load the GGUF dequantized with transformers, then save it as a plain model and tokenizer."""
-    from instructscale.progress import name_the_accelerator
+    from instructscale.progress import name_the_accelerator, verbose
 
     name_the_accelerator()
     import torch
@@ -115,7 +117,8 @@ def _convert(path: str, out: str, dtype: str) -> int:
 
     folder, name = os.path.split(os.path.abspath(path))
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    with contextlib.nullcontext() if verbose() else contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):  # save_pretrained refuses a GGUF quantization config
         del config.quantization_config

@@ -72,7 +72,8 @@ def _with_scorers(ds: ray.data.Dataset, cfg: SelectConfig) -> ray.data.Dataset:
     cfg_dict, cfg_json = cfg.model_dump(mode="json"), cfg.model_dump_json()
     for i, spec in enumerate(cfg.scorers):
         if Scorer.registry.get(spec.kind).actor:  # the key travels as an actor argument, never in a config
-            ds = ds.map_batches(
+            # one call's rows per block: a pool of N replicas gets N inputs at once, however few the rows
+            ds = ds.repartition(target_num_rows_per_block=spec.batch_size).map_batches(
                 ScorerActor,
                 fn_constructor_kwargs={
                     "cfg": cfg_dict,
