@@ -71,6 +71,7 @@ def main() -> None:
     from instructscale.demo.pool import DemoConfig, make_demo
     from instructscale.evaluate import EvalConfig, evaluate, rouge_l
     from instructscale.models.catalog import fetch_model
+    from instructscale.progress import setup_logging
     from instructscale.runtime import RayConfig, init_ray
     from instructscale.select.config import SelectConfig
     from instructscale.select.stage import select
@@ -78,6 +79,7 @@ def main() -> None:
     from instructscale.train.stage import train
 
     work = Path(tempfile.mkdtemp(prefix="bench-real-"))
+    print(f"log: {setup_logging(False, str(work / 'logs'))}")
     model = fetch_model("smollm2-135m-instruct")["path"]
     init_ray(RayConfig(num_cpus=8))
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -264,9 +266,9 @@ def summarise(
                 "rows": runs[0]["train"]["rows"],
                 "steps": runs[0]["train"]["steps"],
                 "exact_match": sum(ems) / len(ems),
-                "exact_match_ci95": t_interval(ems),
+                "exact_match_ci95": [round(v, 4) for v in t_interval(ems)],
                 "loss": sum(losses) / len(losses),
-                "loss_ci95": t_interval(losses),
+                "loss_ci95": [round(v, 4) for v in t_interval(losses)],
                 "per_seed_exact_match": ems,
                 "per_seed_loss": losses,
             }
