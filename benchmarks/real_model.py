@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--packing", action="store_true", help="pack rows (the quoted run predates packing)")
     args = parser.parse_args()
 
     import pyarrow.parquet as pq
@@ -176,6 +177,7 @@ def main() -> None:
                     "optim": {"lr": 3e-4},
                     "micro_batch_size": 8,
                     "max_length": 96,
+                    "packing": args.packing,
                     "max_steps": args.steps,
                     "epochs": 100,
                     "checkpoint_every": args.steps,

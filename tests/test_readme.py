@@ -12,6 +12,6 @@ def test_ci_runs_the_readme_setup_and_test_commands():
     ci = [line.strip() for line in ROOT.joinpath(".ci/run").read_text().splitlines()]
     assert setup in ci and tests in ci and ci.index(setup) < ci.index(tests)
     assert any(line.startswith(".venv/bin/ruff check") for line in ci[ci.index(setup) : ci.index(tests)])
-    assert main_job.split()[1:3] == ["pipeline", "configs/demo.yaml"]
+    assert main_job.split()[1:3] == ["pipeline", "configs/smollm2.yaml"]
     assert ROOT.joinpath(main_job.split()[2]).is_file()
     assert fast_tier == tests + ' -m "not slow"'

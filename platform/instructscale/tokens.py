@@ -21,6 +21,7 @@ IGNORE = -100
 class Example:
     input_ids: list[int]
     labels: list[int]
+    position_ids: list[int] | None = None  # set on packed sequences: restarts at 0 for every row
 
 
 def tokenize(row: dict, tokenizer, max_length: int, train_on: Literal["assistant", "last"] = "assistant") -> Example:
@@ -69,7 +70,9 @@ def tokenize_turns(
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch; padded positions are ignored by the loss and the attention."""
+    """Right-pad a micro-batch; padded positions are ignored by the loss and the attention. Packed
+    sequences get position ids instead of an attention mask: transformers then attends within each
+    row only (a block-diagonal causal mask), and the padding is one more segment nothing attends to."""
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -78,18 +81,29 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
         labels[i, : len(e.labels)] = torch.tensor(e.labels)
         mask[i, : len(e.input_ids)] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    if not any(e.position_ids for e in examples):
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    positions = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        positions[i, :n] = torch.tensor(e.position_ids or list(range(n)))
+        positions[i, n:] = torch.arange(width - n)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
 def pack(examples: list[Example], max_length: int) -> list[Example]:
-    """Greedy packing of consecutive examples into sequences of at most ``max_length`` tokens."""
+    """Consecutive examples (curriculum order kept) packed into sequences of at most ``max_length``
+    tokens; each keeps its own positions and labels, and its first token is never a target (it
+    would be predicted from the row before)."""
     packed: list[Example] = []
-    cur = Example([], [])
+    cur = Example([], [], [])
     for e in examples:
         if cur.input_ids and len(cur.input_ids) + len(e.input_ids) > max_length:
             packed.append(cur)
-            cur = Example([], [])
-        cur = Example(cur.input_ids + e.input_ids, cur.labels + e.labels)
+            cur = Example([], [], [])
+        cur.input_ids += e.input_ids
+        cur.labels += [IGNORE, *e.labels[1:]]
+        cur.position_ids += list(range(len(e.input_ids)))
     if cur.input_ids:
         packed.append(cur)
     return packed

@@ -62,7 +62,9 @@ class TrainOptions(StrictModel):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
     max_length: int = Field(256, ge=8)
-    packing: bool = False
+    packing: bool = Field(
+        True, description="pack each step's rows into sequences of max_length (no attention across rows)"
+    )
     log_every: int = Field(1, ge=1, description="steps between metric records (out_dir/metrics.jsonl)")
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

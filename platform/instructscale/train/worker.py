@@ -139,14 +139,14 @@ def _train_step(engine, rows: list[Example], cfg: TrainConfig, pad_id: int) -> t
     losses, tokens, skipped = [], 0, False
     for k in range(cfg.grad_accum):
         batch = collate(rows[k :: cfg.grad_accum], pad_id)
-        loss = engine(**batch).loss
+        loss = engine(**batch, use_cache=False).loss  # no cache: transformers then sees packed rows
         if not _finite_everywhere(loss):
             loss, skipped = torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0, True
         engine.backward(loss)
         engine.step()
         if not skipped:
             losses.append(loss.item())
-        tokens += int(batch["attention_mask"].sum())
+        tokens += sum(len(e.input_ids) for e in rows[k :: cfg.grad_accum])
     return losses, tokens, skipped
 
 
