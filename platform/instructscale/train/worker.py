@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
 
@@ -67,18 +68,34 @@ def _eval_examples(cfg: TrainConfig, tokenizer, rank: int, world: int) -> list[E
     return [tokenize(r, tokenizer, cfg.max_length) for r in rows[rank::world]]
 
 
+def _device() -> torch.device:
+    """This worker's device (its GPU under Ray Train with use_gpu, else the CPU)."""
+    return ray.train.torch.get_device()
+
+
+def _on_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.to(_device()) for k, v in batch.items()}
+
+
+def _all_reduce(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
+    """Reduce a few numbers over every worker (on the worker's device: NCCL has no CPU tensors)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=_device())
+    dist.all_reduce(tensor, op=op)
+    return tensor.tolist()
+
+
 def eval_loss(engine, examples: list[Example], pad_id: int, micro_batch: int) -> float:
     """Token-weighted mean response loss over every worker's held-out examples (all ranks call it)."""
-    total = torch.zeros(2)
+    loss_sum, n_sum = 0.0, 0.0
     engine.eval()
     with torch.no_grad():
         for k in range(0, len(examples), micro_batch):
             batch = collate(examples[k : k + micro_batch], pad_id)
             n = float((batch["labels"][:, 1:] != IGNORE).sum())
-            total += torch.tensor([engine(**batch).loss.item() * n, n])
+            loss_sum, n_sum = loss_sum + engine(**_on_device(batch)).loss.item() * n, n_sum + n
     engine.train()
-    dist.all_reduce(total)
-    return (total[0] / total[1].clamp(min=1)).item()
+    loss_sum, n_sum = _all_reduce([loss_sum, n_sum])
+    return loss_sum / max(n_sum, 1.0)
 
 
 def _export_hf(engine, cfg: TrainConfig, tokenizer, out: Path) -> None:
@@ -125,9 +142,7 @@ def _restore(engine) -> int:
 
 def _finite_everywhere(loss: torch.Tensor) -> bool:
     """Whether every worker's loss is finite (all ranks take the same branch)."""
-    flag = torch.tensor([1.0 if bool(torch.isfinite(loss)) else 0.0])
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    return _all_reduce([1.0 if bool(torch.isfinite(loss)) else 0.0], dist.ReduceOp.MIN)[0] == 1.0
 
 
 def _train_step(engine, rows: list[Example], cfg: TrainConfig, pad_id: int) -> tuple[list[float], int, bool]:
@@ -139,7 +154,7 @@ def _train_step(engine, rows: list[Example], cfg: TrainConfig, pad_id: int) -> t
     losses, tokens, skipped = [], 0, False
     for k in range(cfg.grad_accum):
         batch = collate(rows[k :: cfg.grad_accum], pad_id)
-        loss = engine(**batch, use_cache=False).loss  # no cache: transformers then sees packed rows
+        loss = engine(**_on_device(batch), use_cache=False).loss  # no cache: transformers then sees packed rows
         if not _finite_everywhere(loss):
             loss, skipped = torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0, True
         engine.backward(loss)
@@ -212,9 +227,7 @@ def _engine(cfg: TrainConfig, model_path: str, steps: int):
 
 
 def _count_everywhere(value: float) -> int:
-    total = torch.tensor([float(value)])
-    dist.all_reduce(total)
-    return int(total.item())
+    return int(_all_reduce([float(value)])[0])
 
 
 class _NonFinite:
@@ -272,15 +285,14 @@ def train_loop(config: dict) -> None:
         checkpoint = done % cfg.checkpoint_every == 0 or final
         if done % cfg.log_every and not checkpoint and not evaluate:
             continue
-        stats = torch.tensor([sum(losses) / len(losses) if losses else math.nan, float(tokens_since)])
-        dist.all_reduce(stats)
+        loss_sum, tokens_all = _all_reduce([sum(losses) / len(losses) if losses else math.nan, float(tokens_since)])
         elapsed = time.time() - t_last
         metrics = {
             "step": done,
-            "loss": stats[0].item() / world,
-            "tokens": int(stats[1].item()),
+            "loss": loss_sum / world,
+            "tokens": int(tokens_all),
             "seconds": elapsed,
-            "tokens_per_s": stats[1].item() / elapsed,
+            "tokens_per_s": tokens_all / elapsed,
             "time": time.time(),
             "lr": engine.get_lr()[0],
             "resumed_from": start,
