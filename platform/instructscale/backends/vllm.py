@@ -6,6 +6,8 @@ vLLM spawns worker processes: a script that builds an engine must guard its entr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import ClassVar, Literal
 
@@ -53,6 +55,7 @@ def make_llm(model: str, cfg: VllmConfig | None = None):
     engine_process = cfg.engine_process if cfg.engine_process is not None else cuda
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if engine_process else "0"
     return LLM(
+        **({} if cuda else _whole_prefills(model, cfg.max_model_len)),
         model=model,
         dtype=cfg.dtype or ("auto" if cuda else "float32"),
         tensor_parallel_size=cfg.tensor_parallel_size,
@@ -61,6 +64,23 @@ def make_llm(model: str, cfg: VllmConfig | None = None):
         enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else not cuda,
         seed=cfg.seed,
     )
+
+
+def _whole_prefills(model: str, max_model_len: int | None) -> dict:
+    """CPU: every prompt is prefilled in one step. vLLM rewinds a seeded request's generator when its
+    prefill is split over steps, and CPU generators cannot rewind ("CPU Generator does not use
+    offset"), so seeded sampling dies on the first long prompt with chunked prefill on."""
+    from transformers import AutoConfig
+
+    length = max_model_len or getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None) or 8192
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(length, 4096)}
+
+
+def row_seed(seed: int, conversation: Conversation) -> int:
+    """A request's seed from the run's seed and its prompt: the same row samples the same answers
+    whichever replica, batch or position it lands in."""
+    digest = hashlib.sha256(json.dumps([seed, conversation], sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
 
 
 @register("vllm")
@@ -87,15 +107,18 @@ class VllmBackend(Backend):
     def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[list[Completion]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-            stop=sampling.stop or None,
-            logprobs=0 if sampling.want_logprobs else None,
-        )
+        params = [
+            SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=None if sampling.seed is None else row_seed(sampling.seed, c),
+                stop=sampling.stop or None,
+                logprobs=0 if sampling.want_logprobs else None,
+            )
+            for c in conversations
+        ]
         results = self.llm.chat(conversations, params, use_tqdm=False)
         return [
             [Completion(o.text, len(o.token_ids), _mean_logprob(o), o.finish_reason) for o in r.outputs]
