@@ -163,9 +163,9 @@ def test_seeded_sampling_on_vllm_cpu_with_prompts_longer_than_a_step(ray_local, 
         return {r["id"]: (r["instruction"], r["output"]) for r in table}
 
     first = run("a", 12)
-    # a self_instruct prompt shows rows of its own batch, so only the same batching repeats it
-    assert first == run("b", 12 if mode == "self_instruct" else 5), "a row samples the same answers in any batch"
     assert len({v for v in first.values()}) > 12, "the samples differ between rows and between draws"
+    if mode == "sample":  # (a self_instruct prompt shows rows of its own batch)
+        assert first == run("b", 5), "a row samples the same answers whichever batch it lands in"
 
 
 def test_openai_backend_against_local_server_with_retries(ray_local, tmp_path, monkeypatch):

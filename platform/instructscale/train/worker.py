@@ -149,11 +149,10 @@ def _train_step(engine, rows: list[Example], cfg: TrainConfig, pad_id: int) -> t
     """One optimizer step over this worker's rows (in ``grad_accum`` micro-batches). A NaN/inf loss
     on any worker turns the step into a no-op (zero loss, so DeepSpeed's counters stay in step);
     returns the finite losses, the tokens and whether the step was skipped."""
-    if cfg.packing:
-        rows = pack(rows, cfg.max_length)
     losses, tokens, skipped = [], 0, False
     for k in range(cfg.grad_accum):
-        batch = collate(rows[k :: cfg.grad_accum], pad_id)
+        micro = rows[k :: cfg.grad_accum]  # each micro-batch packs its own rows: none is ever empty
+        batch = collate(pack(micro, cfg.max_length) if cfg.packing else micro, pad_id)
         loss = engine(**_on_device(batch), use_cache=False).loss  # no cache: transformers then sees packed rows
         if not _finite_everywhere(loss):
             loss, skipped = torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0, True
@@ -161,7 +160,7 @@ def _train_step(engine, rows: list[Example], cfg: TrainConfig, pad_id: int) -> t
         engine.step()
         if not skipped:
             losses.append(loss.item())
-        tokens += sum(len(e.input_ids) for e in rows[k :: cfg.grad_accum])
+        tokens += sum(len(e.input_ids) for e in micro)
     return losses, tokens, skipped
 
 
