@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -71,3 +72,18 @@ def write_result(name: str, payload: dict) -> Path:
     out.write_text(json.dumps(payload, indent=2))
     print(f"\nwrote {out}")
     return out
+
+
+def demo_workspace(prefix: str, rows: int, eval_rows: int) -> tuple[Path, str, str]:
+    """A scratch directory with the demo's pool and held-out split, and an embedded Ray started:
+    (work dir, pool URI, held-out URI)."""
+    import ray
+
+    from instructscale.demo.pool import DemoConfig, make_demo
+    from instructscale.runtime import RayConfig, init_ray
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    init_ray(RayConfig(num_cpus=8))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    make_demo(DemoConfig(out_dir=str(work / "data"), rows=rows, eval_rows=eval_rows, shards=2, malformed_jsonl_rows=0))
+    return work, str(work / "data" / "pool"), str(work / "data" / "eval")

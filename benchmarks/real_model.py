@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import tempfile
 from pathlib import Path
 
-from _common import print_table, write_result
+from _common import demo_workspace, print_table, write_result
 
 FEW_SHOT = (
     "Answer with the result only, no explanation. Examples:\n"
@@ -65,31 +64,20 @@ def main() -> None:
     args = parser.parse_args()
 
     import pyarrow.parquet as pq
-    import ray
 
     from instructscale import storage
     from instructscale.config import parse_config
-    from instructscale.demo.pool import DemoConfig, make_demo
     from instructscale.evaluate import EvalConfig, evaluate, rouge_l
     from instructscale.models.catalog import fetch_model
     from instructscale.progress import setup_logging
-    from instructscale.runtime import RayConfig, init_ray
     from instructscale.select.config import SelectConfig
     from instructscale.select.stage import select
     from instructscale.train.config import TrainConfig
     from instructscale.train.stage import train
 
-    work = Path(tempfile.mkdtemp(prefix="bench-real-"))
+    work, pool, held_out = demo_workspace("bench-real-", args.rows, args.eval_rows)
     print(f"log: {setup_logging(False, str(work / 'logs'))}")
     model = fetch_model("smollm2-135m-instruct")["path"]
-    init_ray(RayConfig(num_cpus=8))
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    make_demo(
-        DemoConfig(
-            out_dir=str(work / "data"), rows=args.rows, eval_rows=args.eval_rows, shards=2, malformed_jsonl_rows=0
-        )
-    )
-    pool, held_out = str(work / "data" / "pool"), str(work / "data" / "eval")
     general = work / "general"
     rows = [json.loads(line) for line in DATA.read_text().splitlines()]
     storage.write_parquet(str(general / "part-0.parquet"), _general_table(rows))

@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import tempfile
 from pathlib import Path
 
-from _common import print_table, write_result
+from _common import demo_workspace, print_table, write_result
 
 # selector settings compared; the first is the platform's default and also gets the curriculum arms
 VARIANTS = {
@@ -71,30 +70,19 @@ def main() -> None:
 
     import numpy as np
     import pyarrow.dataset as pads
-    import ray
     from transformers import AutoTokenizer
 
     from instructscale.config import parse_config
-    from instructscale.demo.pool import DemoConfig, make_demo
     from instructscale.evaluate import EvalConfig, evaluate
     from instructscale.models.tiny import build_tiny_models
-    from instructscale.runtime import RayConfig, init_ray
     from instructscale.select.config import SelectConfig
     from instructscale.select.stage import select
     from instructscale.storage import write_parquet
     from instructscale.train.config import TrainConfig
     from instructscale.train.stage import train
 
-    work = Path(tempfile.mkdtemp(prefix="bench-effect-"))
+    work, pool, held_out = demo_workspace("bench-effect-", args.rows, args.eval_rows)
     student = build_tiny_models(work / "models")["student"]
-    init_ray(RayConfig(num_cpus=8))
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    make_demo(
-        DemoConfig(
-            out_dir=str(work / "data"), rows=args.rows, eval_rows=args.eval_rows, shards=2, malformed_jsonl_rows=0
-        )
-    )
-    pool, held_out = str(work / "data" / "pool"), str(work / "data" / "eval")
 
     table = pads.dataset(pool, format="parquet").to_table()
     k = int(args.fraction * table.num_rows)

@@ -128,27 +128,25 @@ def test_too_many_faulty_rows_fail_the_job_with_a_summary(ray_local, tmp_path):
     assert list((tmp_path / "out" / "rows" / "_commits").glob("*.json")), "committed parts stay for the rerun"
 
 
+def http_cfg(tmp_path: Path, url: str, backend: dict, **options) -> GenerateConfig:
+    """Generation from ``tmp_path/pool`` with the OpenAI backend against a local stub server."""
+    return parse_config(
+        GenerateConfig,
+        {
+            "input": str(tmp_path / "pool"),
+            "out_dir": str(tmp_path / "out"),
+            "model": "stub",
+            "backend": {"kind": "openai", "base_url": url, "api_key_env": None, "max_concurrency": 1, **backend},
+            **options,
+        },
+    )
+
+
 def test_http_teacher_retries_429_after_retry_after_and_rejects_a_400_row(ray_local, tmp_path, monkeypatch):
     rows = pool(tmp_path / "pool", 12, {4: "FORBIDDEN-ROW here"})
     server = StubServer(fail_first=1, fail_status=429, retry_after="1", bad_marker="FORBIDDEN-ROW")
     try:
-        cfg = parse_config(
-            GenerateConfig,
-            {
-                "input": str(tmp_path / "pool"),
-                "out_dir": str(tmp_path / "out"),
-                "model": "stub",
-                "backend": {
-                    "kind": "openai",
-                    "base_url": server.url,
-                    "api_key_env": None,
-                    "max_concurrency": 1,
-                    "backoff_s": 0.01,
-                },
-                "max_faulty_fraction": 0.2,
-                "replicas": {"batch_size": 12},
-            },
-        )
+        cfg = http_cfg(tmp_path, server.url, {"backoff_s": 0.01}, max_faulty_fraction=0.2, replicas={"batch_size": 12})
         m = generate(cfg)
     finally:
         server.close()
@@ -163,24 +161,8 @@ def test_a_dead_endpoint_fails_after_the_retry_budget_and_keeps_finished_rows(ra
     dying = StubServer(fail_after=4, fail_status=503)  # answers 4 rows (2 batches), then only 503s
 
     def cfg_for(url: str) -> GenerateConfig:
-        return parse_config(
-            GenerateConfig,
-            {
-                "input": str(tmp_path / "pool"),
-                "out_dir": str(tmp_path / "out"),
-                "model": "stub",
-                "backend": {
-                    "kind": "openai",
-                    "base_url": url,
-                    "api_key_env": None,
-                    "backoff_s": 0.2,
-                    "max_retries": 100,
-                    "max_retry_s": 1.5,
-                    "max_concurrency": 1,
-                },
-                "replicas": {"batch_size": 2},
-            },
-        )
+        backend = {"backoff_s": 0.2, "max_retries": 100, "max_retry_s": 1.5}
+        return http_cfg(tmp_path, url, backend, replicas={"batch_size": 2})
 
     try:
         t0 = time.time()
