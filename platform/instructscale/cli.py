@@ -15,6 +15,7 @@ from instructscale import __version__
 from instructscale.backends.base import GenerationError
 from instructscale.config import ConfigError, load_config, parse_config, set_dotted
 from instructscale.progress import run_logs, setup_logging
+from instructscale.train.metrics import efficiency_text
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def cmd_pipeline(args) -> None:
         tr = summary["stages"]["train"]
         print(
             f"  train      {tr['steps']:,} steps on {tr['rows']:,} rows, final loss {tr['final_loss']:.4f}, "
-            f"{tr['seconds']:.0f} s -> {summary['model']}"
+            f"{efficiency_text(tr.get('efficiency'))}{tr['seconds']:.0f} s -> {summary['model']}"
         )
     for name, ev in summary["stages"].get("evaluate", {}).items():
         o = ev["overall"]

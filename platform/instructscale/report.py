@@ -8,7 +8,7 @@ import shutil
 
 from instructscale import storage
 from instructscale.lifecycle import part_files
-from instructscale.train.metrics import METRICS, read_history
+from instructscale.train.metrics import METRICS, efficiency_text, read_history
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -129,7 +129,7 @@ def _stage_sections(stages: dict, plots: dict[str, str]) -> list[str]:
             "",
             f"{tr['steps']} steps on {tr['rows']:,} rows, final train loss "
             f"{tr['final_loss']:.4f}, held-out loss {tr.get('eval_loss') or float('nan'):.4f}, "
-            f"{tr['seconds']:.0f} s. Model: `{tr['model']}`.",
+            f"{efficiency_text(tr.get('efficiency'))}{tr['seconds']:.0f} s. Model: `{tr['model']}`.",
             "",
         ]
         if "training" in plots:

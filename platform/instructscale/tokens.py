@@ -7,14 +7,17 @@ conversation ending with turn ``i``) is trained; system, user and tool turns are
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 
 from instructscale.chat import Conversation, conversation, template_turns
 
 IGNORE = -100
+Row = TypeVar("Row", bound=Hashable)
 
 
 @dataclass
@@ -107,3 +110,28 @@ def pack(examples: list[Example], max_length: int) -> list[Example]:
     if cur.input_ids:
         packed.append(cur)
     return packed
+
+
+def packed_batch(examples: list[Example], pad_id: int, pack_length: int | None = None) -> dict[str, torch.Tensor]:
+    """A micro-batch of packed sequences of up to ``pack_length`` tokens; by default all of it in one
+    sequence (as transformers' DataCollatorWithFlattening): no padding at all."""
+    return collate(pack(examples, pack_length or sum(len(e.input_ids) for e in examples)), pad_id)
+
+
+def group_by_length(steps: list[list[Row]], length: Callable[[Row], int], window: int, seed: int) -> list[list[Row]]:
+    """Unpacked batches with little padding: the rows of every ``window`` consecutive steps are
+    sorted by length and dealt back into steps of the same sizes, whose order within the window is
+    then shuffled (seeded). Rows never leave their window, so a curriculum's pacing holds."""
+    if window <= 1:
+        return steps
+    out: list[list[Row]] = []
+    for start in range(0, len(steps), window):
+        chunk = steps[start : start + window]
+        rows = sorted((r for s in chunk for r in s), key=length)
+        grouped, k = [], 0
+        for s in chunk:
+            grouped.append(rows[k : k + len(s)])
+            k += len(s)
+        random.Random(seed * 1_000_003 + start).shuffle(grouped)
+        out += grouped
+    return out

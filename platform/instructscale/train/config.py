@@ -63,9 +63,24 @@ class TrainOptions(StrictModel):
     max_steps: int | None = Field(None, ge=1)
     max_length: int = Field(256, ge=8)
     packing: bool = Field(
-        True, description="pack each step's rows into sequences of max_length (no attention across rows)"
+        True, description="pack each micro-batch's rows into packed sequences (no attention across rows)"
+    )
+    pack_length: int | None = Field(
+        None, ge=8, description="tokens per packed sequence; null: the whole micro-batch in one sequence"
+    )
+    length_window: int = Field(
+        16,
+        ge=1,
+        description="packing off: the rows of this many consecutive steps are regrouped by length, "
+        "so batches carry little padding (1: no grouping)",
     )
     log_every: int = Field(1, ge=1, description="steps between metric records (out_dir/metrics.jsonl)")
+    peak_tflops: float | None = Field(
+        None,
+        gt=0,
+        description="one worker's matmul peak at the training precision, for mfu_pct in the metrics; "
+        "null: each worker measures it at start-up (about 0.5 s; benchmarks/peak.py measures the same)",
+    )
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
@@ -90,7 +105,7 @@ class TrainOptions(StrictModel):
 class TrainConfig(TrainOptions, StageConfig):
     """`instructscale train`: a pool of rows with responses -> a fine-tuned model in out_dir."""
 
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"restart", "max_failures", "tracking"})
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"restart", "max_failures", "tracking", "peak_tflops"})
 
     data: str = Field(description="Parquet rows (selection or generation output; a directory or URI)")
     model: str = Field(description="student: local directory, URI or hub id")

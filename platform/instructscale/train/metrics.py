@@ -39,3 +39,34 @@ def read_history(uri: str) -> list[dict]:
             record = json.loads(line)
             by_step[record["step"]] = record
     return [by_step[s] for s in sorted(by_step)]
+
+
+def efficiency(history: list[dict]) -> dict | None:
+    """Throughput over the logged steps after the first (which pays for lazy initialisation; all
+    of them when only one was logged): the rows' tokens and the padded positions per second, the
+    share of padding, and model FLOPs utilisation against the workers' matmul peak."""
+    steady = [r for r in history[1:] if "padded_tokens" in r] or [r for r in history if "padded_tokens" in r]
+    if not steady:
+        return None
+    seconds = sum(r["seconds"] for r in steady)
+    tokens, padded = sum(r["tokens"] for r in steady), sum(r["padded_tokens"] for r in steady)
+    tflops = sum(r["model_tflops_per_s"] * r["seconds"] for r in steady) / seconds
+    peak = steady[-1]["peak_tflops"]
+    return {
+        "real_tokens_per_s": round(tokens / seconds, 1),
+        "padded_tokens_per_s": round(padded / seconds, 1),
+        "padding_pct": round(100 * (1 - tokens / padded), 1) if padded else 0.0,
+        "model_tflops_per_s": round(tflops, 4),
+        "peak_tflops": round(peak, 3),
+        "mfu_pct": round(100 * tflops / peak, 2),
+    }
+
+
+def efficiency_text(eff: dict | None) -> str:
+    """The summary's efficiency in words (empty for a run without the figures), for the CLI and report."""
+    if not eff:
+        return ""
+    return (
+        f"{eff['real_tokens_per_s']:.0f} tok/s ({eff['padding_pct']:.0f}% padding, "
+        f"MFU {eff['mfu_pct']:.1f}% of {eff['peak_tflops']:.2f} TFLOP/s), "
+    )

@@ -28,7 +28,7 @@ from instructscale.train.config import TrainConfig
 from instructscale.train.curriculum import build_schedule
 from instructscale.train.data import difficulty_of, read_training_columns
 from instructscale.train.deepspeed_config import build_deepspeed_config
-from instructscale.train.metrics import METRICS, read_history
+from instructscale.train.metrics import METRICS, efficiency, read_history
 from instructscale.train.worker import train_loop
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,7 @@ def train(cfg: TrainConfig) -> dict:
         "skipped_nonfinite_steps": history[-1].get("skipped_nonfinite_steps", 0),
         "rows_without_response_tokens": history[-1].get("rows_without_response_tokens", 0),
         "eval_loss": history[-1].get("eval_loss"),
+        "efficiency": efficiency(history),
         "seconds": round(time.time() - t0, 2),
         # from fit() to the end of step 1, minus the step itself: workers, data, model, engine
         "startup_s": round(first["time"] - first["seconds"] - t0, 2)

@@ -11,7 +11,7 @@ from pydantic import Field
 from instructscale import storage
 from instructscale.config import StrictModel
 
-SCALARS = ("loss", "eval_loss", "tokens_per_s", "lr", "difficulty_mean")
+SCALARS = ("loss", "eval_loss", "tokens_per_s", "padded_tokens_per_s", "mfu_pct", "lr", "difficulty_mean")
 
 
 class TrackingSettings(StrictModel):

@@ -17,11 +17,12 @@ import torch.distributed as dist
 
 from instructscale import storage
 from instructscale.plugins import TrainCallback
-from instructscale.tokens import IGNORE, Example, collate, pack, tokenize
+from instructscale.tokens import IGNORE, Example, collate, group_by_length, packed_batch, tokenize
 from instructscale.train.config import TrainConfig
 from instructscale.train.curriculum import worker_slice
 from instructscale.train.data import read_training_columns
 from instructscale.train.deepspeed_config import build_deepspeed_config
+from instructscale.train.flops import flops_per_token, matmul_peak_tflops
 from instructscale.train.metrics import METRICS, MetricsLog
 from instructscale.train.tracking import Tracker
 
@@ -30,11 +31,14 @@ PRINT_EVERY_S = 10.0
 TEXT_COLUMNS = ["id", "instruction", "input", "output", "messages", "tools"]
 
 
+def _dtype(cfg: TrainConfig) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.deepspeed.precision, torch.float32)
+
+
 def _build_model(cfg: TrainConfig, path: str):
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg))
     if cfg.lora is None:
         return model
     from peft import LoraConfig, get_peft_model
@@ -145,23 +149,33 @@ def _finite_everywhere(loss: torch.Tensor) -> bool:
     return _all_reduce([1.0 if bool(torch.isfinite(loss)) else 0.0], dist.ReduceOp.MIN)[0] == 1.0
 
 
-def _train_step(engine, rows: list[Example], cfg: TrainConfig, pad_id: int) -> tuple[list[float], int, bool]:
+class _Step:
+    """What one optimizer step did on this worker."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+        self.tokens = 0  # the rows' own tokens
+        self.padded = 0  # the positions the model computed: tokens plus padding
+        self.skipped = False
+
+
+def _train_step(engine, rows: list[Example], cfg: TrainConfig, pad_id: int) -> _Step:
     """One optimizer step over this worker's rows (in ``grad_accum`` micro-batches). A NaN/inf loss
-    on any worker turns the step into a no-op (zero loss, so DeepSpeed's counters stay in step);
-    returns the finite losses, the tokens and whether the step was skipped."""
-    losses, tokens, skipped = [], 0, False
+    on any worker turns the step into a no-op (zero loss, so DeepSpeed's counters stay in step)."""
+    out = _Step()
     for k in range(cfg.grad_accum):
         micro = rows[k :: cfg.grad_accum]  # each micro-batch packs its own rows: none is ever empty
-        batch = collate(pack(micro, cfg.max_length) if cfg.packing else micro, pad_id)
+        batch = packed_batch(micro, pad_id, cfg.pack_length) if cfg.packing else collate(micro, pad_id)
         loss = engine(**_on_device(batch), use_cache=False).loss  # no cache: transformers then sees packed rows
         if not _finite_everywhere(loss):
-            loss, skipped = torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0, True
+            loss, out.skipped = torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0, True
         engine.backward(loss)
         engine.step()
-        if not skipped:
-            losses.append(loss.item())
-        tokens += sum(len(e.input_ids) for e in micro)
-    return losses, tokens, skipped
+        if not out.skipped:
+            out.losses.append(loss.item())
+        out.tokens += sum(len(e.input_ids) for e in micro)
+        out.padded += batch["input_ids"].numel()
+    return out
 
 
 class _Reporter:
@@ -187,7 +201,7 @@ class _Reporter:
             held = f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""
             print(
                 f"train step {metrics['step']}/{self.steps} loss {metrics['loss']:.4f}{held} "
-                f"{metrics['tokens_per_s']:.0f} tok/s lr {metrics['lr']:.2e}",
+                f"{metrics['tokens_per_s']:.0f} tok/s (MFU {metrics['mfu_pct']:.1f}%) lr {metrics['lr']:.2e}",
                 flush=True,
             )
 
@@ -213,16 +227,25 @@ def _flatten(config: dict, prefix: str = "") -> dict:
 
 
 def _engine(cfg: TrainConfig, model_path: str, steps: int):
+    """The DeepSpeed engine and the model's training FLOPs per token."""
     import deepspeed
 
     model = _build_model(cfg, model_path)
+    flops = flops_per_token(model, full_finetune=cfg.lora is None)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=build_deepspeed_config(cfg, steps),
         dist_init_required=False,
     )
-    return engine
+    return engine, flops
+
+
+def _peak_tflops(cfg: TrainConfig) -> float:
+    """Every worker's matmul peak at the training precision, summed (``peak_tflops`` per worker
+    when set, else measured here with the worker's threads or GPU, as benchmarks/peak.py does)."""
+    mine = cfg.peak_tflops or matmul_peak_tflops(_dtype(cfg), _device())
+    return _all_reduce([mine])[0]
 
 
 def _count_everywhere(value: float) -> int:
@@ -261,30 +284,33 @@ def train_loop(config: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     mine = [[ids[i] for i in worker_slice(b, rank, world)] for b in schedule]
     examples = _load_examples(cfg, {i for step in mine for i in step}, tokenizer)
+    if not cfg.packing:
+        mine = group_by_length(mine, lambda i: len(examples[i].input_ids), cfg.length_window, cfg.seed + rank)
     no_response = _count_everywhere(sum(all(v == IGNORE for v in e.labels) for e in examples.values()))
     held_out = _eval_examples(cfg, tokenizer, rank, world)
-    engine = _engine(cfg, model_path, len(schedule))
+    peak = _peak_tflops(cfg)
+    engine, flops = _engine(cfg, model_path, len(schedule))
     start = _restore(engine)
     callbacks = [TrainCallback.registry.build(c) for c in cfg.callbacks]
     reporter, nonfinite = _Reporter(cfg, rank, len(schedule)), _NonFinite(cfg.max_nonfinite_steps)
 
-    t_last, tokens_since, losses = time.time(), 0, []
+    t_last, tokens_since, padded_since, losses = time.time(), 0, 0, []
     for step in range(start, len(schedule)):
         for callback in callbacks:
             callback.on_step_start(step + 1, rank, cfg.out_dir)
-        step_losses, step_tokens, skipped = _train_step(
-            engine, [examples[i] for i in mine[step]], cfg, tokenizer.pad_token_id
-        )
-        losses += step_losses
-        tokens_since += step_tokens
+        result = _train_step(engine, [examples[i] for i in mine[step]], cfg, tokenizer.pad_token_id)
+        losses += result.losses
+        tokens_since, padded_since = tokens_since + result.tokens, padded_since + result.padded
         done = step + 1
-        nonfinite.update(skipped, done)
+        nonfinite.update(result.skipped, done)
         final = done == len(schedule)
         evaluate = bool(held_out) and (done % cfg.eval_every == 0 or final)
         checkpoint = done % cfg.checkpoint_every == 0 or final
         if done % cfg.log_every and not checkpoint and not evaluate:
             continue
-        loss_sum, tokens_all = _all_reduce([sum(losses) / len(losses) if losses else math.nan, float(tokens_since)])
+        loss_sum, tokens_all, padded_all = _all_reduce(
+            [sum(losses) / len(losses) if losses else math.nan, float(tokens_since), float(padded_since)]
+        )
         elapsed = time.time() - t_last
         metrics = {
             "step": done,
@@ -292,6 +318,7 @@ def train_loop(config: dict) -> None:
             "tokens": int(tokens_all),
             "seconds": elapsed,
             "tokens_per_s": tokens_all / elapsed,
+            **_efficiency(tokens_all, padded_all, elapsed, flops, peak),
             "time": time.time(),
             "lr": engine.get_lr()[0],
             "resumed_from": start,
@@ -307,5 +334,18 @@ def train_loop(config: dict) -> None:
         if checkpoint:
             reporter.flush()
             _save_checkpoint(engine, cfg, tokenizer, done, metrics, final)
-        t_last, tokens_since, losses = time.time(), 0, []
+        t_last, tokens_since, padded_since, losses = time.time(), 0, 0, []
     reporter.close()
+
+
+def _efficiency(tokens: float, padded: float, seconds: float, per_token: float, peak_tflops: float) -> dict:
+    """Padded positions per second and model FLOPs utilisation: the model's FLOPs on the rows' own
+    tokens (padding is waste, not work) over every worker's matmul peak."""
+    tflops = tokens * per_token / seconds / 1e12
+    return {
+        "padded_tokens": int(padded),
+        "padded_tokens_per_s": padded / seconds,
+        "model_tflops_per_s": tflops,
+        "peak_tflops": peak_tflops,
+        "mfu_pct": 100 * tflops / peak_tflops,
+    }

@@ -1,0 +1,49 @@
+"""What MFU is measured against: FLOPs per trained token and the matmul peak."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from instructscale.train.flops import flops_per_token, matmul_peak_tflops
+from instructscale.train.metrics import efficiency
+
+
+def test_flops_per_token_counts_each_weight_once_and_lora_skips_weight_gradients(tiny_models):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["student"])
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    unique = {id(p): p.numel() for p in model.parameters()}
+    n = sum(unique.values()) - (0 if head is embed else embed.numel())  # an untied lookup is no matmul
+    assert flops_per_token(model, full_finetune=True) == 6 * n
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    assert flops_per_token(lora, full_finetune=False) == 4 * n  # adapters left out, base counted as before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_peak_is_the_speed_of_a_timed_matmul(dtype):
+    import time
+
+    size = 512
+    tflops = matmul_peak_tflops(dtype, size=size, seconds=0.2)
+    a = torch.randn(size, size, dtype=dtype)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        torch.mm(a, a)
+    plain = 20 * 2 * size**3 / (time.perf_counter() - t0) / 1e12
+    assert 0.7 * plain < tflops < 3 * plain  # the best of a few bursts: about a plain loop's speed
+
+
+def test_efficiency_leaves_out_the_first_logged_step_and_weights_by_time():
+    rec = {"padded_tokens": 200, "peak_tflops": 2.0}
+    history = [
+        {**rec, "step": 1, "tokens": 100, "seconds": 10.0, "model_tflops_per_s": 0.01},
+        {**rec, "step": 2, "tokens": 150, "seconds": 1.0, "model_tflops_per_s": 0.3},
+        {**rec, "step": 3, "tokens": 150, "seconds": 3.0, "model_tflops_per_s": 0.1},
+    ]
+    eff = efficiency(history)
+    assert eff["real_tokens_per_s"] == 75.0 and eff["padded_tokens_per_s"] == 100.0
+    assert eff["padding_pct"] == 25.0 and eff["model_tflops_per_s"] == 0.15 and eff["mfu_pct"] == 7.5
+    assert efficiency([]) is None
