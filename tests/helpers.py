@@ -1,8 +1,41 @@
 """Helpers shared by tests."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+GENERATE_SCRIPT = """
+import sys
+from instructscale.config import load_config
+from instructscale.generate.config import GenerateConfig
+from instructscale.generate.stage import generate
+from instructscale.runtime import RayConfig, init_ray
+if __name__ == "__main__":
+    init_ray(RayConfig(num_cpus=2))
+    generate(load_config(GenerateConfig, sys.argv[1]))
+"""
+
+
+def kill_generate_when(cfg, cfg_file: Path, ready: Callable[[], bool], timeout_s: float = 300) -> None:
+    """Run the generation stage for ``cfg`` in a process of its own and SIGKILL it (its whole
+    process group) as soon as ``ready()`` holds, or when it ends or times out."""
+    cfg_file.write_text(json.dumps(cfg.model_dump(mode="json")))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", GENERATE_SCRIPT, str(cfg_file)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def check_in_vllm(path: str) -> dict:

@@ -32,7 +32,8 @@ def test_bad_value_is_named_with_input(tmp_path):
     with pytest.raises(ConfigError, match=r"demo\.rows: .*greater than or equal to 1 \(got -3\)"):
         load_config(PipelineConfig, write(tmp_path, "demo:\n  rows: -3\n"))
     with pytest.raises(
-        ConfigError, match=r"inputs\.0\.format: Input should be 'jsonl', 'parquet', 'alpaca', 'sharegpt' or 'hf'"
+        ConfigError,
+        match=r"inputs\.0\.format: Input should be 'jsonl', 'parquet', 'alpaca', 'sharegpt', 'hf' or 'seed_tasks'",
     ):
         load_config(PipelineConfig, write(tmp_path, "inputs:\n  - {path: x, format: csv}\n"))
 

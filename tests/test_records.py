@@ -20,6 +20,21 @@ def test_instruction_row_defaults_and_extra_keys_to_metadata():
     assert decode_metadata(row["metadata"]) == {"category": "x"}
 
 
+def test_self_instruct_seed_task_keeps_every_instance_in_metadata():
+    instances = [{"input": "I loved it.", "output": "positive"}, {"input": "Awful.", "output": "negative"}]
+    rec = {"id": "seed_task_3", "name": "sentiment", "instruction": "Classify the sentiment.", "instances": instances}
+    row = norm({**rec, "is_classification": True}, "seed_task")
+    assert (row["id"], row["instruction"], row["input"], row["output"]) == (
+        "seed_task_3",
+        "Classify the sentiment.",
+        "I loved it.",
+        "positive",
+    )
+    meta = decode_metadata(row["metadata"])
+    assert meta == {"name": "sentiment", "instances": instances, "is_classification": True}
+    assert decode_metadata(norm(rec, "seed_task")["metadata"])["is_classification"] is False
+
+
 def test_output_may_be_absent_but_not_wrong_type():
     assert norm({"instruction": "Do it."})["output"] is None
     with pytest.raises(RowError, match="field 'output' must be a string, got int"):
@@ -63,6 +78,9 @@ def test_openai_messages_without_final_assistant_has_null_output():
         ({"conversations": []}, "auto", "empty_field", "'conversations' is empty"),
         ({"instruction": "a"}, "chat", "missing_field", "'conversations'"),
         ({"conversations": [{"from": "human", "value": "x"}]}, "instruction", "wrong_format", "chat"),
+        ({"instruction": "a"}, "seed_task", "missing_field", "'instances'"),
+        ({"instruction": "a", "instances": []}, "seed_task", "wrong_type", "non-empty list"),
+        ({"instances": [{"input": "", "output": "b"}]}, "seed_task", "missing_field", "'instruction'"),
     ],
 )
 def test_malformed_rows_name_the_problem(rec, style, code, text):

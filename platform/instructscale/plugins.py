@@ -251,11 +251,21 @@ class GenerationMode(Plugin):
     Output rows carry the canonical columns plus ``parent_id``, ``sample_idx``, the ``gen_*``
     columns and ``reject_reason`` (build them with :meth:`output_row`)."""
 
-    registry: ClassVar[Registry] = Registry("generation mode", ("instructscale.generate.modes",))
+    registry: ClassVar[Registry] = Registry(
+        "generation mode",
+        ("instructscale.generate.modes", "instructscale.generate.self_instruct", "instructscale.generate.evolve"),
+    )
+    multi_pass: ClassVar[bool] = False  # True: the stage calls drive() instead of one pass over the input
 
     def __init__(self, config: PluginConfig, options: Any = None):
         super().__init__(config)
         self.options = options  # the stage's GenerateOptions: sampling, system prompt, model
+
+    def drive(self, passes: Any) -> None:
+        """A multi-pass mode's plan (rounds, follow-up passes), run on the driver with
+        ``passes`` (:class:`instructscale.generate.stage.Passes`); it leaves the stage's output
+        rows in ``passes.rows``. Prompts and outputs still run in the teacher actors."""
+        raise NotImplementedError
 
     def check(self) -> None:
         """Raise ValueError when the stage's other options (``self.options``) do not fit this mode."""

@@ -235,6 +235,13 @@ def write_parquet(uri: str, table: pa.Table) -> None:
         pq.write_table(table, f)
 
 
+def parquet_schema(uri: str) -> pa.Schema:
+    """The schema of one Parquet file (read from its footer)."""
+    fs, path = resolve(uri)
+    with fs.open_input_file(path) as f:
+        return pq.read_schema(f)
+
+
 def read_parquet(
     uris: list[str], columns: list[str] | None = None, schema: pa.Schema | None = None, filter=None
 ) -> pa.Table:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -39,6 +39,20 @@ class GenerateOptions(StrictModel):
         description="fail the job when more rows than this share cannot be served (too long, "
         "engine error or crash, HTTP 4xx), not the rows a mode rejects by design",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_section(cls, data: Any) -> Any:
+        """``mode: self_instruct`` with a ``self_instruct: {...}`` section: the section holds the
+        mode's options (the same as ``mode: {kind: self_instruct, ...}``)."""
+        if not isinstance(data, dict):
+            return data
+        mode = data.get("mode", "distill")
+        name = mode if isinstance(mode, str) else mode.get("kind") if isinstance(mode, dict) else None
+        if isinstance(name, str) and name not in cls.model_fields and isinstance(data.get(name), dict):
+            data = dict(data)
+            data["mode"] = {**({"kind": name} if isinstance(mode, str) else mode), **data.pop(name)}
+        return data
 
     @model_validator(mode="after")
     def _mode_fits(self) -> GenerateOptions:

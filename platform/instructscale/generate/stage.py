@@ -10,6 +10,7 @@ duplicating rows. Rows a mode cannot use stay in the parts with a `reject_reason
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from ray.data.expressions import col
 
 from instructscale import storage
 from instructscale.backends.base import GenerationError, RowFault, SamplingConfig, build_backend
@@ -28,7 +30,7 @@ from instructscale.lifecycle import StageRun, commit_part, part_files, part_name
 from instructscale.plugins import Backend, GenerationMode
 from instructscale.progress import Progress
 from instructscale.runtime import ModelThread
-from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA
+from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA, decode_metadata
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ GEN_SCHEMA = pa.schema(
     ]
 )
 ROWS = "rows"
+WORK = "work"  # a multi-pass mode's intermediate datasets, removed when the stage publishes
 ATTEMPTS = "_attempts"  # crash markers (generate/faults.py), removed when the stage publishes
 FAULT_IDS = 20  # row ids a fault summary names
 MIN_ROWS_FOR_CAP = 100  # the faulty-row cap is judged once this many inputs are done
@@ -218,18 +221,23 @@ class _Tally:
 
 
 def _pool(cfg: GenerateConfig, finished: pa.Array) -> ray.data.Dataset:
-    """The input rows still to generate."""
+    """The input rows still to generate (of a generation output: its rows without a reject_reason)."""
     fs, _ = storage.resolve(cfg.input)
+    files = part_files(cfg.input)
+    generated = "reject_reason" in storage.parquet_schema(files[0]).names
     ds = ray.data.read_parquet(
-        [storage.resolve(u)[1] for u in part_files(cfg.input)], filesystem=fs, schema=POOL_SCHEMA
-    ).select_columns(list(POOL_COLUMNS))
+        [storage.resolve(u)[1] for u in files], filesystem=fs, schema=GEN_SCHEMA if generated else POOL_SCHEMA
+    )
+    if generated:
+        ds = ds.filter(expr=col("reject_reason").is_null())
+    ds = ds.select_columns(list(POOL_COLUMNS))
     if len(finished):
         ds = ds.map_batches(_pending, batch_format="pyarrow", fn_kwargs={"done": [ray.put(finished)]})
         log.info("generate: resuming, %d input rows already done", len(finished))
     return ds
 
 
-def _run_replicas(cfg: GenerateConfig, finished: pa.Array) -> _Tally:
+def _run_replicas(cfg: GenerateConfig, finished: pa.Array, tally: _Tally, label: str = "generate") -> _Tally:
     ctx = ray.data.DataContext.get_current()  # captured by the datasets below: a job-level
     raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True  # error surfaces as is
     # The key travels as an actor argument (never in the config, a log or the runtime env).
@@ -239,16 +247,17 @@ def _run_replicas(cfg: GenerateConfig, finished: pa.Array) -> _Tally:
         batch_format="pyarrow",
         **cfg.replicas.map_batches_args(),
     )
-    tally, progress = _Tally(cfg.max_faulty_fraction), Progress("generate", unit="inputs")
+    progress = Progress(label, unit="inputs")
+    rows0, rejected0, tokens0, t0 = tally.rows, sum(tally.rejected.values()), tally.tokens, time.time()
     try:
         for rec in results.iter_rows():
             tally.add(rec)
-            progress.update(rec["inputs"], f"{tally.tokens / max(time.time() - tally.t0, 1e-9):,.0f} tokens/s")
+            progress.update(rec["inputs"], f"{(tally.tokens - tokens0) / max(time.time() - t0, 1e-9):,.0f} tokens/s")
     except GenerationError as err:
         raise GenerationError(_root_message(err)) from None
     finally:
         ctx.raise_original_map_exception = raise_original
-    progress.close(f"{tally.rows:,} rows, {sum(tally.rejected.values()):,} rejected")
+    progress.close(f"{tally.rows - rows0:,} rows, {sum(tally.rejected.values()) - rejected0:,} rejected")
     return tally
 
 
@@ -260,8 +269,13 @@ def generate(cfg: GenerateConfig) -> dict:
         return done
     cfg = _check(cfg)
     run.start(resumable=(ROWS,))
-    finished = _done_parents(run.uri(ROWS))
-    tally = _run_replicas(cfg, finished)
+    tally, finished = _Tally(cfg.max_faulty_fraction), pa.array([], pa.string())
+    mode = GenerationMode.registry.build(cfg.mode, cfg)
+    if mode.multi_pass:
+        mode.drive(Passes(cfg, run, tally))
+    else:
+        finished = _done_parents(run.uri(ROWS))
+        _run_replicas(cfg, finished, tally)
     this_run = tally.this_run()
     totals = storage.read_parquet(part_files(run.uri(ROWS)), columns=["parent_id", "reject_reason"])
     reasons = [v for v in totals["reject_reason"].to_pylist() if v]
@@ -277,4 +291,61 @@ def generate(cfg: GenerateConfig) -> dict:
         "this_run": this_run,
     }
     storage.remove(run.uri(ATTEMPTS))
+    storage.remove(run.uri(WORK))
     return run.publish(summary, datasets=(ROWS,))
+
+
+class Passes:
+    """What a multi-pass mode (rounds of synthesis) drives: passes of the teacher pool over
+    datasets it writes under ``work/`` (each pass resumable per part like the stage), and the
+    stage's output rows. ``work/`` is keyed by the run's identity, so a changed config starts over."""
+
+    def __init__(self, cfg: GenerateConfig, run: StageRun, tally: _Tally):
+        self.cfg, self.run, self.tally = cfg, run, tally
+        self.rows = run.uri(ROWS)
+        self._work = run.uri(WORK, hashlib.sha1(json.dumps(run.identity, sort_keys=True).encode()).hexdigest()[:12])
+
+    def work(self, *parts: str) -> str:
+        return storage.join(self._work, *parts)
+
+    def generate(self, input_uri: str, out_dir: str, label: str, sampling: SamplingConfig | None = None) -> str:
+        """One pass of the teacher over ``input_uri`` into ``out_dir/rows`` (returned), with a
+        progress line ``generate <label>``; ``sampling`` replaces the stage's own for this pass."""
+        if not part_files(input_uri):  # an earlier pass left nothing to do
+            return storage.join(out_dir, ROWS)
+        update = {"input": input_uri, "out_dir": out_dir, **({"sampling": sampling} if sampling else {})}
+        cfg = self.cfg.model_copy(update=update)
+        _run_replicas(cfg, _done_parents(storage.join(out_dir, ROWS)), self.tally, f"generate {label}")
+        storage.remove(storage.join(out_dir, ATTEMPTS))
+        return storage.join(out_dir, ROWS)
+
+    def copy_parts(
+        self, rows_uri: str, prefix: str, rejected_only: bool = False, parent_key: str | None = None
+    ) -> None:
+        """Commit the parts of a pass's output into the stage's rows (one Ray task a part; the
+        driver sees part names only): every row, or the rejected ones; ``parent_key`` names the
+        metadata key that holds the row's real parent (a pass's own parent is its input row)."""
+        ray.get(
+            [
+                _copy_part.remote(uri, self.rows, f"{prefix}-{uri.rsplit('/', 1)[-1]}", rejected_only, parent_key)
+                for uri in part_files(rows_uri)
+            ]
+        )
+
+    def input_rows(self, columns: list[str]) -> pa.Table:
+        """The stage's input rows (a multi-pass mode's seeds: read on the driver)."""
+        return storage.read_parquet(part_files(self.cfg.input), columns=columns)
+
+
+@ray.remote
+def _copy_part(uri: str, dataset: str, name: str, rejected_only: bool, parent_key: str | None) -> None:
+    table = storage.read_parquet([uri], schema=GEN_SCHEMA)
+    if rejected_only:
+        table = table.filter(pc.is_valid(table["reject_reason"]))
+    if parent_key:
+        parents = [
+            decode_metadata(m).get(parent_key, p)
+            for m, p in zip(table["metadata"].to_pylist(), table["parent_id"].to_pylist())
+        ]
+        table = table.set_column(table.schema.get_field_index("parent_id"), "parent_id", pa.array(parents, pa.string()))
+    commit_part(dataset, name, table)

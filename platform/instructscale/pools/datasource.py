@@ -35,6 +35,7 @@ FORMATS = {
     "alpaca": (["json", "jsonl"], "instruction"),
     "sharegpt": (["json", "jsonl"], "chat"),
     "hf": (["arrow", "parquet"], "auto"),  # a Hugging Face `datasets` folder: save_to_disk Arrow, or Parquet
+    "seed_tasks": (["jsonl", "json"], "seed_task"),  # Self-Instruct's seed_tasks.jsonl
 }
 
 

@@ -30,8 +30,9 @@ class PoolInput(StrictModel):
     """One input: a file, a directory or a glob (local or a URI), in one format."""
 
     path: str
-    format: Literal["jsonl", "parquet", "alpaca", "sharegpt", "hf"] = Field(
-        description="hf: a Hugging Face `datasets` folder (save_to_disk Arrow files or Parquet)"
+    format: Literal["jsonl", "parquet", "alpaca", "sharegpt", "hf", "seed_tasks"] = Field(
+        description="hf: a Hugging Face `datasets` folder (save_to_disk Arrow files or Parquet); "
+        "seed_tasks: Self-Instruct seed-task JSONL"
     )
     source: str | None = Field(None, description="value of the `source` column when rows carry none")
     columns: dict[str, str] = Field(

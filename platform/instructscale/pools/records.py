@@ -3,6 +3,8 @@
 Row styles, detected per record:
 - instruction style (canonical and Alpaca): ``instruction`` (required), ``input``, ``output``, and
   optionally ``system`` and ``history`` (earlier ``[query, response]`` pairs: the row becomes a chat);
+- Self-Instruct seed tasks (``format: seed_tasks``): ``instruction`` and ``instances`` (the first
+  one is the row's input and output; all of them stay in metadata);
 - chat style: ShareGPT ``conversations`` (``from``/``value``; ``human``, ``gpt``, ``system``,
   ``function_call`` and ``observation`` turns) or OpenAI ``messages`` (``role``/``content`` with
   ``tool_calls``, role ``tool`` with ``tool_call_id``, content as a string, a list of text parts or
@@ -303,13 +305,34 @@ def _from_messages(messages: list[dict]) -> tuple[str, str | None]:
     return first_user, (last.get("content") or "") + render_tool_calls(last.get("tool_calls"))
 
 
+def _from_seed_task(rec: dict) -> dict:
+    """A Self-Instruct seed task (``id``, ``name``, ``instruction``, ``instances: [{input, output}]``,
+    ``is_classification``) as an instruction-style record: its first instance as input and output;
+    name, every instance and is_classification go to metadata with the other extra keys."""
+    instances = rec.get("instances")
+    if instances is None:
+        raise RowError("missing_field", "missing field 'instances'")
+    if not isinstance(instances, list) or not instances or not all(isinstance(i, dict) for i in instances):
+        raise RowError("wrong_type", "field 'instances' must be a non-empty list of {input, output} objects")
+    first = instances[0]
+    return {
+        **rec,
+        "input": first.get("input") or "",
+        "output": first.get("output"),
+        "is_classification": bool(rec.get("is_classification", False)),
+    }
+
+
 def normalize_record(
     rec: Any, *, style: str, file: str, line: int, source: str, limits: RecordLimits, columns: ColumnMap = ColumnMap()
 ) -> dict:
-    """Canonical row for ``rec``; raises :class:`RowError`. ``style``: auto, instruction or chat."""
+    """Canonical row for ``rec``; raises :class:`RowError`. ``style``: auto, instruction, chat or
+    seed_task."""
     if not isinstance(rec, dict):
         raise RowError("wrong_type", f"row must be a JSON object, got {type(rec).__name__}")
     rec = columns.apply(rec)
+    if style == "seed_task":
+        rec, style = _from_seed_task(rec), "instruction"
     is_chat = "conversations" in rec or ("messages" in rec and "instruction" not in rec)
     if style == "instruction" and is_chat:
         raise RowError(
