@@ -54,6 +54,10 @@ def init_ray(cfg: RayConfig) -> None:
             )
         name_the_accelerator()
     ctx = ray.data.DataContext.get_current()
+    # Ray 2.60's Parquet reader (DataSourceV2) starts a pool of footer-reading actors for every
+    # read_parquet: ~5 s per read on a 2-core machine against ~0.3 s for the V1 reader, which every
+    # stage pass and every shuffle input here pays (benchmarks/ray_data_read.py)
+    ctx.use_datasource_v2 = False
     ctx.enable_progress_bars = verbose()
     ctx.print_on_execution_start = verbose()
     quiet_library_handlers()
