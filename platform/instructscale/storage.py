@@ -242,6 +242,16 @@ def parquet_schema(uri: str) -> pa.Schema:
         return pq.read_schema(f)
 
 
+def parquet_rows(uris: list[str]) -> int:
+    """The number of rows in Parquet files, from their footers."""
+    total = 0
+    for uri in uris:
+        fs, path = resolve(uri)
+        with fs.open_input_file(path) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
 def read_parquet(
     uris: list[str], columns: list[str] | None = None, schema: pa.Schema | None = None, filter=None
 ) -> pa.Table:

@@ -154,7 +154,7 @@ class SelfInstruct(Mode):
                 part_files(passes.generate(prompts_uri, passes.work(f"round-{r}"), f"round {r}"))
             )
             kept, dropped = self._filter(candidates.sort_by("id"), index, index_ids, remaining)
-            commit_part(passes.rows, f"round-{r}-rejected.parquet", dropped)  # first: the round is done
+            passes.commit(f"round-{r}-rejected.parquet", dropped)  # first: the round is done
             commit_part(accepted_uri, name, kept.select(list(POOL_COLUMNS)))  # once this is committed
             machine += kept.select(["id", "instruction"]).to_pylist()
         self._finish(passes, accepted_uri)
@@ -228,7 +228,7 @@ class SelfInstruct(Mode):
         if not self.config.instances:
             for record in commit_records(accepted_uri):
                 table = storage.read_parquet([storage.join(accepted_uri, record["file"])])
-                commit_part(passes.rows, f"accepted-{record['file']}", _as_output(table))
+                passes.commit(f"accepted-{record['file']}", _as_output(table))
             return
         from instructscale.backends.base import SamplingConfig
 

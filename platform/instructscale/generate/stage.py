@@ -2,8 +2,8 @@
 
 Each actor call handles one batch of input rows and commits its output rows as one Parquet part
 (named by a hash of the batch's input ids) under ``out_dir/rows``. A rerun skips input rows whose
-`parent_id` is already in a committed part, so a crashed run resumes without regenerating or
-duplicating rows. Rows a mode cannot use stay in the parts with a `reject_reason` (read them with
+`parent_id` is already in a committed part (a hash anti-join in Ray Data: the finished ids never
+gather in one process), so a crashed run resumes without regenerating or duplicating rows. Rows a mode cannot use stay in the parts with a `reject_reason` (read them with
 :func:`read_generated`); nothing is dropped silently.
 """
 
@@ -13,6 +13,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import Counter
 
@@ -26,11 +27,12 @@ from instructscale.backends.base import GenerationError, RowFault, SamplingConfi
 from instructscale.backends.faults import Attempts, FaultGuard, is_row_fault
 from instructscale.backends.openai import resolve_api_key
 from instructscale.generate.config import GenerateConfig
-from instructscale.lifecycle import StageRun, commit_part, part_files, part_name, require_dataset
+from instructscale.lifecycle import StageRun, commit_part, commit_records, part_files, part_name, require_dataset
 from instructscale.plugins import Backend, GenerationMode
 from instructscale.progress import Progress
 from instructscale.runtime import ModelThread
 from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA, decode_metadata
+from instructscale.shuffle import anti_join
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ WORK = "work"  # a multi-pass mode's intermediate datasets, removed when the sta
 ATTEMPTS = "_attempts"  # crash markers (generate/faults.py), removed when the stage publishes
 FAULT_IDS = 20  # row ids a fault summary names
 MIN_ROWS_FOR_CAP = 100  # the faulty-row cap is judged once this many inputs are done
+RESUME_ROWS_PER_PARTITION = 500_000  # input rows per partition of the resume anti-join
 
 
 class GenerationActor:
@@ -106,9 +109,8 @@ class GenerationActor:
         t0 = time.time()
         rows = batch.to_pylist()
         out_rows = self._answer(rows)
-        commit_part(
-            self.rows_uri, part_name([r["id"] for r in rows]), pa.Table.from_pylist(out_rows, schema=GEN_SCHEMA)
-        )
+        table = pa.Table.from_pylist(out_rows, schema=GEN_SCHEMA)
+        commit_part(self.rows_uri, part_name([r["id"] for r in rows]), table, **part_stats(table))
         reasons = [r["reject_reason"] for r in out_rows if r["reject_reason"]]
         faults = [r["parent_id"] for r in out_rows if is_row_fault(r["reject_reason"])]
         load_s, self.load_s = self.load_s, 0.0
@@ -124,6 +126,17 @@ class GenerationActor:
                 "busy_s": [time.time() - t0],
             }
         )
+
+
+def part_stats(table: pa.Table) -> dict:
+    """What a part's commit record says about its rows, so that totals never reread the rows."""
+    reasons = [r for r in table["reject_reason"].to_pylist() if r]
+    return {
+        "inputs": len(pc.unique(table["parent_id"])),
+        "usable": table.num_rows - len(reasons),
+        "rejected": dict(Counter(r.split(":", 1)[0] for r in reasons)),
+        "faults": sum(is_row_fault(r) for r in reasons),
+    }
 
 
 def _root_message(err: BaseException) -> str:
@@ -144,17 +157,17 @@ def read_generated(out_dir: str, include_rejected: bool = False) -> pa.Table:
     return table if include_rejected else table.filter(pc.is_null(table["reject_reason"]))
 
 
-def _done_parents(rows_uri: str) -> pa.Array:
+def _resumed_inputs(rows_uri: str) -> int:
+    """Input rows already done, from the committed parts' records."""
+    return sum(r["inputs"] for r in commit_records(rows_uri))
+
+
+def _distinct_parents(rows_uri: str) -> int:
     files = part_files(rows_uri)
     if not files:
-        return pa.array([], pa.string())
-    return pc.unique(storage.read_parquet(files, columns=["parent_id"])["parent_id"].combine_chunks())
-
-
-def _pending(batch: pa.Table, done: list) -> pa.Table:
-    """Input rows not yet in a committed part. ``done`` holds one ObjectRef to the finished ids,
-    wrapped in a list so that Ray hands it over unresolved whether or not it fuses operators."""
-    return batch.filter(pc.invert(pc.is_in(batch["id"], value_set=ray.get(done[0]))))
+        return 0
+    ds = ray.data.read_parquet([storage.resolve(u)[1] for u in files], filesystem=storage.resolve(files[0])[0])
+    return ds.select_columns(["parent_id"]).groupby("parent_id", num_partitions=2).count().count()
 
 
 def _check(cfg: GenerateConfig) -> GenerateConfig:
@@ -220,7 +233,7 @@ class _Tally:
         }
 
 
-def _pool(cfg: GenerateConfig, finished: pa.Array) -> ray.data.Dataset:
+def _pool(cfg: GenerateConfig) -> ray.data.Dataset:
     """The input rows still to generate (of a generation output: its rows without a reject_reason)."""
     fs, _ = storage.resolve(cfg.input)
     files = part_files(cfg.input)
@@ -231,17 +244,23 @@ def _pool(cfg: GenerateConfig, finished: pa.Array) -> ray.data.Dataset:
     if generated:
         ds = ds.filter(expr=col("reject_reason").is_null())
     ds = ds.select_columns(list(POOL_COLUMNS))
-    if len(finished):
-        ds = ds.map_batches(_pending, batch_format="pyarrow", fn_kwargs={"done": [ray.put(finished)]})
-        log.info("generate: resuming, %d input rows already done", len(finished))
+    rows_uri = storage.join(cfg.out_dir, ROWS)
+    done = part_files(rows_uri)
+    if done:
+        partitions = max(2, math.ceil(storage.parquet_rows(files) / RESUME_ROWS_PER_PARTITION))
+        finished = ray.data.read_parquet([storage.resolve(u)[1] for u in done], filesystem=storage.resolve(done[0])[0])
+        schema = pa.schema([POOL_SCHEMA.field(c) for c in POOL_COLUMNS])
+        keys = finished.select_columns(["parent_id"])
+        ds = anti_join(ds, keys, key="id", right_key="parent_id", schema=schema, partitions=partitions)
+        log.info("generate: resuming, %d input rows already done", _resumed_inputs(rows_uri))
     return ds
 
 
-def _run_replicas(cfg: GenerateConfig, finished: pa.Array, tally: _Tally, label: str = "generate") -> _Tally:
+def _run_replicas(cfg: GenerateConfig, tally: _Tally, label: str = "generate") -> _Tally:
     ctx = ray.data.DataContext.get_current()  # captured by the datasets below: a job-level
     raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True  # error surfaces as is
     # The key travels as an actor argument (never in the config, a log or the runtime env).
-    results = _pool(cfg, finished).map_batches(
+    results = _pool(cfg).map_batches(
         GenerationActor,
         fn_constructor_kwargs={"cfg": cfg.model_dump(mode="json"), "api_key": resolve_api_key(cfg.backend)},
         batch_format="pyarrow",
@@ -269,24 +288,26 @@ def generate(cfg: GenerateConfig) -> dict:
         return done
     cfg = _check(cfg)
     run.start(resumable=(ROWS,))
-    tally, finished = _Tally(cfg.max_faulty_fraction), pa.array([], pa.string())
+    tally, resumed = _Tally(cfg.max_faulty_fraction), 0
     mode = GenerationMode.registry.build(cfg.mode, cfg)
     if mode.multi_pass:
         mode.drive(Passes(cfg, run, tally))
     else:
-        finished = _done_parents(run.uri(ROWS))
-        _run_replicas(cfg, finished, tally)
+        resumed = _resumed_inputs(run.uri(ROWS))
+        _run_replicas(cfg, tally)
     this_run = tally.this_run()
-    totals = storage.read_parquet(part_files(run.uri(ROWS)), columns=["parent_id", "reject_reason"])
-    reasons = [v for v in totals["reject_reason"].to_pylist() if v]
-    tally.inputs, tally.faults = len(pc.unique(totals["parent_id"])), sum(is_row_fault(r) for r in reasons)
+    records = commit_records(run.uri(ROWS))
+    rejected = sum((Counter(r["rejected"]) for r in records), Counter())
+    tally.faults = sum(r["faults"] for r in records)
+    # a multi-pass mode's parts may share parents (rounds of one seed): count them distinct
+    tally.inputs = _distinct_parents(run.uri(ROWS)) if mode.multi_pass else sum(r["inputs"] for r in records)
     tally.check()  # over the whole output, resumed parts included
     summary = {
-        "rows": totals.num_rows - len(reasons),
-        "rejected": dict(Counter(r.split(":", 1)[0] for r in reasons)),
+        "rows": sum(r["usable"] for r in records),
+        "rejected": dict(rejected),
         "faults": tally.faults,
         "inputs": tally.inputs,
-        "resumed_inputs": len(finished),
+        "resumed_inputs": resumed,
         "files": len(part_files(run.uri(ROWS))),
         "this_run": this_run,
     }
@@ -315,7 +336,7 @@ class Passes:
             return storage.join(out_dir, ROWS)
         update = {"input": input_uri, "out_dir": out_dir, **({"sampling": sampling} if sampling else {})}
         cfg = self.cfg.model_copy(update=update)
-        _run_replicas(cfg, _done_parents(storage.join(out_dir, ROWS)), self.tally, f"generate {label}")
+        _run_replicas(cfg, self.tally, f"generate {label}")
         storage.remove(storage.join(out_dir, ATTEMPTS))
         return storage.join(out_dir, ROWS)
 
@@ -331,6 +352,10 @@ class Passes:
                 for uri in part_files(rows_uri)
             ]
         )
+
+    def commit(self, name: str, table: pa.Table) -> None:
+        """Commit ``table`` (GEN_SCHEMA rows) as the part ``name`` of the stage's output rows."""
+        commit_part(self.rows, name, table, **part_stats(table))
 
     def input_rows(self, columns: list[str]) -> pa.Table:
         """The stage's input rows (a multi-pass mode's seeds: read on the driver)."""
@@ -348,4 +373,4 @@ def _copy_part(uri: str, dataset: str, name: str, rejected_only: bool, parent_ke
             for m, p in zip(table["metadata"].to_pylist(), table["parent_id"].to_pylist())
         ]
         table = table.set_column(table.schema.get_field_index("parent_id"), "parent_id", pa.array(parents, pa.string()))
-    commit_part(dataset, name, table)
+    commit_part(dataset, name, table, **part_stats(table))
