@@ -87,3 +87,11 @@ def demo_workspace(prefix: str, rows: int, eval_rows: int) -> tuple[Path, str, s
     ray.data.DataContext.get_current().enable_progress_bars = False
     make_demo(DemoConfig(out_dir=str(work / "data"), rows=rows, eval_rows=eval_rows, shards=2, malformed_jsonl_rows=0))
     return work, str(work / "data" / "pool"), str(work / "data" / "eval")
+
+
+def with_zero_score(batch):
+    """Dedup input rows with a constant score: these benchmarks time dedup, not the ranking."""
+    import numpy as np
+    import pyarrow as pa
+
+    return batch.append_column("score", pa.array(np.zeros(batch.num_rows)))

@@ -1,10 +1,13 @@
 """Selection throughput and memory on a generated demo pool, at 1 and 2 workers, in one run:
 (1) the cheap scorers with MinHash signatures (Ray Data tasks) over the whole pool,
-(2) LSH duplicate resolution (driver, datasketch) over the whole pool,
+(2) the exact + near dedup shuffle (Ray Data) over the whole pool,
 (3) the model scorer (loss, IFD, embeddings; Ray Data actors) over a slice of the pool
     (the tiny student forward-passes every row twice, which at CPU speed would take hours at 200k).
 Peak memory is the summed PSS of the driver and every Ray process.
     python benchmarks/selection.py --rows 200000 --model-rows 4096
+With --scale it runs benchmarks/selection_scale.py instead (10M-row design: memory at two sizes,
+dedup scaling, near-dup recall, batched vs per-sample IFD):
+    python benchmarks/selection.py --scale --sizes 100000,1000000 [--model DIR]
 """
 
 from __future__ import annotations
@@ -15,17 +18,25 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import PeakRSS, print_table, write_result
+from _common import PeakRSS, print_table, with_zero_score, write_result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--model-rows", type=int, default=4096)
+    parser.add_argument("--scale", action="store_true", help="run the scale benchmark (selection_scale.py)")
+    parser.add_argument("--sizes", default="100000,1000000", help="--scale: pool sizes, smallest first")
+    parser.add_argument("--model", help="--scale: a second scorer model for the IFD comparison (e.g. SmolLM2)")
+    parser.add_argument("--ifd-rows", type=int, default=512)
+    parser.add_argument("--per-bin", type=int, default=250, help="--scale: planted pairs per 0.05 Jaccard bin")
     args = parser.parse_args()
+    if args.scale:
+        import selection_scale
 
-    import numpy as np
-    import pyarrow.dataset as pads
+        selection_scale.run([int(n) for n in args.sizes.split(",")], args.model, args.ifd_rows, args.per_bin)
+        return
+
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
@@ -33,7 +44,7 @@ def main() -> None:
     from instructscale.models.tiny import build_tiny_models
     from instructscale.runtime import RayConfig, init_ray
     from instructscale.select.config import SelectConfig
-    from instructscale.select.dedup import find_duplicates
+    from instructscale.select.dedup import duplicate_pairs
     from instructscale.select.features import text_features
     from instructscale.select.scoring import ScorerActor
 
@@ -70,24 +81,20 @@ def main() -> None:
             }
         )
 
-    table = pads.dataset(str(work / "features-2"), format="parquet").to_table(columns=["id", "text_hash", "minhash"])
+    rows = ray.data.read_parquet(str(work / "features-2")).select_columns(["id", "text_hash", "minhash", "shingles"])
+    rows = rows.map_batches(with_zero_score, batch_format="pyarrow")
+    n_rows = rows.count()
     with PeakRSS() as mem:
         t0 = time.time()
-        dups = find_duplicates(
-            table["id"].to_pylist(),
-            table["text_hash"].to_pylist(),
-            table["minhash"].to_pylist(),
-            np.zeros(table.num_rows),
-            opts.dedup,
-        )
+        pairs = duplicate_pairs(rows, opts.dedup, n_rows).materialize().count()
         seconds = time.time() - t0
     results.append(
         {
-            "step": f"LSH dedup ({len(dups):,} duplicates)",
-            "workers": 1,
-            "rows": table.num_rows,
+            "step": f"dedup shuffle ({pairs:,} pairs)",
+            "workers": 2,
+            "rows": n_rows,
             "seconds": seconds,
-            "rows_per_s": table.num_rows / seconds,
+            "rows_per_s": n_rows / seconds,
             "peak_gib": mem.gib,
         }
     )

@@ -1,6 +1,7 @@
 """Selection: each scorer on hand-computed cases, selectors' budgets and quotas, and the stage
 end to end on a demo pool through Ray Data."""
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -18,8 +19,16 @@ from instructscale.schema import POOL_SCHEMA, decode_metadata
 from instructscale.scorers import ModelScorer
 from instructscale.select import selectors
 from instructscale.select.config import DedupSettings, SelectConfig
-from instructscale.select.dedup import find_duplicates
-from instructscale.select.features import first_failure, minhash, normalize_text, repetition
+from instructscale.select.dedup import bucket_pairs, jaccard, key_rows, lsh_bands, resolve
+from instructscale.select.features import (
+    first_failure,
+    minhash_signatures,
+    normalize_text,
+    repetition,
+    shingle_hashes,
+    shingles,
+)
+from instructscale.select.ranks import RankSummary
 from instructscale.select.stage import select
 from instructscale.storage import write_parquet
 
@@ -67,8 +76,25 @@ def test_builtin_filters_and_the_demo_verifier_on_hand_computed_rows():
     assert reason("q?!", "5") is None  # nothing to check against
 
 
+def _pairs_and_dups(texts: dict[str, str], priority: dict[str, float], cfg: DedupSettings) -> tuple[pa.Table, dict]:
+    """The dedup shuffle's steps in one process: key rows, one bucket pass, resolve."""
+    norm = [normalize_text(t) for t in texts.values()]
+    hashes = [shingle_hashes(t, cfg.ngram) for t in norm]
+    batch = pa.table(
+        {
+            "id": list(texts),
+            "text_hash": [hashlib.sha1(t.encode()).hexdigest() for t in norm],
+            "minhash": [s.tobytes() for s in minhash_signatures(hashes, cfg).astype("<u4")],
+            "shingles": pa.array(hashes, pa.list_(pa.uint32())),
+            "score": [priority.get(i, 0.0) for i in texts],
+        }
+    )
+    pairs = bucket_pairs(key_rows(batch, cfg, partitions=1), cfg)
+    dups = resolve(pairs)
+    return pairs, {r["id"]: (r["reason"], r["duplicate_of"]) for r in dups.to_pylist()}
+
+
 def test_dedup_removes_exactly_the_planted_duplicates():
-    cfg = DedupSettings()
     texts = {
         "a": "Write a short poem about the sea and the moon in the style of a sonnet.",
         "a_exact": "write a SHORT poem about the sea, and the moon in the style of a sonnet",
@@ -78,21 +104,89 @@ def test_dedup_removes_exactly_the_planted_duplicates():
         "c": "Explain how photosynthesis converts light into chemical energy in plants.",
         "c_near": "Explain how photosynthesis converts light into chemical energy in plants today.",
     }
-    ids = list(texts)
-    norm = [normalize_text(t) for t in texts.values()]
-    sigs = [minhash(t, cfg) for t in norm]
-    import hashlib
-
-    hashes = [hashlib.sha1(t.encode()).hexdigest() for t in norm]
-    priority = np.zeros(len(ids))
-    priority[ids.index("c_near")] = 1.0  # the better-scored copy is the one kept
-    dups = find_duplicates(ids, hashes, sigs, priority, cfg)
-    found = {ids[i]: (reason, ids[of]) for i, (reason, of) in dups.items()}
+    # the better-scored copy is the one kept
+    _, found = _pairs_and_dups(texts, {"c_near": 1.0}, DedupSettings())
     assert found == {
         "a_exact": ("exact_duplicate", "a"),
         "a_near": ("near_duplicate", "a"),
         "c": ("near_duplicate", "c_near"),
     }
+    _, found = _pairs_and_dups(texts, {"a_exact": 2.0, "a_near": 1.0}, DedupSettings())
+    assert found["a"] == ("exact_duplicate", "a_exact") and found["a_near"] == ("near_duplicate", "a_exact")
+    _, found = _pairs_and_dups(texts, {}, DedupSettings(near=False))
+    assert found == {"a_exact": ("exact_duplicate", "a")}
+    _, found = _pairs_and_dups(texts, {}, DedupSettings(exact=False))  # an exact copy is a near duplicate too
+    assert found["a_exact"] == ("near_duplicate", "a") and "b_other" not in found
+
+
+def test_near_duplicate_clusters_are_connected_components_verified_by_exact_jaccard():
+    words = [f"w{i}" for i in range(40)]
+    base = " ".join(words)
+    texts = {"x0": base}
+    for k in range(1, 4):  # a chain: each copy changes two more words of the first
+        texts[f"x{k}"] = " ".join(f"v{i}" if i < 2 * k else w for i, w in enumerate(words))
+    texts["far"] = " ".join(f"v{i}" if i < 20 else w for i, w in enumerate(words))
+    cfg = DedupSettings(threshold=0.8)
+    norm = {k: shingle_hashes(normalize_text(t), cfg.ngram) for k, t in texts.items()}
+    pairs, found = _pairs_and_dups(texts, {"x2": 1.0}, cfg)
+    for kind, a, b in zip(*(pairs[c].to_pylist() for c in ("kind", "id", "other"))):
+        assert kind == "near" and jaccard(norm[a], norm[b]) >= 0.8  # every pair verified exactly
+    assert jaccard(norm["x0"], norm["x3"]) < 0.8  # not similar, yet one cluster through x1 and x2
+    assert found == {k: ("near_duplicate", "x2") for k in ("x0", "x1", "x3")}
+
+
+def test_lsh_banding_reaches_the_candidate_recall():
+    for threshold, recall in ((0.8, 0.95), (0.5, 0.9), (0.95, 0.99)):
+        b, r = lsh_bands(threshold, 128, recall)
+        assert b * r <= 128 and 1 - (1 - threshold**r) ** b >= recall
+        assert b * (r + 1) > 128 or 1 - (1 - threshold ** (r + 1)) ** b < recall  # the most selective
+    assert lsh_bands(1.0, 128, 0.95) == (1, 128)
+
+
+def test_batched_minhash_equals_datasketch():
+    import xxhash
+    from datasketch import MinHash
+
+    cfg = DedupSettings()
+    texts = ["", "one", "a b c d e f", *(" ".join(f"w{(i * j) % 97}" for j in range(i)) for i in range(2, 200, 7))]
+    hashes = [shingle_hashes(t, cfg.ngram) for t in texts]
+    sig = minhash_signatures(hashes, cfg)
+    for text, row in zip(texts, sig):
+        m = MinHash(cfg.num_perm, seed=cfg.seed, hashfunc=xxhash.xxh32_intdigest, scheme="legacy")
+        m.update_batch([s.encode() for s in shingles(text, cfg.ngram)])
+        assert (m.hashvalues.astype(np.uint32) == row).all()
+
+
+def test_decontamination_drops_rows_sharing_a_13_gram_with_an_eval_set(tmp_path):
+    question = "Tom has 12 apples and gives 5 of them to his friend Sarah, how many apples does Tom have left now"
+    short = "Sort the list 3 1 2."
+    write_parquet(
+        str(tmp_path / "eval" / "part-0.parquet"),
+        pa.Table.from_pylist([row(0, question, "7"), row(1, short, "1 2 3")], schema=POOL_SCHEMA),
+    )
+    spec = {"kind": "decontaminate", "eval_sets": [str(tmp_path / "eval")]}
+    f = RowFilter.registry.build(RowFilter.registry.parse(spec))
+
+    def reason(instruction, output="ok"):
+        r = row(9, instruction, output)
+        return f.filter({**r, "prompt": instruction})
+
+    assert reason("Please answer: " + question.upper() + "?") == "contaminated"  # normalised, inside a longer text
+    assert reason(" ".join(question.split()[:12]) + " and more words here") is None  # 12 words in common only
+    assert reason("Now sort the list: 3, 1, 2!") == "contaminated"  # a short eval prompt appears whole
+    assert reason("Sort the list 3 2 1.") is None
+    assert reason("Something else.", output=question) == "contaminated"  # the response is searched too
+    cfg = SelectConfig(
+        input=str(tmp_path / "eval"),
+        out_dir=str(tmp_path / "sel"),
+        scorers=[],
+        max_ifd=None,
+        weights={},
+        difficulty={"source": "length"},
+    )
+    cfg.filters.append(RowFilter.registry.parse({**spec, "eval_sets": [str(tmp_path / "nope")]}))
+    with pytest.raises(ConfigError, match="decontaminate.eval_sets"):  # before any work starts
+        select(cfg)
 
 
 def test_ifd_and_losses_match_a_hand_computation(tiny_models):
@@ -157,7 +251,8 @@ def test_selectors_budgets_quotas_and_diversity():
     assert selectors.diverse(score, emb, 5, min_distance=0.05).tolist() == [0, 2, 4, 1, 3]  # filled by score
     assert sorted(selectors.kcenter(score, emb, 3).tolist()) == [0, 2, 4]
     assert len(set(selectors.random_pick(5, 3, seed=0).tolist())) == 3
-    ranks = selectors.percentile_ranks(np.array([3.0, 1.0, np.nan, 3.0, 2.0]))
+    x = np.array([3.0, 1.0, np.nan, 3.0, 2.0])
+    ranks = RankSummary.of(x).percentile(x)
     assert ranks.tolist() == [pytest.approx(2.5 / 3), 0.0, 0.5, pytest.approx(2.5 / 3), pytest.approx(1 / 3)]
 
 
@@ -316,3 +411,28 @@ def test_llm_judge_scores_through_the_openai_backend():
             SelectConfig,
             {"input": "x", "out_dir": "y", "scorers": [{"kind": "judge", "model": "m", "template": "{instruction}"}]},
         )
+
+
+def percentile_ranks(values: np.ndarray) -> np.ndarray:
+    """The reference: mean ranks among the non-NaN values (scipy), in [0, 1]; NaN ranks 0.5."""
+    from scipy.stats import rankdata
+
+    out, ok = np.full(len(values), 0.5), ~np.isnan(values)
+    out[ok] = (rankdata(values[ok]) - 1) / (ok.sum() - 1)
+    return out
+
+
+def test_rank_summaries_merge_to_the_exact_percentile_ranks_and_stay_bounded():
+    rng = np.random.default_rng(0)
+    x = np.round(rng.normal(size=5000), 2)  # many ties
+    x[rng.random(5000) < 0.05] = np.nan
+    merged = RankSummary.of(np.array([]))
+    for block in np.array_split(x, 13):
+        merged = merged.merge(RankSummary.of(block))
+    assert np.array_equal(merged.percentile(x), percentile_ranks(x))  # exact, ties and NaN included
+    y = rng.normal(size=100_000)
+    small = RankSummary.of(np.array([]))
+    for block in np.array_split(y, 40):
+        small = small.merge(RankSummary.of(block)).compressed(512)
+    assert len(small.values) <= 514
+    assert np.abs(small.percentile(y) - percentile_ranks(y)).max() < 3 / 512

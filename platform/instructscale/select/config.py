@@ -13,6 +13,7 @@ from instructscale.lifecycle import StageConfig
 from instructscale.plugins import FilterSpec, Scorer, ScorerSpec, Selector, SelectorSpec
 
 TEXT_COLUMNS = ("prompt_chars", "output_chars", "repetition")  # computed for every row
+FEATURES_VERSION = 2  # n-gram hashes and batched MinHash signatures
 
 
 def default_filters() -> list:
@@ -20,15 +21,20 @@ def default_filters() -> list:
 
 
 class DedupSettings(StrictModel):
-    """Exact duplicates by normalised text hash, near duplicates by MinHash LSH (datasketch)."""
+    """Exact duplicates by normalised text hash; near duplicates by MinHash LSH candidates verified
+    by the exact Jaccard similarity of their word n-grams. Both run as one Ray Data shuffle."""
 
     fields: Literal["prompt", "prompt_and_response"] = "prompt"
     exact: bool = True
     near: bool = True
-    threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity of word n-grams")
+    threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity of word n-grams")
     ngram: int = Field(2, ge=1)
     num_perm: int = Field(128, ge=16)
     seed: int = 1
+    candidate_recall: float = Field(
+        0.95, gt=0, lt=1, description="LSH banding: chance that a pair at exactly `threshold` is compared"
+    )
+    rows_per_partition: int = Field(1_000_000, ge=1000, description="key rows per partition of the dedup shuffle")
 
 
 class DifficultySettings(StrictModel):
@@ -136,4 +142,4 @@ class SelectConfig(SelectOptions, StageConfig):
         """What decides whether stored features can be reused."""
         dedup = self.dedup.model_dump(mode="json", include={"fields", "ngram", "num_perm", "seed"})
         scoring = self.model_dump(mode="json", include={"input", "filters", "scorers", "batch_size"})
-        return {**without_operational(self, scoring), "dedup": dedup}
+        return {**without_operational(self, scoring), "dedup": dedup, "features": FEATURES_VERSION}

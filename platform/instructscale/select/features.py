@@ -1,5 +1,6 @@
 """Cheap per-row features and the row filters, run as a stateless Ray Data UDF: text statistics, a
-normalised text hash, a MinHash signature (datasketch) and the first filter each row fails."""
+normalised text hash, the word n-gram hashes and their MinHash signature (computed for the whole batch
+at once), and the first filter each row fails."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import hashlib
 import re
 from functools import lru_cache
 
+import numpy as np
 import pyarrow as pa
-from datasketch import LeanMinHash, MinHash
+import xxhash
+from datasketch import MinHash
 
 from instructscale.chat import prompt_text
 from instructscale.plugins import RowFilter
@@ -22,8 +25,11 @@ FEATURE_TYPES = {
     "repetition": pa.float32(),
     "filter_reason": pa.string(),
     "text_hash": pa.string(),
+    "shingles": pa.list_(pa.uint32()),
     "minhash": pa.binary(),
 }
+_MERSENNE, _MAX_HASH = np.uint64((1 << 61) - 1), np.uint64((1 << 32) - 1)
+_CHUNK = 1 << 15  # n-grams per (n-grams x num_perm) block of the batched MinHash
 
 
 def normalize_text(text: str) -> str:
@@ -45,14 +51,33 @@ def shingles(text: str, n: int) -> set[str]:
     return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def minhash(text: str, cfg: DedupSettings) -> bytes:
-    """The serialised MinHash signature (datasketch LeanMinHash) of ``text``'s word n-grams."""
-    m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
-    m.update_batch([s.encode() for s in shingles(text, cfg.ngram)])
-    lean = LeanMinHash(m)
-    buf = bytearray(lean.bytesize())
-    lean.serialize(buf)
-    return bytes(buf)
+def shingle_hashes(text: str, n: int) -> np.ndarray:
+    """The sorted distinct 32-bit hashes (xxh32) of ``text``'s word n-grams."""
+    return np.unique(np.fromiter((xxhash.xxh32_intdigest(s.encode()) for s in shingles(text, n)), dtype=np.uint32))
+
+
+@lru_cache(maxsize=8)
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's (legacy scheme) MinHash permutations for this size and seed."""
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="legacy").permutations
+    return a, b
+
+
+def minhash_signatures(hashes: list[np.ndarray], cfg: DedupSettings) -> np.ndarray:
+    """(rows, num_perm) uint32 MinHash signatures of every row's n-gram hashes, computed for the
+    whole batch at once (numpy); equal to datasketch's ``MinHash(scheme="legacy")`` fed the same
+    hashes. A row without n-grams keeps the empty signature (all ``2**32 - 1``)."""
+    a, b = _permutations(cfg.num_perm, cfg.seed)
+    out = np.full((len(hashes), cfg.num_perm), _MAX_HASH, dtype=np.uint64)
+    sizes = np.fromiter(map(len, hashes), dtype=np.int64, count=len(hashes))
+    rows = np.flatnonzero(sizes)
+    chunk = (np.cumsum(sizes[rows]) - 1) // _CHUNK  # rows whose n-grams share one matrix
+    for c in np.unique(chunk):
+        take = rows[chunk == c]
+        hv = np.concatenate([hashes[i] for i in take]).astype(np.uint64)[:, None]
+        phv = np.bitwise_and((hv * a + b) % _MERSENNE, _MAX_HASH)
+        out[take] = np.minimum.reduceat(phv, np.cumsum(sizes[take]) - sizes[take], axis=0)
+    return out.astype(np.uint32)
 
 
 @lru_cache(maxsize=8)
@@ -75,7 +100,7 @@ def first_failure(row: dict, filters: list[RowFilter]) -> str | None:
 def text_features(batch: pa.Table, cfg_json: str) -> pa.Table:
     """``batch`` plus the cheap feature columns and ``filter_reason``."""
     filters, dedup = _setup(cfg_json)
-    cols: dict[str, list] = {k: [] for k in FEATURE_TYPES}
+    cols: dict[str, list] = {k: [] for k in FEATURE_TYPES if k != "minhash"}
     for row in batch.to_pylist():
         prompt, output = prompt_text(row), row.get("output") or ""
         key = normalize_text(prompt if dedup.fields == "prompt" else f"{prompt}\n{output}")
@@ -84,7 +109,8 @@ def text_features(batch: pa.Table, cfg_json: str) -> pa.Table:
             cols[name].append(row[name])
         cols["filter_reason"].append(first_failure(row, filters))
         cols["text_hash"].append(hashlib.sha1(key.encode()).hexdigest())
-        cols["minhash"].append(minhash(key, dedup))
+        cols["shingles"].append(shingle_hashes(key, dedup.ngram))
+    cols["minhash"] = [sig.tobytes() for sig in minhash_signatures(cols["shingles"], dedup).astype("<u4")]
     for name, values in cols.items():
         batch = batch.append_column(name, pa.array(values, FEATURE_TYPES[name]))
     return batch

@@ -1,11 +1,20 @@
 """The built-in row filters (plug-ins): length bounds, repetition, control characters, charset and
-refusal phrases. Each returns the reason a row is dropped, or None."""
+refusal phrases, truncated outputs and decontamination against eval sets. Each returns the reason
+a row is dropped, or None."""
 
 from __future__ import annotations
 
+from functools import cached_property
+from typing import Literal
+
+import xxhash
 from pydantic import Field
 
+from instructscale import storage
+from instructscale.chat import prompt_text
+from instructscale.lifecycle import part_files, require_dataset
 from instructscale.plugins import PluginConfig, RowFilter, register
+from instructscale.select.features import normalize_text
 
 DEFAULT_REFUSALS = ["as an ai", "i cannot", "i can't", "i'm sorry", "i am sorry", "i am unable", "i'm unable"]
 
@@ -94,3 +103,43 @@ class Truncated(RowFilter):
 
     def filter(self, row: dict) -> str | None:
         return "truncated_output" if row.get("finish_reason") == "length" else None
+
+
+@register("decontaminate")
+class Decontaminate(RowFilter):
+    """Rows that contain a word n-gram (13 words by default, as the usual decontamination scripts) of
+    an evaluation or benchmark prompt (reason ``contaminated``). Texts are normalised as for dedup;
+    an eval prompt shorter than ``ngram`` words must appear whole. Each worker process builds the
+    eval sets' n-gram index once: it grows with the eval sets, never with the pool."""
+
+    class Config(PluginConfig):
+        kind: str = "decontaminate"
+        eval_sets: list[str] = Field(
+            min_length=1, description="datasets to keep out of training (Parquet rows, any URI)"
+        )
+        ngram: int = Field(13, ge=1)
+        fields: Literal["prompt", "prompt_and_response"] = Field(
+            "prompt_and_response", description="what of a training row is searched for eval prompts"
+        )
+
+    @staticmethod
+    def _grams(words: list[str], n: int) -> set[int]:
+        return {xxhash.xxh64_intdigest(" ".join(words[i : i + n]).encode()) for i in range(len(words) - n + 1)}
+
+    @cached_property
+    def _index(self) -> dict[int, set[int]]:
+        """n-gram length -> hashes of the eval prompts' n-grams of that length."""
+        index: dict[int, set[int]] = {}
+        for uri in self.config.eval_sets:
+            for row in storage.read_parquet(part_files(require_dataset(uri, "decontaminate.eval_sets"))).to_pylist():
+                words = normalize_text(prompt_text(row)).split()
+                n = min(self.config.ngram, len(words))
+                if n:
+                    index.setdefault(n, set()).update(self._grams(words, n))
+        return index
+
+    def filter(self, row: dict) -> str | None:
+        text = row["prompt"] if self.config.fields == "prompt" else f"{row['prompt']}\n{row.get('output') or ''}"
+        words = normalize_text(text).split()
+        hit = any(not grams.isdisjoint(self._grams(words, n)) for n, grams in self._index.items())
+        return "contaminated" if hit else None

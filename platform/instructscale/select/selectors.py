@@ -1,31 +1,12 @@
-"""Spending a row budget: weighted scores, quota allocation per stratum, and the built-in selectors
-(plug-ins): random, top-k, DEITA-style score-first diversity, k-center greedy."""
+"""Spending a row budget: quota allocation per stratum, and the built-in selectors (plug-ins):
+random, top-k, DEITA-style score-first diversity, k-center greedy."""
 
 from __future__ import annotations
 
 import numpy as np
 from pydantic import Field
-from scipy.stats import rankdata
 
 from instructscale.plugins import Selector, SelectorConfig, register
-
-
-def percentile_ranks(values: np.ndarray) -> np.ndarray:
-    """Each value's rank in [0, 1] (ties share their mean rank); NaN ranks 0.5 (no evidence)."""
-    out = np.full(len(values), 0.5)
-    ok = ~np.isnan(values)
-    if ok.sum() > 1:
-        out[ok] = (rankdata(values[ok]) - 1) / (ok.sum() - 1)
-    return out
-
-
-def weighted_score(columns: dict[str, np.ndarray], weights: dict[str, float], n: int) -> np.ndarray:
-    """Sum of weight x percentile rank over ``n`` rows; a negative weight prefers low values (no
-    weights: every row scores 0)."""
-    score = np.zeros(n)
-    for name, w in weights.items():
-        score += w * percentile_ranks(np.asarray(columns[name], dtype=float))
-    return score
 
 
 def allocate(budget: int, available: dict[str, int], quotas: dict[str, float] | None) -> dict[str, int]:

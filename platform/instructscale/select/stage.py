@@ -4,9 +4,10 @@
    a stateless UDF, then each scorer (stateless tasks or an autoscaling actor pool). Every input row,
    with its feature columns, is committed under ``features/rows`` in parts; a rerun reuses the
    committed parts and computes only the missing rows.
-2. **Decisions** (driver, on narrow columns only): generation rejects, filters, unscorable rows,
-   the IFD cap, exact and near-duplicate removal, a weighted score, quotas and the selector plug-in.
-   Selectors that need embeddings run per shard in Ray tasks and merge the shards' candidates.
+2. **Decisions** (:mod:`instructscale.select.decide`, Ray Data operations; the driver holds
+   counts, rank summaries and the allocation only): generation rejects, filters, unscorable rows,
+   the IFD cap, a weighted score, exact and near duplicates (one shuffle), quotas per stratum and
+   the selector plug-in per stratum shard.
 3. **Outputs**: ``scores/`` (every row: scores, status, reason, duplicate_of), ``selected/`` (the
    chosen rows with `score` and `difficulty`), and the manifest with counts per removal reason.
    Nothing vanishes without a recorded reason.
@@ -16,11 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import Counter
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -31,32 +30,14 @@ from instructscale.config import ConfigError
 from instructscale.lifecycle import StageRun, commit_part, commit_records, part_files, part_name, require_dataset
 from instructscale.plugins import Scorer, Selector
 from instructscale.progress import Progress
-from instructscale.schema import decode_metadata
-from instructscale.select import selectors
+from instructscale.select import decide
 from instructscale.select.config import SelectConfig
-from instructscale.select.dedup import find_duplicates
 from instructscale.select.features import text_features
 from instructscale.select.scoring import ScorerActor, score_in_task
 
 log = logging.getLogger(__name__)
 
-DECISION_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("status", pa.string()),
-        ("reason", pa.string()),
-        ("duplicate_of", pa.string()),
-        ("score", pa.float64()),
-        ("difficulty", pa.float64()),
-    ]
-)
-HEAVY = ["embedding", "minhash"]
-ROWS, SCORES, SELECTED = "rows", "scores", "selected"
-
-
-def _read(files: list[str], **kwargs) -> ray.data.Dataset:
-    fs, _ = storage.resolve(files[0])
-    return ray.data.read_parquet([storage.resolve(f)[1] for f in files], filesystem=fs, **kwargs)
+ROWS = "rows"
 
 
 def _commit_block(block: pa.Table, dataset: str) -> pa.Table:
@@ -108,7 +89,7 @@ def compute_features(cfg: SelectConfig) -> tuple[str, dict]:
     done_ids = [
         r for f in part_files(run.uri(ROWS)) for r in storage.read_parquet([f], columns=["id"])["id"].to_pylist()
     ]
-    ds = _read(part_files(cfg.input))
+    ds = decide.read_parquet(part_files(cfg.input))
     if done_ids:
         log.info("select: resuming features, %d rows in %d committed parts", len(done_ids), reused)
         ds = ds.map_batches(_pending, batch_format="pyarrow", fn_kwargs={"done": [ray.put(pa.array(done_ids))]})
@@ -137,203 +118,11 @@ def compute_features(cfg: SelectConfig) -> tuple[str, dict]:
     return run.uri(ROWS), manifest
 
 
-def _stratum(table: pa.Table, key: str | None) -> list[str]:
-    if key is None:
-        return ["all"] * table.num_rows
-    if key in table.column_names:
-        return [str(v) for v in table[key].to_pylist()]
-    return [str(decode_metadata(m).get(key)) for m in table["metadata"].to_pylist()]
-
-
-def _column(table: pa.Table, name: str) -> np.ndarray:
-    return np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=float)
-
-
-def _difficulty(cfg: SelectConfig, table: pa.Table) -> np.ndarray:
-    d = cfg.difficulty
-    if d.source == "length":
-        return _column(table, "output_chars")
-    if d.source == "metadata":
-        return np.asarray([decode_metadata(m).get(d.key, math.nan) for m in table["metadata"].to_pylist()], dtype=float)
-    return _column(table, d.source)
-
-
-def _removal_reasons(cfg: SelectConfig, t: pa.Table) -> list[str | None]:
-    """The first filter each row fails (dedup comes later, among the survivors)."""
-    n = t.num_rows
-    rejected = t["reject_reason"].to_pylist() if "reject_reason" in t.column_names else [None] * n
-    filtered = t["filter_reason"].to_pylist()
-    required = [c for s in cfg.scorers for c in Scorer.registry.get(s.kind).required]
-    missing = [any(v is None for v in vals) for vals in zip(*(t[c].to_pylist() for c in required))] or [False] * n
-    ifd = t["ifd"].to_pylist() if cfg.max_ifd is not None else [None] * n
-    reasons: list[str | None] = []
-    for i in range(n):
-        if rejected[i]:
-            reasons.append(f"generate:{rejected[i]}")
-        elif filtered[i]:
-            reasons.append(filtered[i])
-        elif missing[i]:
-            reasons.append("unscorable")
-        elif ifd[i] is not None and ifd[i] > cfg.max_ifd:
-            reasons.append("ifd_above_max")
-        else:
-            reasons.append(None)
-    return reasons
-
-
-@ray.remote
-def _select_shard(cfg: dict, features: list[str], ids: list[str], score: list[float], k: int) -> list[str]:
-    """One shard of an embedding selector: read its rows' embeddings, pick ``k`` of them."""
-    selector = Selector.registry.build(SelectConfig.model_validate(cfg).selector)
-    table = storage.read_parquet(features, columns=["id", "embedding"], filter=pc.field("id").isin(ids))
-    pos = {v: i for i, v in enumerate(table["id"].to_pylist())}
-    emb = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)[[pos[i] for i in ids]]
-    picked = selector.select(np.asarray(score), emb, k, selector.config.seed)
-    return [ids[i] for i in picked]
-
-
-def _pick(cfg: SelectConfig, features: list[str], ids: list[str], score: np.ndarray, k: int) -> list[str]:
-    """``k`` ids of one stratum by the configured selector (sharded when it needs embeddings)."""
-    spec = cfg.selector
-    if k >= len(ids):
-        return list(ids)
-    selector = Selector.registry.build(spec)
-    if not selector.needs_embeddings:
-        return [ids[i] for i in selector.select(score, None, k, spec.seed)]
-    cfg_dict = cfg.model_dump(mode="json")
-    n_shards = math.ceil(len(ids) / spec.shard_rows)
-    if n_shards == 1:
-        return ray.get(_select_shard.remote(cfg_dict, features, ids, score.tolist(), k))
-    shard_of = np.random.default_rng(spec.seed).integers(0, n_shards, len(ids))
-    shards = [np.flatnonzero(shard_of == sh) for sh in range(n_shards)]
-    k_sh = [min(len(idx), math.ceil(k * len(idx) / len(ids) * spec.oversample)) for idx in shards]
-    merge = sum(k_sh) < len(ids)
-    if not merge:  # a merge would redo the whole stratum in one task: split the budget over the shards
-        split = selectors.allocate(k, {str(sh): len(idx) for sh, idx in enumerate(shards)}, None)
-        k_sh = [split[str(sh)] for sh in range(n_shards)]
-    futures = [
-        _select_shard.remote(cfg_dict, features, [ids[i] for i in idx], score[idx].tolist(), n)
-        for idx, n in zip(shards, k_sh)
-        if n
-    ]
-    candidates = [c for part in ray.get(futures) for c in part]
-    if not merge:
-        return candidates
-    pos = {v: i for i, v in enumerate(ids)}
-    cand_score = [float(score[pos[c]]) for c in candidates]
-    return ray.get(_select_shard.remote(cfg_dict, features, candidates, cand_score, k))
-
-
-def _mark_duplicates(
-    cfg: SelectConfig, t: pa.Table, ids: list[str], score: np.ndarray, reasons: list[str | None]
-) -> list[str | None]:
-    """Set the dedup reason of every duplicate among the surviving rows; returns duplicate_of."""
-    survivors = [i for i, r in enumerate(reasons) if r is None]
-    dups = find_duplicates(
-        [ids[i] for i in survivors],
-        [t["text_hash"][i].as_py() for i in survivors],
-        [t["minhash"][i].as_py() for i in survivors],
-        score[survivors],
-        cfg.dedup,
-    )
-    duplicate_of: list[str | None] = [None] * len(ids)
-    for local, (reason, of) in dups.items():
-        reasons[survivors[local]] = reason
-        duplicate_of[survivors[local]] = ids[survivors[of]]
-    return duplicate_of
-
-
-def _allocation(cfg: SelectConfig, strata: list[str], eligible: list[int], n_rows: int) -> tuple[int, dict]:
-    b = cfg.budget
-    budget = b.budget if b.budget is not None else round(b.fraction * n_rows)
-    available = Counter(strata[i] for i in eligible)
-    if b.quotas:
-        unknown = set(b.quotas) - set(available)
-        if unknown:
-            raise ConfigError(
-                f"select.budget.quotas: no eligible rows in stratum/strata {sorted(unknown)} "
-                f"of {b.stratify_by}; present: {sorted(available)}"
-            )
-    shares = b.quotas or (Counter(strata) if b.quota_basis == "input" else None)
-    return budget, selectors.allocate(budget, dict(available), shares)
-
-
-def decide(cfg: SelectConfig, features: list[str]) -> tuple[pa.Table, dict]:
-    """Status, reason, duplicate_of, score and difficulty for every row, plus the summary."""
-    names = storage.read_parquet(features[:1]).schema.names
-    wanted = [
-        "id",
-        "metadata",
-        "source",
-        "filter_reason",
-        "text_hash",
-        "minhash",
-        "reject_reason",
-        *cfg.score_columns(),
-    ]
-    t = storage.read_parquet(features, columns=[c for c in dict.fromkeys(wanted) if c in names and c != "embedding"])
-    ids = t["id"].to_pylist()
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"input: {cfg.input} has duplicate row ids; selection needs unique ids")
-    reasons = _removal_reasons(cfg, t)
-    score = selectors.weighted_score({c: _column(t, c) for c in cfg.weights}, cfg.weights, t.num_rows)
-    duplicate_of = _mark_duplicates(cfg, t, ids, score, reasons)
-    eligible = [i for i, r in enumerate(reasons) if r is None]
-    strata = _stratum(t, cfg.budget.stratify_by)
-    budget, alloc = _allocation(cfg, strata, eligible, len(ids))
-    chosen: set[str] = set()
-    for stratum, k in sorted(alloc.items()):
-        members = [i for i in eligible if strata[i] == stratum]
-        chosen.update(_pick(cfg, features, [ids[i] for i in members], score[members], k))
-    status = [
-        "selected" if ids[i] in chosen else ("removed" if reasons[i] else "not_selected") for i in range(len(ids))
-    ]
-    reasons = ["over_budget" if st == "not_selected" else r for r, st in zip(reasons, status)]
-    decisions = pa.table(
-        {
-            "id": ids,
-            "status": status,
-            "reason": reasons,
-            "duplicate_of": duplicate_of,
-            "score": score,
-            "difficulty": pa.array(_difficulty(cfg, t), from_pandas=True),
-        },
-        schema=DECISION_SCHEMA,
-    )
-    summary = {
-        "input_rows": len(ids),
-        "removed": dict(sorted(Counter(r for r, st in zip(reasons, status) if st == "removed").items())),
-        "eligible": len(eligible),
-        "budget": budget,
-        "selected": len(chosen),
-        "not_selected": status.count("not_selected"),
-        "selected_by_stratum": dict(sorted(Counter(s for s, st in zip(strata, status) if st == "selected").items())),
-        "allocation": alloc,
-    }
-    if "judge" in t.column_names:  # judged rows (those no filter removed) without a parsable score
-        judged = pc.is_null(t["filter_reason"])
-        summary["judge_unparsable"] = pc.sum(pc.and_(judged, pc.is_null(t["judge"]))).as_py() or 0
-    return decisions, summary
-
-
-def _write_outputs(block: pa.Table, decisions: list, out: str) -> pa.Table:
-    """One features block without the heavy columns, plus its decisions, committed to ``scores``;
-    its selected rows committed to ``selected``."""
-    table: pa.Table = ray.get(decisions[0])
-    rows = pc.index_in(block["id"], value_set=table["id"])
-    block = block.select([c for c in block.column_names if c not in HEAVY])
-    for name in DECISION_SCHEMA.names[1:]:
-        block = block.append_column(name, table[name].take(rows))
-    name = part_name(block["id"].to_pylist())
-    commit_part(storage.join(out, SCORES), name, block)
-    chosen = block.filter(pc.equal(block["status"], "selected"))
-    if chosen.num_rows:
-        commit_part(storage.join(out, SELECTED), name, chosen)
-    return pa.table({"rows": [block.num_rows]})
-
-
 def _check(cfg: SelectConfig) -> SelectConfig:
     source = require_dataset(cfg.input, "input")
+    for f in cfg.filters:
+        for uri in getattr(f, "eval_sets", ()):
+            require_dataset(uri, f"{f.kind}.eval_sets")
     scorers = []
     for spec in cfg.scorers:
         model = getattr(spec, "model", None)
@@ -346,6 +135,14 @@ def _check(cfg: SelectConfig) -> SelectConfig:
     return cfg.model_copy(update={"input": source, "out_dir": storage.normalize(cfg.out_dir), "scorers": scorers})
 
 
+def _light(features: list[str], embedding: bool = False) -> ray.data.Dataset:
+    """The features rows without the dedup columns (and without embeddings unless asked)."""
+    drop = {"minhash", "shingles", *(() if embedding else ("embedding",))}
+    return decide.read_parquet(features).select_columns(
+        [n for n in storage.parquet_schema(features[0]).names if n not in drop]
+    )
+
+
 def select(cfg: SelectConfig) -> dict:
     """Score, filter, dedup and select; returns the manifest written to ``out_dir``."""
     run = StageRun("select", cfg.out_dir, cfg.identity(), cfg.overwrite)
@@ -354,19 +151,40 @@ def select(cfg: SelectConfig) -> dict:
         return done
     cfg = _check(cfg)
     t0 = time.time()
-    run.start(rebuilt=(SCORES, SELECTED))
+    run.start(rebuilt=(decide.SCORES, decide.SELECTED))
     features_uri, feats = compute_features(cfg)
     features = part_files(features_uri)
-    decisions, summary = decide(cfg, features)
-    counts = _read(features).map_batches(
-        _write_outputs,
-        batch_format="pyarrow",
-        batch_size=None,
-        fn_kwargs={"decisions": [ray.put(decisions)], "out": run.out},
-    )
-    progress = Progress("select", total=summary["input_rows"])
-    for rec in counts.iter_rows():
-        progress.update(rec["rows"])
+    t_decide = time.time()
+    ranks = decide.rank_summaries(decide.read_parquet(features), list(cfg.weights))
+    dups = [decide.duplicates(cfg, features, feats["rows"], ranks)]
+    ray.wait(dups, fetch_local=False)
+    dedup_seconds = time.time() - t_decide
+    counts, judge_unparsable = decide.count_decisions(cfg, _light(features), ranks, dups)
+    budget, alloc = decide.allocation(cfg, counts)
+    embeddings = Selector.registry.get(cfg.selector.kind).needs_embeddings
+    chosen = decide.chosen_ids(cfg, _light(features, embeddings), ranks, dups, counts, alloc)
+    progress, by_stratum = Progress("select", total=feats["rows"]), Counter()
+    for rows, selected in decide.write_outputs(cfg, features, feats["rows"], chosen, ranks, dups, run.out):
+        progress.update(rows)
+        by_stratum.update(selected)
+    removed, eligible = Counter(), 0
+    for (_, reason), n in counts.items():
+        removed[reason or ""] += n
+    eligible = removed.pop("", 0)
+    summary = {
+        "input_rows": sum(counts.values()),
+        "removed": dict(sorted(removed.items())),
+        "eligible": eligible,
+        "budget": budget,
+        "selected": sum(by_stratum.values()),
+        "not_selected": eligible - sum(by_stratum.values()),
+        "selected_by_stratum": dict(sorted(by_stratum.items())),
+        "allocation": alloc,
+        **({"judge_unparsable": judge_unparsable} if "judge" in cfg.score_columns() else {}),
+        "dedup_seconds": round(dedup_seconds, 2),
+        "decide_seconds": round(time.time() - t_decide, 2),
+        "features_seconds": feats["seconds"],
+        "seconds": round(time.time() - t0, 2),
+    }
     progress.close(f"{summary['selected']:,} selected, removed {json.dumps(summary['removed'])}")
-    summary |= {"features_seconds": feats["seconds"], "seconds": round(time.time() - t0, 2)}
-    return run.publish(summary, datasets=(SCORES, SELECTED))
+    return run.publish(summary, datasets=(decide.SCORES, decide.SELECTED))

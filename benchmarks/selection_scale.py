@@ -1,0 +1,258 @@
+"""Selection at scale, in one run on this machine (`python benchmarks/selection.py --scale` runs this):
+
+1. the select stage (filters, exact + near dedup, decisions, outputs) on generated demo pools of
+   each `--sizes`, with the driver's peak RSS and the largest Ray worker's peak RSS over the stage,
+   and rows/s of each phase;
+2. the dedup shuffle alone on the largest pool's features with Ray at 1 and then 2 CPUs;
+3. near-duplicate recall and precision against exact Jaccard on planted pairs whose exact Jaccard
+   spreads uniformly over [threshold, 1], plus near misses below it;
+4. IFD rows/s of the model scorer on batches vs a Cherry-style loop scoring one row at a time with
+   the same model and max_length (the tiny student, and `--model` if given).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from _common import print_table, with_zero_score, write_result
+
+
+class PeakProcessRSS:
+    """Peak RSS of this process, and of the largest Ray worker process (``ray::`` in its title)."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self.driver, self.worker, self._stop = interval, 0, 0, threading.Event()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        self.driver = max(self.driver, me.memory_info().rss)
+        for p in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::"):
+                    self.worker = max(self.worker, p.memory_info().rss)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakProcessRSS:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _stage(work: Path, rows: int) -> dict:
+    from instructscale.demo.pool import DemoConfig, make_demo
+    from instructscale.select.config import SelectConfig
+    from instructscale.select.stage import select
+
+    data = work / f"data-{rows}"
+    make_demo(DemoConfig(out_dir=str(data), rows=rows, shards=8, eval_rows=0, malformed_jsonl_rows=0))
+    cfg = SelectConfig(
+        input=str(data / "pool"),
+        out_dir=str(work / f"select-{rows}"),
+        scorers=[],
+        max_ifd=None,
+        weights={"output_chars": -1.0},
+        difficulty={"source": "length"},
+        filters=["length", "repetition", "control_characters", "refusal", "reference_answer"],
+        budget={"fraction": 0.5, "stratify_by": "task"},
+    )
+    with PeakProcessRSS() as mem:
+        m = select(cfg)
+    other = m["seconds"] - m["features_seconds"] - m["decide_seconds"]
+    return {
+        "rows": rows,
+        "seconds": m["seconds"],
+        "features_rows_per_s": rows / m["features_seconds"],
+        "dedup_rows_per_s": rows / m["dedup_seconds"],
+        "decide_rows_per_s": rows / (m["decide_seconds"] - m["dedup_seconds"]),
+        "outputs_rows_per_s": rows / other,
+        "stage_rows_per_s": rows / m["seconds"],
+        "driver_rss_gib": mem.driver / 2**30,
+        "worker_rss_gib": mem.worker / 2**30,
+        "removed": m["removed"],
+        "selected": m["selected"],
+        "features": str(work / f"select-{rows}" / "features" / "rows"),
+    }
+
+
+def _dedup_at(features: str, cpus: int) -> dict:
+    import ray
+
+    from instructscale.lifecycle import part_files
+    from instructscale.runtime import RayConfig, init_ray
+    from instructscale.select.config import DedupSettings
+    from instructscale.select.decide import DEDUP_COLUMNS, read_parquet
+    from instructscale.select.dedup import duplicate_pairs
+
+    ray.shutdown()
+    init_ray(RayConfig(num_cpus=cpus))
+    files = part_files(features)
+    rows = read_parquet(files).select_columns(DEDUP_COLUMNS).map_batches(with_zero_score, batch_format="pyarrow")
+    rows = rows.materialize()  # read once, outside the timing
+    n = rows.count()
+    duplicate_pairs(rows.limit(2000), DedupSettings(), 2000).materialize()  # start the shuffle's workers
+    t0 = time.time()
+    pairs = duplicate_pairs(rows, DedupSettings(), n).materialize().count()
+    seconds = time.time() - t0
+    ray.shutdown()
+    return {"cpus": cpus, "rows": n, "pairs": pairs, "seconds": seconds, "rows_per_s": n / seconds}
+
+
+def _mutate(rng: random.Random, words: list[str], k: int) -> list[str]:
+    out = list(words)
+    for i in rng.sample(range(len(out)), k):
+        out[i] = f"x{rng.randrange(10**9)}"
+    return out
+
+
+def _planted(threshold: float, per_bin: int, seed: int = 0) -> tuple[list[dict], dict, dict]:
+    """Rows of random-word texts with planted pairs: ``per_bin`` pairs per 0.05 bin of exact
+    Jaccard over [threshold, 1] and as many near misses in [threshold - 0.2, threshold)."""
+    from instructscale.select.config import DedupSettings
+    from instructscale.select.dedup import jaccard
+    from instructscale.select.features import shingle_hashes
+
+    rng, ngram = random.Random(seed), DedupSettings().ngram
+    vocab = [f"w{i}" for i in range(20000)]
+    lo = threshold - 0.2
+    edges = [round(lo + 0.05 * i, 4) for i in range(round((1 - lo) / 0.05))]
+    want = dict.fromkeys(edges, per_bin)
+    rows, pair_j, bin_of = [], {}, {}
+    while any(want.values()):
+        base = [rng.choice(vocab) for _ in range(rng.randint(30, 80))]
+        copy = _mutate(rng, base, rng.randint(0, max(1, len(base) // 6)))
+        j = jaccard(shingle_hashes(" ".join(base), ngram), shingle_hashes(" ".join(copy), ngram))
+        b = max((e for e in edges if j >= e), default=None)
+        if b is None or not want[b]:
+            continue
+        want[b] -= 1
+        a_id, c_id = f"p{len(pair_j)}a", f"p{len(pair_j)}b"
+        for rid, words in ((a_id, base), (c_id, copy)):
+            rows.append({"id": rid, "instruction": " ".join(words), "input": "", "output": "ok", "source": "planted"})
+        pair_j[(a_id, c_id)], bin_of[(a_id, c_id)] = j, b
+    return rows, pair_j, bin_of
+
+
+def _recall(threshold: float, per_bin: int) -> dict:
+    import numpy as np
+    import pyarrow as pa
+    import ray
+
+    from instructscale.runtime import RayConfig, init_ray
+    from instructscale.schema import POOL_SCHEMA
+    from instructscale.select.config import SelectConfig
+    from instructscale.select.dedup import duplicate_pairs, jaccard, resolve
+    from instructscale.select.features import text_features
+
+    init_ray(RayConfig(num_cpus=8))
+    rows, pair_j, bin_of = _planted(threshold, per_bin)
+    table = pa.Table.from_pylist([{**r, "messages": None, "metadata": "{}"} for r in rows], schema=POOL_SCHEMA)
+    cfg = SelectConfig(
+        input=".",
+        out_dir=".",
+        scorers=[],
+        max_ifd=None,
+        weights={},
+        difficulty={"source": "length"},
+        dedup={"threshold": threshold},
+    )
+    feats = text_features(table, cfg.model_dump_json())
+    pairs = duplicate_pairs(ray.data.from_arrow(with_zero_score(feats)), cfg.dedup, feats.num_rows)
+    dups = resolve(pa.concat_tables(ray.get(pairs.to_arrow_refs())))
+    found = {frozenset(p) for p in zip(dups["id"].to_pylist(), dups["duplicate_of"].to_pylist())}
+    positives = [p for p, j in pair_j.items() if j >= threshold]
+    ids = feats["id"].to_pylist()
+    shingles = dict(zip(ids, (np.asarray(s, dtype=np.uint32) for s in feats["shingles"].to_pylist())))
+    exact = [jaccard(*(shingles[r] for r in pair)) for pair in found]  # each flagged row with the row it keeps
+    return {
+        "threshold": threshold,
+        "planted_pairs": len(positives),
+        "near_misses": len(pair_j) - len(positives),
+        "near_dup_recall": sum(frozenset(p) in found for p in positives) / len(positives),
+        "near_dup_precision": sum(j >= threshold for j in exact) / len(exact) if exact else 1.0,
+        "recall_per_bin": {
+            f"{b:.2f}": sum(frozenset(p) in found for p in positives if bin_of[p] == b) / per_bin
+            for b in sorted(set(bin_of.values()))
+            if b >= threshold
+        },
+        "near_misses_flagged": sum(frozenset(p) in found for p, j in pair_j.items() if j < threshold),
+    }
+
+
+def _ifd(model: str, rows: int, label: str) -> dict:
+    from instructscale.demo.pool import DemoConfig, iter_pool_rows
+    from instructscale.scorers import ModelScorer
+
+    sample = list(iter_pool_rows(DemoConfig(out_dir=".", rows=rows, shards=1, eval_rows=0), 0, rows))
+    scorer = ModelScorer(ModelScorer.Config(model=model, max_length=256, batch_size=32))
+    scorer.setup()
+    scorer.score(sample[:4])  # warm-up
+    t0 = time.time()
+    for i in range(0, len(sample), 32):
+        scorer.score(sample[i : i + 32])
+    batched = len(sample) / (time.time() - t0)
+    one = sample[: max(16, len(sample) // 8)]
+    t0 = time.time()
+    for r in one:  # Cherry_LLM's loop: each row's two forward passes on their own
+        scorer.score([r])
+    per_sample = len(one) / (time.time() - t0)
+    return {
+        "model": label,
+        "rows": len(sample),
+        "batched_rows_per_s": batched,
+        "per_sample_rows_per_s": per_sample,
+        "ifd_batched_over_per_sample": batched / per_sample,
+    }
+
+
+def run(sizes: list[int], model: str | None, ifd_rows: int, per_bin: int) -> None:
+    import ray
+
+    from instructscale.models.tiny import build_tiny_models
+    from instructscale.runtime import RayConfig, init_ray
+
+    work = Path(tempfile.mkdtemp(prefix="bench-select-scale-"))
+    ifd = [_ifd(build_tiny_models(work / "models")["student"], ifd_rows, "tiny student")]
+    if model:
+        ifd.append(_ifd(model, ifd_rows, Path(model).name))
+    init_ray(RayConfig(num_cpus=8))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    stage = [_stage(work, n) for n in sizes]
+    dedup = [_dedup_at(stage[-1]["features"], cpus) for cpus in (1, 2)]
+    recall = _recall(0.8, per_bin)
+    small, large = stage[0], stage[-1]
+    summary = {
+        "ifd_batched_over_per_sample": {r["model"]: r["ifd_batched_over_per_sample"] for r in ifd},
+        "dedup_2w_over_1w": dedup[1]["rows_per_s"] / dedup[0]["rows_per_s"],
+        f"driver_rss_{large['rows']}_over_{small['rows']}": large["driver_rss_gib"] / small["driver_rss_gib"],
+        f"worker_rss_{large['rows']}_over_{small['rows']}": large["worker_rss_gib"] / small["worker_rss_gib"],
+        "near_dup_recall": recall["near_dup_recall"],
+        "near_dup_precision": recall["near_dup_precision"],
+        "hours_for_10m_rows_one_node": 1e7 / large["stage_rows_per_s"] / 3600,
+    }
+    print_table(ifd, ["model", "rows", "batched_rows_per_s", "per_sample_rows_per_s", "ifd_batched_over_per_sample"])
+    print()
+    cols = ["rows", "seconds", "features_rows_per_s", "dedup_rows_per_s", "decide_rows_per_s", "outputs_rows_per_s"]
+    print_table(stage, [*cols, "stage_rows_per_s", "driver_rss_gib", "worker_rss_gib"])
+    print()
+    print_table(dedup, ["cpus", "rows", "pairs", "seconds", "rows_per_s"])
+    print(f"\nrecall per 0.05 bin of exact Jaccard: {recall['recall_per_bin']}")
+    print_table([{"key": k, "value": v} for k, v in summary.items() if not isinstance(v, dict)], ["key", "value"])
+    write_result(
+        "selection_scale",
+        {**summary, "stage": stage, "dedup": dedup, "near_dup": recall, "ifd": ifd, "sizes": sizes},
+    )
