@@ -89,9 +89,15 @@ def demo_workspace(prefix: str, rows: int, eval_rows: int) -> tuple[Path, str, s
     return work, str(work / "data" / "pool"), str(work / "data" / "eval")
 
 
-def with_zero_score(batch):
-    """Dedup input rows with a constant score: these benchmarks time dedup, not the ranking."""
-    import numpy as np
-    import pyarrow as pa
+def with_zero_score(ds):
+    """Dedup input rows (a Ray dataset) with a constant score: these benchmarks time dedup, not the
+    ranking. The function is defined here, so Ray ships it by value to workers that cannot import
+    this module."""
 
-    return batch.append_column("score", pa.array(np.zeros(batch.num_rows)))
+    def zero(batch):
+        import numpy as np
+        import pyarrow as pa
+
+        return batch.append_column("score", pa.array(np.zeros(batch.num_rows)))
+
+    return ds.map_batches(zero, batch_format="pyarrow")

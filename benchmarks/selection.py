@@ -82,7 +82,7 @@ def main() -> None:
         )
 
     rows = ray.data.read_parquet(str(work / "features-2")).select_columns(["id", "text_hash", "minhash", "shingles"])
-    rows = rows.map_batches(with_zero_score, batch_format="pyarrow")
+    rows = with_zero_score(rows)
     n_rows = rows.count()
     with PeakRSS() as mem:
         t0 = time.time()

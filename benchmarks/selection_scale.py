@@ -1,8 +1,9 @@
 """Selection at scale, in one run on this machine (`python benchmarks/selection.py --scale` runs this):
 
-1. the select stage (filters, exact + near dedup, decisions, outputs) on generated demo pools of
-   each `--sizes`, with the driver's peak RSS and the largest Ray worker's peak RSS over the stage,
-   and rows/s of each phase;
+1. the select stage (cheap features and filters, exact + near dedup, then the rest of the decisions
+   with the outputs) on generated demo pools of each `--sizes`, with the driver's peak RSS and the
+   largest Ray worker's peak RSS over the stage (and the largest of each kind), and rows/s of each
+   phase;
 2. the dedup shuffle alone on the largest pool's features with Ray at 1 and then 2 CPUs;
 3. near-duplicate recall and precision against exact Jaccard on planted pairs whose exact Jaccard
    spreads uniformly over [threshold, 1], plus near misses below it;
@@ -25,18 +26,23 @@ from _common import print_table, with_zero_score, write_result
 
 
 class PeakProcessRSS:
-    """Peak RSS of this process, and of the largest Ray worker process (``ray::`` in its title)."""
+    """Peak RSS of this process, and of the largest Ray worker process (``ray::`` in its title), with
+    the peak of each kind of worker (its title)."""
 
     def __init__(self, interval: float = 0.25):
         self.interval, self.driver, self.worker, self._stop = interval, 0, 0, threading.Event()
+        self.by_title: dict[str, int] = {}
 
     def _sample(self) -> None:
         me = psutil.Process()
         self.driver = max(self.driver, me.memory_info().rss)
         for p in me.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::"):
-                    self.worker = max(self.worker, p.memory_info().rss)
+                title = p.cmdline()[0] if p.cmdline() else ""
+                if title.startswith("ray::"):
+                    rss = p.memory_info().rss
+                    self.worker = max(self.worker, rss)
+                    self.by_title[title] = max(self.by_title.get(title, 0), rss)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -72,17 +78,18 @@ def _stage(work: Path, rows: int) -> dict:
     )
     with PeakProcessRSS() as mem:
         m = select(cfg)
-    other = m["seconds"] - m["features_seconds"] - m["decide_seconds"]
     return {
         "rows": rows,
         "seconds": m["seconds"],
         "features_rows_per_s": rows / m["features_seconds"],
         "dedup_rows_per_s": rows / m["dedup_seconds"],
-        "decide_rows_per_s": rows / (m["decide_seconds"] - m["dedup_seconds"]),
-        "outputs_rows_per_s": rows / other,
+        "decide_rows_per_s": rows / (m["decide_seconds"] - m["dedup_seconds"]),  # ranks, counts, selection, outputs
         "stage_rows_per_s": rows / m["seconds"],
         "driver_rss_gib": mem.driver / 2**30,
         "worker_rss_gib": mem.worker / 2**30,
+        "largest_workers_gib": {
+            t: round(v / 2**30, 2) for t, v in sorted(mem.by_title.items(), key=lambda kv: -kv[1])[:4]
+        },
         "removed": m["removed"],
         "selected": m["selected"],
         "features": str(work / f"select-{rows}" / "features" / "rows"),
@@ -90,6 +97,17 @@ def _stage(work: Path, rows: int) -> dict:
 
 
 def _dedup_at(features: str, cpus: int) -> dict:
+    """The dedup shuffle alone in a fresh process pinned to ``cpus`` cores (Ray's processes inherit it)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_dedup_pinned, features, cpus).result()
+
+
+def _dedup_pinned(features: str, cpus: int) -> dict:
+    import os
+
     import ray
 
     from instructscale.lifecycle import part_files
@@ -98,10 +116,10 @@ def _dedup_at(features: str, cpus: int) -> dict:
     from instructscale.select.decide import DEDUP_COLUMNS, read_parquet
     from instructscale.select.dedup import duplicate_pairs
 
-    ray.shutdown()
+    os.sched_setaffinity(0, set(range(cpus)))
     init_ray(RayConfig(num_cpus=cpus))
     files = part_files(features)
-    rows = read_parquet(files).select_columns(DEDUP_COLUMNS).map_batches(with_zero_score, batch_format="pyarrow")
+    rows = with_zero_score(read_parquet(files).select_columns(DEDUP_COLUMNS))
     rows = rows.materialize()  # read once, outside the timing
     n = rows.count()
     duplicate_pairs(rows.limit(2000), DedupSettings(), 2000).materialize()  # start the shuffle's workers
@@ -171,7 +189,7 @@ def _recall(threshold: float, per_bin: int) -> dict:
         dedup={"threshold": threshold},
     )
     feats = text_features(table, cfg.model_dump_json())
-    pairs = duplicate_pairs(ray.data.from_arrow(with_zero_score(feats)), cfg.dedup, feats.num_rows)
+    pairs = duplicate_pairs(with_zero_score(ray.data.from_arrow(feats)), cfg.dedup, feats.num_rows)
     dups = resolve(pa.concat_tables(ray.get(pairs.to_arrow_refs())))
     found = {frozenset(p) for p in zip(dups["id"].to_pylist(), dups["duplicate_of"].to_pylist())}
     positives = [p for p, j in pair_j.items() if j >= threshold]
@@ -232,7 +250,9 @@ def run(sizes: list[int], model: str | None, ifd_rows: int, per_bin: int) -> Non
     init_ray(RayConfig(num_cpus=8))
     ray.data.DataContext.get_current().enable_progress_bars = False
     stage = [_stage(work, n) for n in sizes]
+    ray.shutdown()
     dedup = [_dedup_at(stage[-1]["features"], cpus) for cpus in (1, 2)]
+    init_ray(RayConfig(num_cpus=8))
     recall = _recall(0.8, per_bin)
     small, large = stage[0], stage[-1]
     summary = {
@@ -242,11 +262,15 @@ def run(sizes: list[int], model: str | None, ifd_rows: int, per_bin: int) -> Non
         f"worker_rss_{large['rows']}_over_{small['rows']}": large["worker_rss_gib"] / small["worker_rss_gib"],
         "near_dup_recall": recall["near_dup_recall"],
         "near_dup_precision": recall["near_dup_precision"],
-        "hours_for_10m_rows_one_node": 1e7 / large["stage_rows_per_s"] / 3600,
+        # extrapolations from this machine's rows/s, assuming linear scaling over nodes like it
+        "hours_for_10m_rows_without_model_scorer": {n: 1e7 / large["stage_rows_per_s"] / 3600 / n for n in (1, 8, 32)},
+        "hours_for_10m_rows_of_model_scoring": {
+            r["model"]: {n: 1e7 / r["batched_rows_per_s"] / 3600 / n for n in (1, 8, 32)} for r in ifd
+        },
     }
     print_table(ifd, ["model", "rows", "batched_rows_per_s", "per_sample_rows_per_s", "ifd_batched_over_per_sample"])
     print()
-    cols = ["rows", "seconds", "features_rows_per_s", "dedup_rows_per_s", "decide_rows_per_s", "outputs_rows_per_s"]
+    cols = ["rows", "seconds", "features_rows_per_s", "dedup_rows_per_s", "decide_rows_per_s"]
     print_table(stage, [*cols, "stage_rows_per_s", "driver_rss_gib", "worker_rss_gib"])
     print()
     print_table(dedup, ["cpus", "rows", "pairs", "seconds", "rows_per_s"])

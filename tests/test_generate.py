@@ -247,6 +247,7 @@ def test_resume_after_kill_has_exact_rows_and_no_duplicates(ray_local, tiny_mode
     assert sorted(table["id"].to_pylist()) == sorted(r["id"] for r in rows)
     assert m["resumed_inputs"] == 4 * len(before)
     assert all(out.joinpath(n).stat().st_mtime_ns == t for n, t in before.items()), "committed parts kept"
-    assert len(list(out.glob("part-*.parquet"))) == 16 and m["files"] == 16
+    # the rest was batched anew after the anti-join, so a batch may fall short of batch_size
+    assert len(list(out.glob("part-*.parquet"))) == m["files"] >= 16
     with pytest.raises(ConfigError, match="holds a run with a different config"):
         generate(cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"max_tokens": 5})}))

@@ -19,6 +19,7 @@ from instructscale.progress import name_the_accelerator, quiet_library_handlers,
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SHUFFLE_INPUT_BATCH_BYTES = 64 * 2**20
 
 
 class RayConfig(StrictModel):
@@ -58,6 +59,9 @@ def init_ray(cfg: RayConfig) -> None:
     # read_parquet: ~5 s per read on a 2-core machine against ~0.3 s for the V1 reader, which every
     # stage pass and every shuffle input here pays (benchmarks/ray_data_read.py)
     ctx.use_datasource_v2 = False
+    # a shuffle's map side coalesces up to this much input into one task (Ray's default, 1 GiB, made
+    # one ~3 GiB task that partitioned a 1M-row pool's dedup keys alone; benchmarks/selection.py --scale)
+    ctx.shuffle_input_batch_bytes = SHUFFLE_INPUT_BATCH_BYTES
     ctx.enable_progress_bars = verbose()
     ctx.print_on_execution_start = verbose()
     quiet_library_handlers()

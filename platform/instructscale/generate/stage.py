@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections import Counter
 
 import pyarrow as pa
@@ -51,6 +52,7 @@ GEN_SCHEMA = pa.schema(
 ROWS = "rows"
 WORK = "work"  # a multi-pass mode's intermediate datasets, removed when the stage publishes
 ATTEMPTS = "_attempts"  # crash markers (generate/faults.py), removed when the stage publishes
+WRITER = "_writer.json"  # the token of the run that may commit parts, removed when the stage publishes
 FAULT_IDS = 20  # row ids a fault summary names
 MIN_ROWS_FOR_CAP = 100  # the faulty-row cap is judged once this many inputs are done
 RESUME_ROWS_PER_PARTITION = 500_000  # input rows per partition of the resume anti-join
@@ -60,8 +62,9 @@ class GenerationActor:
     """One replica: loads the backend once (on its own `ModelThread`), then turns batches of rows
     into committed output parts. Rows the engine cannot serve are kept with a ``reject_reason``."""
 
-    def __init__(self, cfg: dict, api_key: str | None = None):
+    def __init__(self, cfg: dict, writer: tuple[str, str], api_key: str | None = None):
         t0 = time.time()
+        self.writer = writer  # (the run's writer file, this run's token): see ``_commit``
         self.cfg = GenerateConfig.model_validate(cfg)
         self.mode = GenerationMode.registry.build(self.cfg.mode, self.cfg)
         self.thread, self.api_key = ModelThread(), api_key
@@ -105,12 +108,19 @@ class GenerationActor:
                 out += self.mode.outputs(row, result)
         return out
 
+    def _commit(self, name: str, table: pa.Table) -> None:
+        """Commit a part, unless a newer run owns the output (a replica that outlived its killed
+        driver must not add rows the rerun is already generating: its parts would duplicate them)."""
+        uri, token = self.writer
+        if storage.read_json(uri)["token"] != token:
+            raise GenerationError(f"generate: a newer run owns {self.cfg.out_dir}; this replica stops")
+        commit_part(self.rows_uri, name, table, **part_stats(table))
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         t0 = time.time()
         rows = batch.to_pylist()
         out_rows = self._answer(rows)
-        table = pa.Table.from_pylist(out_rows, schema=GEN_SCHEMA)
-        commit_part(self.rows_uri, part_name([r["id"] for r in rows]), table, **part_stats(table))
+        self._commit(part_name([r["id"] for r in rows]), pa.Table.from_pylist(out_rows, schema=GEN_SCHEMA))
         reasons = [r["reject_reason"] for r in out_rows if r["reject_reason"]]
         faults = [r["parent_id"] for r in out_rows if is_row_fault(r["reject_reason"])]
         load_s, self.load_s = self.load_s, 0.0
@@ -256,13 +266,17 @@ def _pool(cfg: GenerateConfig) -> ray.data.Dataset:
     return ds
 
 
-def _run_replicas(cfg: GenerateConfig, tally: _Tally, label: str = "generate") -> _Tally:
+def _run_replicas(cfg: GenerateConfig, writer: tuple[str, str], tally: _Tally, label: str = "generate") -> _Tally:
     ctx = ray.data.DataContext.get_current()  # captured by the datasets below: a job-level
     raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True  # error surfaces as is
     # The key travels as an actor argument (never in the config, a log or the runtime env).
     results = _pool(cfg).map_batches(
         GenerationActor,
-        fn_constructor_kwargs={"cfg": cfg.model_dump(mode="json"), "api_key": resolve_api_key(cfg.backend)},
+        fn_constructor_kwargs={
+            "cfg": cfg.model_dump(mode="json"),
+            "writer": writer,
+            "api_key": resolve_api_key(cfg.backend),
+        },
         batch_format="pyarrow",
         **cfg.replicas.map_batches_args(),
     )
@@ -288,13 +302,17 @@ def generate(cfg: GenerateConfig) -> dict:
         return done
     cfg = _check(cfg)
     run.start(resumable=(ROWS,))
+    # first the token, then the listing of finished parts: a replica of an earlier, killed run
+    # commits nothing after this (see GenerationActor._commit)
+    writer = (run.uri(WRITER), uuid.uuid4().hex)
+    storage.write_json(writer[0], {"token": writer[1]})
     tally, resumed = _Tally(cfg.max_faulty_fraction), 0
     mode = GenerationMode.registry.build(cfg.mode, cfg)
     if mode.multi_pass:
-        mode.drive(Passes(cfg, run, tally))
+        mode.drive(Passes(cfg, run, tally, writer))
     else:
         resumed = _resumed_inputs(run.uri(ROWS))
-        _run_replicas(cfg, tally)
+        _run_replicas(cfg, writer, tally)
     this_run = tally.this_run()
     records = commit_records(run.uri(ROWS))
     rejected = sum((Counter(r["rejected"]) for r in records), Counter())
@@ -311,8 +329,8 @@ def generate(cfg: GenerateConfig) -> dict:
         "files": len(part_files(run.uri(ROWS))),
         "this_run": this_run,
     }
-    storage.remove(run.uri(ATTEMPTS))
-    storage.remove(run.uri(WORK))
+    for name in (ATTEMPTS, WORK, WRITER):
+        storage.remove(run.uri(name))
     return run.publish(summary, datasets=(ROWS,))
 
 
@@ -321,8 +339,8 @@ class Passes:
     datasets it writes under ``work/`` (each pass resumable per part like the stage), and the
     stage's output rows. ``work/`` is keyed by the run's identity, so a changed config starts over."""
 
-    def __init__(self, cfg: GenerateConfig, run: StageRun, tally: _Tally):
-        self.cfg, self.run, self.tally = cfg, run, tally
+    def __init__(self, cfg: GenerateConfig, run: StageRun, tally: _Tally, writer: tuple[str, str]):
+        self.cfg, self.run, self.tally, self.writer = cfg, run, tally, writer
         self.rows = run.uri(ROWS)
         self._work = run.uri(WORK, hashlib.sha1(json.dumps(run.identity, sort_keys=True).encode()).hexdigest()[:12])
 
@@ -336,7 +354,7 @@ class Passes:
             return storage.join(out_dir, ROWS)
         update = {"input": input_uri, "out_dir": out_dir, **({"sampling": sampling} if sampling else {})}
         cfg = self.cfg.model_copy(update=update)
-        _run_replicas(cfg, self.tally, f"generate {label}")
+        _run_replicas(cfg, self.writer, self.tally, f"generate {label}")
         storage.remove(storage.join(out_dir, ATTEMPTS))
         return storage.join(out_dir, ROWS)
 

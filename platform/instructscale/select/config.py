@@ -34,7 +34,7 @@ class DedupSettings(StrictModel):
     candidate_recall: float = Field(
         0.95, gt=0, lt=1, description="LSH banding: chance that a pair at exactly `threshold` is compared"
     )
-    rows_per_partition: int = Field(1_000_000, ge=1000, description="key rows per partition of the dedup shuffle")
+    rows_per_partition: int = Field(250_000, ge=1000, description="key rows per partition of the dedup shuffle")
 
 
 class DifficultySettings(StrictModel):
