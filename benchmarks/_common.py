@@ -13,31 +13,22 @@ from pathlib import Path
 import psutil
 
 
-class PeakRSS:
-    """Samples the summed PSS of this process and all its descendants (Ray workers included).
+class _Sampler:
+    """Calls ``_sample`` every ``interval`` seconds on a thread while the ``with`` block runs."""
 
-    PSS splits shared pages (Ray's object store, shared libraries) between the processes that map
-    them, so the sum is the tree's real footprint rather than an RSS double count.
-    """
+    def __init__(self, interval: float):
+        self.interval, self._stop = interval, threading.Event()
 
-    def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-
-    def _sample(self) -> int:
-        me = psutil.Process()
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_full_info().pss
-        return total
+    def _sample(self) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            self._sample()
             time.sleep(self.interval)
 
-    def __enter__(self) -> PeakRSS:
-        self.peak = self._sample()
+    def __enter__(self):
+        self._sample()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -46,9 +37,53 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
 
+
+class PeakRSS(_Sampler):
+    """Samples the summed PSS of this process and all its descendants (Ray workers included).
+
+    PSS splits shared pages (Ray's object store, shared libraries) between the processes that map
+    them, so the sum is the tree's real footprint rather than an RSS double count.
+    """
+
+    def __init__(self, interval: float = 0.2):
+        super().__init__(interval)
+        self.peak = 0
+
+    def now(self) -> int:
+        """The summed PSS at this moment, in bytes."""
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_full_info().pss
+        return total
+
+    def _sample(self) -> None:
+        self.peak = max(self.peak, self.now())
+
     @property
     def gib(self) -> float:
         return self.peak / 2**30
+
+
+class PeakProcessRSS(_Sampler):
+    """Peak RSS of this process, and of the largest Ray worker process (``ray::`` in its title), with
+    the peak of each kind of worker (its title)."""
+
+    def __init__(self, interval: float = 0.25):
+        super().__init__(interval)
+        self.driver, self.worker, self.by_title = 0, 0, {}
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        self.driver = max(self.driver, me.memory_info().rss)
+        for p in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                title = p.cmdline()[0] if p.cmdline() else ""
+                if title.startswith("ray::"):
+                    rss = p.memory_info().rss
+                    self.worker = max(self.worker, rss)
+                    self.by_title[title] = max(self.by_title.get(title, 0), rss)
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

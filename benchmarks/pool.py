@@ -53,7 +53,7 @@ def main() -> None:
     init_ray(RayConfig(num_cpus=8))
     ray.data.DataContext.get_current().enable_progress_bars = False
     time.sleep(3)  # let Ray's daemons settle before reading the idle footprint
-    idle_gib = PeakRSS()._sample() / 2**30
+    idle_gib = PeakRSS().now() / 2**30
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure(n, Path(tmp), args.shards) for n in args.rows]
     for r in results:

@@ -13,50 +13,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
-
-from _common import print_table, with_zero_score, write_result
-
-
-class PeakProcessRSS:
-    """Peak RSS of this process, and of the largest Ray worker process (``ray::`` in its title), with
-    the peak of each kind of worker (its title)."""
-
-    def __init__(self, interval: float = 0.25):
-        self.interval, self.driver, self.worker, self._stop = interval, 0, 0, threading.Event()
-        self.by_title: dict[str, int] = {}
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        self.driver = max(self.driver, me.memory_info().rss)
-        for p in me.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                title = p.cmdline()[0] if p.cmdline() else ""
-                if title.startswith("ray::"):
-                    rss = p.memory_info().rss
-                    self.worker = max(self.worker, rss)
-                    self.by_title[title] = max(self.by_title.get(title, 0), rss)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakProcessRSS:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+from _common import PeakProcessRSS, print_table, with_zero_score, write_result
 
 
 def _stage(work: Path, rows: int) -> dict:
