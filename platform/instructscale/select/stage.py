@@ -137,7 +137,7 @@ def _check(cfg: SelectConfig) -> SelectConfig:
 
 def _light(features: list[str], embedding: bool = False) -> ray.data.Dataset:
     """The features rows without the dedup columns (and without embeddings unless asked)."""
-    drop = {"minhash", "shingles", *(() if embedding else ("embedding",))}
+    drop = set(decide.HEAVY) - ({"embedding"} if embedding else set())
     return decide.read_parquet(features).select_columns(
         [n for n in storage.parquet_schema(features[0]).names if n not in drop]
     )
