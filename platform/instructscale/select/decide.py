@@ -266,6 +266,10 @@ def _eligible(batch: pa.Table, cfg_json: str, ranks: dict, dups: list, shards: d
     return out.append_column("embedding", batch.filter(keep)["embedding"]) if embeddings else out
 
 
+def _group_sizes(batch: pa.Table) -> pa.Table:
+    return pa.table({"sizes": [json.dumps(Counter(batch["group"].to_pylist()))]})
+
+
 def _pick(group: pa.Table, cfg_json: str, k: dict, key: str) -> pa.Table:
     """``k[group]`` rows of one group (sorted by id) by the configured selector."""
     t = group.sort_by("id")
@@ -311,9 +315,10 @@ def chosen_ids(cfg: SelectConfig, rows: ray.data.Dataset, ranks: dict, dups: lis
     embeddings = Selector.registry.get(cfg.selector.kind).needs_embeddings
     eligible = rows.map_batches(_eligible, batch_format="pyarrow", fn_kwargs={**kwargs, "embeddings": embeddings})
     eligible = eligible.materialize()
-    sizes: dict[str, dict[str, int]] = {}
-    for r in eligible.groupby("group").count().iter_rows():
-        sizes.setdefault(r["group"].rsplit("/", 1)[0], {})[r["group"]] = r["count()"]
+    sizes: dict[str, Counter] = {}
+    for r in eligible.map_batches(_group_sizes, batch_format="pyarrow").iter_rows():
+        for group, n in json.loads(r["sizes"]).items():
+            sizes.setdefault(group.rsplit("/", 1)[0], Counter())[group] += n
     k, merge = _shard_budgets(cfg, alloc, available, sizes)
     pick = {"cfg_json": kwargs["cfg_json"], "k": k, "key": "group"}
     picked = eligible.groupby("group", num_partitions=_groups(len(k))).map_groups(
