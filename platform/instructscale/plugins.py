@@ -334,7 +334,8 @@ class CurriculumConfig(PluginConfig):
 
 
 class Curriculum(Plugin):
-    """The training order, decided up front: global batches of row positions for the whole run."""
+    """The training order, decided up front: global batches of row positions for the whole run
+    (anything numpy reads as a (steps, global_batch) integer array)."""
 
     registry: ClassVar[Registry] = Registry("curriculum", ("instructscale.train.curriculum",))
     Config: ClassVar[type[PluginConfig]] = CurriculumConfig
@@ -342,7 +343,7 @@ class Curriculum(Plugin):
 
     def schedule(
         self, difficulty: np.ndarray, global_batch: int, epochs: int, seed: int, max_steps: int | None
-    ) -> list[list[int]]:
+    ) -> np.ndarray | list[list[int]]:
         raise NotImplementedError
 
 

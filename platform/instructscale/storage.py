@@ -229,10 +229,10 @@ def write_json(uri: str, obj: Any) -> None:
     write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
 
 
-def write_parquet(uri: str, table: pa.Table) -> None:
+def write_parquet(uri: str, table: pa.Table, row_group_size: int | None = None) -> None:
     """One Parquet file, written whole (see :func:`open_output`)."""
     with open_output(uri) as f:
-        pq.write_table(table, f)
+        pq.write_table(table, f, row_group_size=row_group_size)
 
 
 def parquet_schema(uri: str) -> pa.Schema:

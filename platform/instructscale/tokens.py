@@ -118,10 +118,13 @@ def packed_batch(examples: list[Example], pad_id: int, pack_length: int | None =
     return collate(pack(examples, pack_length or sum(len(e.input_ids) for e in examples)), pad_id)
 
 
-def group_by_length(steps: list[list[Row]], length: Callable[[Row], int], window: int, seed: int) -> list[list[Row]]:
+def group_by_length(
+    steps: list[list[Row]], length: Callable[[Row], int], window: int, seed: int, first: int = 0
+) -> list[list[Row]]:
     """Unpacked batches with little padding: the rows of every ``window`` consecutive steps are
     sorted by length and dealt back into steps of the same sizes, whose order within the window is
-    then shuffled (seeded). Rows never leave their window, so a curriculum's pacing holds."""
+    then shuffled (seeded by the window's first step; ``steps`` starts at step ``first``, a multiple
+    of ``window``). Rows never leave their window, so a curriculum's pacing holds."""
     if window <= 1:
         return steps
     out: list[list[Row]] = []
@@ -132,6 +135,6 @@ def group_by_length(steps: list[list[Row]], length: Callable[[Row], int], window
         for s in chunk:
             grouped.append(rows[k : k + len(s)])
             k += len(s)
-        random.Random(seed * 1_000_003 + start).shuffle(grouped)
+        random.Random(seed * 1_000_003 + first + start).shuffle(grouped)
         out += grouped
     return out

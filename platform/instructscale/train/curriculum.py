@@ -1,6 +1,6 @@
 """Curriculum schedules (plug-ins): which rows each worker trains on at each step, decided once, up front.
 
-A schedule is a list of global batches (row indices into the training set). Worker ``r`` of
+A schedule is a (steps, global_batch) array of row positions in the training set. Worker ``r`` of
 ``W`` takes ``batch[r::W]`` of every global batch, so at any step all workers see rows of the
 same difficulty level, and the order survives across workers, epochs and restarts.
 
@@ -55,12 +55,13 @@ class EpochOrder(Curriculum):
         n = len(difficulty)
         total = total_steps(n, global_batch, epochs, max_steps)
         rng = np.random.default_rng(seed)
-        batches: list[list[int]] = []
-        while len(batches) < total:
-            order = self.order(np.asarray(difficulty, dtype=float), rng)
-            for s in range(min(n // global_batch, total - len(batches))):
-                batches.append(order[s * global_batch : (s + 1) * global_batch].tolist())
-        return batches
+        per_epoch = n // global_batch
+        epochs_needed = -(-total // per_epoch)
+        orders = [
+            self.order(np.asarray(difficulty, dtype=float), rng)[: per_epoch * global_batch]
+            for _ in range(epochs_needed)
+        ]
+        return np.concatenate(orders).reshape(-1, global_batch)[:total]
 
 
 @register("random")
@@ -97,12 +98,12 @@ class BabySteps(Curriculum):
         order = sorted_order(d, rng)
         bucket_of = np.empty(n, dtype=int)
         bucket_of[order] = np.arange(n) * buckets // n
-        batches: list[list[int]] = []
+        batches = []
         for k in range(buckets):
             pool = np.flatnonzero(bucket_of <= k)
             for _ in range(total // buckets + (1 if k < total % buckets else 0)):
-                batches.append(rng.choice(pool, size=global_batch, replace=len(pool) < global_batch).tolist())
-        return batches
+                batches.append(rng.choice(pool, size=global_batch, replace=len(pool) < global_batch))
+        return np.stack(batches)
 
 
 @register("competence")
@@ -123,19 +124,19 @@ class Competence(Curriculum):
         batches = []
         for step in range(total):
             avail = max(global_batch, round(competence(step, pace_steps, c.c0, c.pacing) * n))
-            batches.append(order[rng.choice(avail, size=global_batch, replace=False)].tolist())
-        return batches
+            batches.append(order[rng.choice(avail, size=global_batch, replace=False)])
+        return np.stack(batches)
 
 
 def build_schedule(
     difficulty, spec, *, global_batch: int, epochs: int, seed: int, max_steps: int | None = None
-) -> list[list[int]]:
-    """Global batches of row indices for the whole run, by the curriculum plug-in ``spec`` names."""
-    return Curriculum.registry.build(spec).schedule(
-        np.asarray(difficulty, dtype=float), global_batch, epochs, seed, max_steps
-    )
-
-
-def worker_slice(batch: list[int], rank: int, world_size: int) -> list[int]:
-    """The part of a global batch that worker ``rank`` trains on."""
-    return batch[rank::world_size]
+) -> np.ndarray:
+    """Global batches of row positions for the whole run, by the curriculum plug-in ``spec`` names:
+    an int64 array of shape (steps, global_batch)."""
+    d = np.asarray(difficulty, dtype=float)
+    batches = np.asarray(Curriculum.registry.build(spec).schedule(d, global_batch, epochs, seed, max_steps))
+    if batches.ndim != 2 or batches.shape[1] != global_batch:
+        raise ValueError(f"curriculum {spec.kind}: a schedule is (steps, {global_batch}); got shape {batches.shape}")
+    if batches.size and (batches.min() < 0 or batches.max() >= len(d)):
+        raise ValueError(f"curriculum {spec.kind}: row positions must lie in [0, {len(d)})")
+    return batches.astype(np.int64)

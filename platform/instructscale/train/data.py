@@ -10,6 +10,8 @@ import pyarrow.compute as pc
 from instructscale import storage
 from instructscale.lifecycle import part_files
 
+TEXT_COLUMNS = ["id", "instruction", "input", "output", "messages", "tools"]  # what tokenizing a row reads
+
 
 def difficulty_of(row: dict, key: str) -> float:
     """Difficulty from a column, else from the metadata JSON; missing difficulty is an error."""
@@ -31,13 +33,10 @@ def usable_rows(table: pa.Table) -> pa.Table:
     return table.filter(mask)
 
 
-def read_training_columns(path: str, columns: list[str], ids: set[str] | None = None) -> pa.Table:
-    """``columns`` (those that exist) of the usable rows of a Parquet dataset (path or URI); with
-    ``ids``, only those rows (filtered while scanning, so only they are held in memory)."""
+def read_training_columns(path: str, columns: list[str]) -> pa.Table:
+    """``columns`` (those that exist) of the usable rows of a small Parquet dataset (path or URI),
+    such as held-out rows; training rows stream through :mod:`instructscale.train.plan`."""
     files = part_files(path)
-    names = storage.read_parquet(files[:1]).schema.names if files else []
+    names = storage.parquet_schema(files[0]).names if files else []
     filters = [c for c in ("output", "reject_reason") if c in names]
-    wanted = None if ids is None else pc.field("id").isin(pa.array(sorted(ids), pa.string()))
-    return usable_rows(
-        storage.read_parquet(files, columns=sorted({c for c in columns if c in names} | set(filters)), filter=wanted)
-    )
+    return usable_rows(storage.read_parquet(files, columns=sorted({c for c in columns if c in names} | set(filters))))

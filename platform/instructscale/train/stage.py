@@ -1,8 +1,8 @@
 """The training stage: Ray Train's TorchTrainer running one DeepSpeed engine per worker.
 
-The driver reads only ids and difficulties and builds the curriculum schedule; each worker then
-reads and tokenizes just the rows its slice of the schedule needs (a Parquet scan filtered by id),
-so no process holds the whole training set. Checkpoints (DeepSpeed state plus Hugging Face exports)
+Ray tasks write the curriculum's schedule out as sorted runs of rows per worker (train/plan.py);
+each worker merges and tokenizes its runs as it trains, so neither the driver nor a worker holds
+the training set. Checkpoints (DeepSpeed state plus Hugging Face exports)
 go through Ray Train to ``out_dir`` (a local path, a shared mount or an object store), and a worker
 group that loses a worker restarts from the last one (FailureConfig).
 """
@@ -22,41 +22,14 @@ from ray.train.torch import TorchTrainer
 from instructscale import storage
 from instructscale.config import ConfigError
 from instructscale.lifecycle import MANIFEST, STARTED, StageRun, require_dataset
-from instructscale.plugins import Curriculum
 from instructscale.progress import Progress
 from instructscale.train.config import TrainConfig
-from instructscale.train.curriculum import build_schedule
-from instructscale.train.data import difficulty_of, read_training_columns
 from instructscale.train.deepspeed_config import build_deepspeed_config
 from instructscale.train.metrics import METRICS, efficiency, read_history
+from instructscale.train.plan import PLAN, build_plan
 from instructscale.train.worker import train_loop
 
 log = logging.getLogger(__name__)
-
-
-def plan(cfg: TrainConfig) -> tuple[list[str], list[float], list[list[int]]]:
-    """Row ids, their difficulty (0 where the curriculum needs none), and the global schedule."""
-    key = cfg.curriculum.difficulty_key
-    table = read_training_columns(cfg.data, ["id", "metadata", key])
-    ids = table["id"].to_pylist()
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"data: {cfg.data} has duplicate row ids; training needs unique ids")
-    try:
-        if Curriculum.registry.get(cfg.curriculum.kind).needs_difficulty:
-            difficulty = [difficulty_of(r, key) for r in table.to_pylist()]
-        else:
-            difficulty = [0.0] * len(ids)
-        schedule = build_schedule(
-            difficulty,
-            cfg.curriculum,
-            global_batch=cfg.global_batch,
-            epochs=cfg.epochs,
-            seed=cfg.seed,
-            max_steps=cfg.max_steps,
-        )
-    except ValueError as err:
-        raise ConfigError(f"data: {err}") from None
-    return ids, difficulty, schedule
 
 
 def _check(cfg: TrainConfig) -> TrainConfig:
@@ -92,7 +65,7 @@ def _check_resume(run: StageRun, cfg: TrainConfig) -> None:
             "--restart to discard them and start over, or use another out_dir"
         )
     log.info("train: --restart: discarding the checkpoints in %s", run.uri("ray_train"))
-    for name in ("ray_train", METRICS, "tensorboard"):
+    for name in ("ray_train", METRICS, "tensorboard", PLAN):
         storage.remove(run.uri(name))
 
 
@@ -147,14 +120,18 @@ def train(cfg: TrainConfig) -> dict:
         log.info("train: %s already complete, skipping", run.out)
         return done
     cfg = _check(cfg)
-    ids, difficulty, schedule = plan(cfg)
-    build_deepspeed_config(cfg, len(schedule))  # a bad DeepSpeed file fails here, not in the workers
     _check_resume(run, cfg)
     run.start()
+    try:
+        plan = build_plan(cfg)
+    except ValueError as err:
+        raise ConfigError(f"data: {err}") from None
+    steps = plan["steps"]
+    build_deepspeed_config(cfg, steps)  # a bad DeepSpeed file fails here, not in the workers
     log.info(
         "train: %d rows, %d steps of %d rows (%s curriculum), %d workers",
-        len(ids),
-        len(schedule),
+        plan["rows"],
+        steps,
         cfg.global_batch,
         cfg.curriculum.kind,
         cfg.scaling.num_workers,
@@ -162,12 +139,7 @@ def train(cfg: TrainConfig) -> dict:
     s = cfg.scaling
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={
-            "cfg": cfg.model_dump(mode="json"),
-            "ids": ids,
-            "schedule": schedule,
-            "difficulty": difficulty,
-        },
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "steps": steps},
         scaling_config=ScalingConfig(
             num_workers=s.num_workers,
             use_gpu=s.use_gpu,
@@ -176,7 +148,7 @@ def train(cfg: TrainConfig) -> dict:
         run_config=_run_config(cfg),
     )
     t0 = time.time()
-    with _progress(run.uri(METRICS), len(schedule)) as progress:
+    with _progress(run.uri(METRICS), steps) as progress:
         result = trainer.fit()
         if result.error:
             raise result.error
@@ -184,11 +156,12 @@ def train(cfg: TrainConfig) -> dict:
         progress.done = history[-1]["step"]
         progress.close(f"loss {history[-1]['loss']:.4f}")
     _export(result.checkpoint, run.out)
+    storage.remove(run.uri(PLAN))  # a copy of the data per epoch: not kept once trained
     first = history[0]
     has_adapter = storage.exists(run.uri("adapter"))
     summary = {
-        "rows": len(ids),
-        "steps": len(schedule),
+        "rows": plan["rows"],
+        "steps": steps,
         "model": run.uri("model"),
         "adapter": run.uri("adapter") if has_adapter else None,
         "checkpoint": result.checkpoint.path,

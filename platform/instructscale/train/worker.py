@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
@@ -19,16 +20,15 @@ from instructscale import storage
 from instructscale.plugins import TrainCallback
 from instructscale.tokens import IGNORE, Example, collate, group_by_length, packed_batch, tokenize
 from instructscale.train.config import TrainConfig
-from instructscale.train.curriculum import worker_slice
-from instructscale.train.data import read_training_columns
+from instructscale.train.data import TEXT_COLUMNS, read_training_columns
 from instructscale.train.deepspeed_config import build_deepspeed_config
 from instructscale.train.flops import flops_per_token, matmul_peak_tflops
 from instructscale.train.metrics import METRICS, MetricsLog
+from instructscale.train.plan import worker_steps
 from instructscale.train.tracking import Tracker
 
 STATE = "state.json"
 PRINT_EVERY_S = 10.0
-TEXT_COLUMNS = ["id", "instruction", "input", "output", "messages", "tools"]
 
 
 def _dtype(cfg: TrainConfig) -> torch.dtype:
@@ -51,17 +51,6 @@ def _build_model(cfg: TrainConfig, path: str):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
-
-
-def _load_examples(cfg: TrainConfig, wanted: set[str], tokenizer) -> dict[str, Example]:
-    """The rows this worker's slice of the schedule uses, tokenized (read straight from Parquet)."""
-    table = read_training_columns(cfg.data, TEXT_COLUMNS, ids=wanted)
-    examples = {row["id"]: tokenize(row, tokenizer, cfg.max_length) for row in table.to_pylist()}
-    # rows whose response lies beyond max_length add nothing to the loss: counted in the metrics
-    missing = wanted - examples.keys()
-    if missing:
-        raise RuntimeError(f"{len(missing)} scheduled rows missing from the training data, e.g. {sorted(missing)[:3]}")
-    return examples
 
 
 def _eval_examples(cfg: TrainConfig, tokenizer, rank: int, world: int) -> list[Example]:
@@ -248,10 +237,6 @@ def _peak_tflops(cfg: TrainConfig) -> float:
     return _all_reduce([mine])[0]
 
 
-def _count_everywhere(value: float) -> int:
-    return int(_all_reduce([float(value)])[0])
-
-
 class _NonFinite:
     """Counts steps skipped for a NaN/inf loss; too many in a row stop the run with a clear error."""
 
@@ -268,48 +253,83 @@ class _NonFinite:
             )
 
 
+class _Batches:
+    """This worker's examples step by step from the plan, tokenized as they are read. Packing off,
+    the rows of every ``length_window`` steps are regrouped by length; a resumed worker re-reads
+    the window it resumes in, so its steps are the ones the first attempt would have trained on."""
+
+    def __init__(self, cfg: TrainConfig, tokenizer, rank: int, start: int, steps: int):
+        self.cfg, self.tokenizer, self.rank = cfg, tokenizer, rank
+        self.window = 1 if cfg.packing else max(cfg.length_window, 1)
+        first = start - start % self.window
+        self.plan = worker_steps(cfg, rank, first, steps)
+        self.no_response = 0  # rows read so far whose response lies beyond max_length
+        self.ahead = self._read(first)
+        self.ahead = [s for s in self.ahead if s[0] >= start]
+
+    def _read(self, first: int) -> list[tuple[int, float, list[Example]]]:
+        """The next window of steps (starting at step ``first``), tokenized and regrouped."""
+        window = list(itertools.islice(self.plan, self.window))
+        examples = [[tokenize(r, self.tokenizer, self.cfg.max_length) for r in rows] for _, _, rows in window]
+        self.no_response += sum(all(v == IGNORE for v in e.labels) for step in examples for e in step)
+        if self.window > 1:
+            examples = group_by_length(
+                examples, lambda e: len(e.input_ids), self.window, self.cfg.seed + self.rank, first
+            )
+        return [(step, mean, rows) for (step, mean, _), rows in zip(window, examples)]
+
+    def next(self, step: int) -> tuple[float, list[Example]]:
+        """Step ``step``'s mean difficulty (of the global batch) and this worker's examples."""
+        if not self.ahead:
+            self.ahead = self._read(step)
+        planned, mean, rows = self.ahead.pop(0)
+        if planned != step:
+            raise RuntimeError(f"train plan: worker {self.rank} expected step {step}, read step {planned}")
+        return mean, rows
+
+
 def train_loop(config: dict) -> None:
-    """Ray Train entry: ``config`` holds the TrainConfig, the id list and the global schedule."""
+    """Ray Train entry: ``config`` holds the TrainConfig and the number of steps in the plan."""
     from transformers import AutoTokenizer
 
     cfg = TrainConfig.model_validate(config["cfg"])
-    ids: list[str] = config["ids"]
-    schedule: list[list[int]] = config["schedule"]
-    difficulty: list[float] = config["difficulty"]
+    steps: int = config["steps"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed + rank)
 
     model_path = storage.local_dir(cfg.model)  # a URI is fetched once per node
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    mine = [[ids[i] for i in worker_slice(b, rank, world)] for b in schedule]
-    examples = _load_examples(cfg, {i for step in mine for i in step}, tokenizer)
-    if not cfg.packing:
-        mine = group_by_length(mine, lambda i: len(examples[i].input_ids), cfg.length_window, cfg.seed + rank)
-    no_response = _count_everywhere(sum(all(v == IGNORE for v in e.labels) for e in examples.values()))
     held_out = _eval_examples(cfg, tokenizer, rank, world)
     peak = _peak_tflops(cfg)
-    engine, flops = _engine(cfg, model_path, len(schedule))
+    engine, flops = _engine(cfg, model_path, steps)
     start = _restore(engine)
+    batches = _Batches(cfg, tokenizer, rank, start, steps)
     callbacks = [TrainCallback.registry.build(c) for c in cfg.callbacks]
-    reporter, nonfinite = _Reporter(cfg, rank, len(schedule)), _NonFinite(cfg.max_nonfinite_steps)
+    reporter, nonfinite = _Reporter(cfg, rank, steps), _NonFinite(cfg.max_nonfinite_steps)
 
     t_last, tokens_since, padded_since, losses = time.time(), 0, 0, []
-    for step in range(start, len(schedule)):
+    for step in range(start, steps):
         for callback in callbacks:
             callback.on_step_start(step + 1, rank, cfg.out_dir)
-        result = _train_step(engine, [examples[i] for i in mine[step]], cfg, tokenizer.pad_token_id)
+        difficulty_mean, rows = batches.next(step)
+        result = _train_step(engine, rows, cfg, tokenizer.pad_token_id)
         losses += result.losses
         tokens_since, padded_since = tokens_since + result.tokens, padded_since + result.padded
         done = step + 1
         nonfinite.update(result.skipped, done)
-        final = done == len(schedule)
+        final = done == steps
         evaluate = bool(held_out) and (done % cfg.eval_every == 0 or final)
         checkpoint = done % cfg.checkpoint_every == 0 or final
         if done % cfg.log_every and not checkpoint and not evaluate:
             continue
-        loss_sum, tokens_all, padded_all = _all_reduce(
-            [sum(losses) / len(losses) if losses else math.nan, float(tokens_since), float(padded_since)]
+        loss_sum, tokens_all, padded_all, no_response = _all_reduce(
+            [
+                sum(losses) / len(losses) if losses else math.nan,
+                float(tokens_since),
+                float(padded_since),
+                float(batches.no_response),
+            ]
         )
         elapsed = time.time() - t_last
         metrics = {
@@ -322,9 +342,9 @@ def train_loop(config: dict) -> None:
             "time": time.time(),
             "lr": engine.get_lr()[0],
             "resumed_from": start,
-            "difficulty_mean": sum(difficulty[i] for i in schedule[step]) / len(schedule[step]),
+            "difficulty_mean": difficulty_mean,
             "skipped_nonfinite_steps": nonfinite.total,
-            "rows_without_response_tokens": no_response,
+            "rows_without_response_tokens": int(no_response),
         }
         if evaluate:
             metrics["eval_loss"] = eval_loss(engine, held_out, tokenizer.pad_token_id, cfg.micro_batch_size)

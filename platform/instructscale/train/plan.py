@@ -1,0 +1,195 @@
+"""The training plan: the curriculum's schedule written out as one sorted stream of rows per worker.
+
+Built once per run by Ray tasks, never on the driver. Pass 1 reads each data file's difficulties;
+the curriculum turns them into a (steps, global_batch) schedule of row positions. Pass 2 reads each
+file's text again and writes, for every worker, the scheduled copies of its rows sorted by (step,
+position): one sorted run per chunk of a file. A worker merges its runs lazily while it trains, so
+its memory follows the number of runs, never the pool, and a restarted worker starts the merge at
+the step it resumes from.
+
+Layout under ``<out_dir>/plan/``: ``rank-0000/run-00000-00000.parquet``, ...; ``_plan.json``
+(rows, steps, the settings it was built for), written last, marks it complete.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from instructscale import storage
+from instructscale.lifecycle import part_files
+from instructscale.plugins import Curriculum
+from instructscale.train.config import TrainConfig
+from instructscale.train.curriculum import build_schedule
+from instructscale.train.data import TEXT_COLUMNS, difficulty_of, usable_rows
+
+PLAN, DONE = "plan", "_plan.json"
+RUN_ROWS = 65_536  # data rows per sorted run: a run's scheduled copies are sorted in one task's memory
+ROW_GROUP = 512  # rows a worker decodes at a time from each run
+_FILTERS = ("output", "reject_reason")
+
+
+def _settings(cfg: TrainConfig) -> dict:
+    """What the plan depends on: a plan built for other settings is rebuilt."""
+    keys = ("data", "curriculum", "global_batch", "epochs", "seed", "max_steps")
+    return {**cfg.model_dump(mode="json", include=set(keys)), "workers": cfg.scaling.num_workers}
+
+
+def _chunks(uri: str, columns: list[str], rows: int = RUN_ROWS) -> Iterator[pa.Table]:
+    """The usable rows of one Parquet file, ``rows`` stored rows at a time (``columns`` that exist)."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        names = parquet.schema_arrow.names
+        wanted = sorted({c for c in (*columns, *_FILTERS) if c in names})
+        for batch in parquet.iter_batches(batch_size=rows, columns=wanted):
+            yield usable_rows(pa.Table.from_batches([batch]))
+
+
+def _difficulty(table: pa.Table, key: str) -> np.ndarray:
+    column = table[key] if key in table.column_names else None
+    if (
+        column is not None
+        and column.null_count == 0
+        and (pa.types.is_floating(column.type) or pa.types.is_integer(column.type))
+    ):
+        return column.to_numpy().astype(float)
+    return np.array([difficulty_of(r, key) for r in table.to_pylist()], dtype=float)
+
+
+@ray.remote
+def _difficulties(uri: str, key: str | None) -> np.ndarray:
+    """Pass 1 for one file: each usable row's difficulty (zeros when ``key`` is None)."""
+    out = [
+        _difficulty(t, key) if key else np.zeros(t.num_rows)
+        for t in _chunks(uri, ["id", "metadata", key] if key else [])
+    ]
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@ray.remote
+def _write_runs(
+    uri: str,
+    index: int,
+    offset: int,
+    positions: np.ndarray,
+    slots: np.ndarray,
+    step_means: np.ndarray,
+    global_batch: int,
+    world: int,
+    plan: str,
+    run_rows: int,
+) -> int:
+    """Pass 2 for one file (rows ``offset`` on): every worker's scheduled copies of its rows, one
+    sorted run per chunk. ``positions`` is the schedule's row positions sorted, ``slots`` where each
+    sits in the flattened schedule. Returns the copies written."""
+    written, first = 0, offset
+    for k, table in enumerate(_chunks(uri, TEXT_COLUMNS, run_rows)):
+        lo, hi = np.searchsorted(positions, [first, first + table.num_rows])
+        step, within = np.divmod(slots[lo:hi], global_batch)
+        copies = (
+            table.select([c for c in TEXT_COLUMNS if c in table.column_names])
+            .take(pa.array(positions[lo:hi] - first))
+            .append_column("step", pa.array(step.astype(np.int32)))
+            .append_column("pos", pa.array((within // world).astype(np.int32)))
+            .append_column("difficulty_mean", pa.array(step_means[step]))
+        )
+        rank = within % world
+        for r in range(world):
+            mine = copies.filter(pa.array(rank == r))
+            if mine.num_rows:
+                run = storage.join(plan, f"rank-{r:04d}", f"run-{index:05d}-{k:05d}.parquet")
+                storage.write_parquet(run, mine.sort_by([("step", "ascending"), ("pos", "ascending")]), ROW_GROUP)
+        written, first = written + copies.num_rows, first + table.num_rows
+    return written
+
+
+@ray.remote
+def _build(config: dict, plan: str, run_rows: int) -> dict:
+    """Both passes, as Ray tasks per data file; returns _plan.json's content, or {"error": ...}."""
+    cfg = TrainConfig.model_validate(config)
+    files = part_files(cfg.data)
+    key = cfg.curriculum.difficulty_key if Curriculum.registry.get(cfg.curriculum.kind).needs_difficulty else None
+    per_file = ray.get([_difficulties.remote(f, key) for f in files])
+    difficulty = np.concatenate(per_file) if per_file else np.zeros(0)
+    try:
+        schedule = build_schedule(
+            difficulty,
+            cfg.curriculum,
+            global_batch=cfg.global_batch,
+            epochs=cfg.epochs,
+            seed=cfg.seed,
+            max_steps=cfg.max_steps,
+        )
+    except ValueError as err:
+        return {"error": str(err)}
+    flat = schedule.ravel()
+    slots = np.argsort(flat, kind="stable")
+    shared = [ray.put(a) for a in (flat[slots], slots, difficulty[schedule].mean(axis=1))]
+    offsets = np.cumsum([0] + [len(d) for d in per_file])
+    world = cfg.scaling.num_workers
+    tasks = [
+        _write_runs.remote(f, i, int(offsets[i]), *shared, cfg.global_batch, world, plan, run_rows)
+        for i, f in enumerate(files)
+    ]
+    written = sum(ray.get(tasks))
+    if written != flat.size:
+        raise RuntimeError(f"train plan: wrote {written} scheduled rows of {flat.size}; did {cfg.data} change?")
+    info = {"rows": len(difficulty), "steps": len(schedule), "settings": _settings(cfg)}
+    storage.write_json(storage.join(plan, DONE), info)
+    return info
+
+
+def build_plan(cfg: TrainConfig, run_rows: int = RUN_ROWS) -> dict:
+    """The plan under ``out_dir/plan`` (reused when complete and built for these settings):
+    ``{"rows", "steps", "settings"}``; ``run_rows`` data rows make one sorted run. Raises
+    ValueError when the data cannot fill the schedule."""
+    plan = storage.join(cfg.out_dir, PLAN)
+    done = storage.read_json_if_exists(storage.join(plan, DONE))
+    if done and done.get("settings") == _settings(cfg):
+        return done
+    storage.remove(plan)
+    info = ray.get(_build.remote(cfg.model_dump(mode="json"), plan, run_rows))
+    if "error" in info:
+        raise ValueError(info["error"])
+    return info
+
+
+def _run_rows(uri: str, first: int) -> Iterator[dict]:
+    """The rows of one sorted run from step ``first`` on, a row group at a time."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        leaves = parquet.schema  # statistics are per leaf column: nested columns come first
+        step_column = next(j for j in range(len(leaves)) if leaves.column(j).path == "step")
+        for g in range(parquet.num_row_groups):
+            stats = parquet.metadata.row_group(g).column(step_column).statistics
+            if stats is not None and stats.has_min_max and stats.max < first:
+                continue
+            group = parquet.read_row_group(g)
+            yield from group.filter(pc.greater_equal(group["step"], first)).to_pylist()
+
+
+def worker_steps(cfg: TrainConfig, rank: int, first: int, steps: int) -> Iterator[tuple[int, float, list[dict]]]:
+    """(step, the global batch's mean difficulty, this worker's rows in schedule order) for steps
+    ``first`` to ``steps - 1`` (0-based), read lazily from the worker's sorted runs."""
+    world = cfg.scaling.num_workers
+    share = len(range(rank, cfg.global_batch, world))
+    runs = storage.list_files(storage.join(cfg.out_dir, PLAN, f"rank-{rank:04d}"), suffix=".parquet")
+    merged = heapq.merge(*(_run_rows(u, first) for u in runs), key=lambda r: (r["step"], r["pos"]))
+    expected = first
+    for step, group in itertools.groupby(merged, key=lambda r: r["step"]):
+        rows = list(group)
+        if step != expected or len(rows) != share:
+            raise RuntimeError(f"train plan: step {step} has {len(rows)} of worker {rank}'s {share} rows")
+        yield step, rows[0]["difficulty_mean"], rows
+        expected += 1
+    if expected < steps:
+        raise RuntimeError(f"train plan: worker {rank}'s rows end at step {expected} of {steps}")
