@@ -86,10 +86,14 @@ def _difficulty(cfg: SelectConfig, table: pa.Table) -> np.ndarray:
     return _column(table, d.source)
 
 
+def _required(cfg: SelectConfig) -> list[str]:
+    """The score columns the configured scorers promise (a row missing one is unscorable)."""
+    return [c for s in cfg.scorers for c in Scorer.registry.get(s.kind).required]
+
+
 def filter_columns(cfg: SelectConfig) -> list[str]:
     """The columns :func:`removal_reasons` reads."""
-    required = [c for s in cfg.scorers for c in Scorer.registry.get(s.kind).required]
-    return ["reject_reason", "filter_reason", *required, *(["ifd"] if cfg.max_ifd is not None else [])]
+    return ["reject_reason", "filter_reason", *_required(cfg), *(["ifd"] if cfg.max_ifd is not None else [])]
 
 
 def removal_reasons(cfg: SelectConfig, t: pa.Table) -> list[str | None]:
@@ -97,8 +101,8 @@ def removal_reasons(cfg: SelectConfig, t: pa.Table) -> list[str | None]:
     n = t.num_rows
     rejected = t["reject_reason"].to_pylist() if "reject_reason" in t.column_names else [None] * n
     filtered = t["filter_reason"].to_pylist()
-    required = [c for s in cfg.scorers for c in Scorer.registry.get(s.kind).required]
-    missing = [any(v is None for v in vals) for vals in zip(*(t[c].to_pylist() for c in required))] or [False] * n
+    columns = [t[c].to_pylist() for c in _required(cfg)]
+    missing = [any(v is None for v in vals) for vals in zip(*columns)] or [False] * n
     ifd = t["ifd"].to_pylist() if cfg.max_ifd is not None else [None] * n
     reasons: list[str | None] = []
     for i in range(n):

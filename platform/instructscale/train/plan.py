@@ -177,6 +177,13 @@ def _run_rows(uri: str, first: int) -> Iterator[dict]:
             yield from group.filter(pc.greater_equal(group["step"], first)).to_pylist()
 
 
+def use_system_allocator() -> None:
+    """Arrow's system allocator for this (training worker) process. Reading a plan row group at a
+    time for hours, Arrow's default mimalloc pool kept freed pages: a worker's RSS grew by about
+    0.5 KB per row read (46 MB per 100k rows), while with the system allocator it stays flat."""
+    pa.set_memory_pool(pa.system_memory_pool())
+
+
 def worker_steps(cfg: TrainConfig, rank: int, first: int, steps: int) -> Iterator[tuple[int, float, list[dict]]]:
     """(step, the global batch's mean difficulty, this worker's rows in schedule order) for steps
     ``first`` to ``steps - 1`` (0-based), read lazily from the worker's sorted runs."""

@@ -24,7 +24,7 @@ from instructscale.train.data import TEXT_COLUMNS, read_training_columns
 from instructscale.train.deepspeed_config import build_deepspeed_config
 from instructscale.train.flops import flops_per_token, matmul_peak_tflops
 from instructscale.train.metrics import METRICS, MetricsLog
-from instructscale.train.plan import worker_steps
+from instructscale.train.plan import use_system_allocator, worker_steps
 from instructscale.train.tracking import Tracker
 
 STATE = "state.json"
@@ -294,6 +294,7 @@ def train_loop(config: dict) -> None:
 
     cfg = TrainConfig.model_validate(config["cfg"])
     steps: int = config["steps"]
+    use_system_allocator()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed + rank)
