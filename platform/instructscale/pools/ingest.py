@@ -124,12 +124,25 @@ def _later_copies(group: pa.Table) -> pa.Table:
     )
 
 
-def duplicate_ids(ds: Dataset) -> pa.Table:
+ID_PARTITION_BYTES = 256 * 2**20  # input bytes per partition of the id groupby
+
+
+def id_partitions(cfg: IngestConfig) -> int:
+    """Partitions for the id groupby: one per 256 MiB of input files."""
+    size = 0
+    for i, inp in enumerate(cfg.inputs):
+        for uri in _expand(inp, i):
+            fs, path = storage.resolve(uri)
+            size += fs.get_file_info(path).size or 0
+    return max(1, -(-size // ID_PARTITION_BYTES))
+
+
+def duplicate_ids(ds: Dataset, partitions: int) -> pa.Table:
     """Every row whose id an earlier row already has, found by a distributed groupby on the ids
     (the driver receives the duplicates only, never the set of all ids)."""
     later = (
         ds.map_batches(_valid_keys, batch_format="pyarrow")
-        .groupby("id")
+        .groupby("id", num_partitions=partitions)
         .map_groups(_later_copies, batch_format="pyarrow")
     )
     tables = [t for t in ray.get(later.to_arrow_refs()) if t.num_rows]
@@ -190,7 +203,7 @@ def ingest(cfg: IngestConfig) -> dict:
         log.info("ingest: %s already complete (%d rows), skipping", run.out, done["rows"])
         return done
     t0 = time.time()
-    duplicates = duplicate_ids(read_pool(cfg))
+    duplicates = duplicate_ids(read_pool(cfg), id_partitions(cfg))
     run.start(rebuilt=("pool", "quarantine"))
     counts = read_pool(cfg).map_batches(
         _write_block,
