@@ -38,8 +38,13 @@ def counts(summary: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_pipeline_demo_run(ray_local, tmp_path, capfd):
-    run = tmp_path / "run"
+def test_pipeline_demo_run_locally_then_on_s3(ray_local, bucket, tmp_path, capfd, monkeypatch):
+    """The main job on local disk (quiet, every stage, a rerun reuses them), then on S3: the same
+    decisions, no local writes, and a rerun that skips every stage."""
+    from instructscale import storage
+
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    run = tmp_path / "local"
     args = pipeline_args(str(run))
     assert main(args) == 0
     printed = capfd.readouterr()  # file descriptors: Ray's and the engines' output included
@@ -56,6 +61,7 @@ def test_pipeline_demo_run(ray_local, tmp_path, capfd):
     assert gen["inputs"] == ing["rows"] and gen["this_run"]["tokens"] > 0  # the teacher filled empty outputs
     tr = summary["stages"]["train"]
     assert tr["steps"] == 4 and (run / "train" / "model" / "model.safetensors").is_file()
+    assert not (run / "train" / "plan").exists(), "the training plan is removed once trained"
     assert summary["model"] == str(run / "train" / "model")
     sel = summary["stages"]["select"]
     assert sel["selected"] + sel["not_selected"] + sum(sel["removed"].values()) == gen["rows"] + sum(
@@ -73,18 +79,10 @@ def test_pipeline_demo_run(ray_local, tmp_path, capfd):
     assert main(args) == 0  # second run reuses every finished stage
     assert json.loads((run / "summary.json").read_text())["stages"]["ingest"] == ing
 
-
-@pytest.mark.slow
-def test_pipeline_on_s3_matches_the_local_run(ray_local, bucket, tmp_path, monkeypatch):
-    from instructscale import storage
-
-    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
-    assert main(pipeline_args(str(tmp_path / "local"))) == 0
-    local = json.loads((tmp_path / "local" / "summary.json").read_text())
     before = sorted(p for p in tmp_path.rglob("*") if "local" not in p.parts)
     assert main(pipeline_args(f"{bucket}/run")) == 0
     remote = storage.read_json(f"{bucket}/run/summary.json")
-    assert counts(remote) == counts(local)
+    assert counts(remote) == counts(summary)
     assert remote["model"] == f"{bucket}/run/train/model" and storage.is_file(f"{bucket}/run/report.md")
     assert storage.list_files(f"{bucket}/run/logs") and storage.is_file(f"{bucket}/run/scores.png")
     assert sorted(p for p in tmp_path.rglob("*") if "local" not in p.parts) == before, "no local writes"
