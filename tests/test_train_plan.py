@@ -107,3 +107,11 @@ def test_too_few_rows_for_one_global_batch_is_refused(ray_local, tmp_path):
     write_files(tmp_path / "data", [5])
     with pytest.raises(ValueError, match="fewer than one global batch"):
         build_plan(config(tmp_path, {"kind": "random"}))
+
+
+def test_a_row_without_difficulty_is_named(ray_local, tmp_path):
+    (tmp_path / "data").mkdir()
+    rows = [{"id": f"r{k}", "instruction": "q", "output": "a", "metadata": "{}"} for k in range(8)]
+    storage.write_parquet(str(tmp_path / "data" / "part-0.parquet"), pa.Table.from_pylist(rows))
+    with pytest.raises(ValueError, match="^row r0: no 'difficulty' column or metadata key for the curriculum$"):
+        build_plan(config(tmp_path, {"kind": "easy_to_hard"}, workers=1))

@@ -113,13 +113,14 @@ def _write_runs(
 
 @ray.remote
 def _build(config: dict, plan: str, run_rows: int) -> dict:
-    """Both passes, as Ray tasks per data file; returns _plan.json's content, or {"error": ...}."""
+    """Both passes, as Ray tasks per data file; returns _plan.json's content, or {"error": ...} for
+    data that cannot make the schedule (a row without difficulty, too few rows)."""
     cfg = TrainConfig.model_validate(config)
     files = part_files(cfg.data)
     key = cfg.curriculum.difficulty_key if Curriculum.registry.get(cfg.curriculum.kind).needs_difficulty else None
-    per_file = ray.get([_difficulties.remote(f, key) for f in files])
-    difficulty = np.concatenate(per_file) if per_file else np.zeros(0)
     try:
+        per_file = ray.get([_difficulties.remote(f, key) for f in files])
+        difficulty = np.concatenate(per_file) if per_file else np.zeros(0)
         schedule = build_schedule(
             difficulty,
             cfg.curriculum,
@@ -128,8 +129,8 @@ def _build(config: dict, plan: str, run_rows: int) -> dict:
             seed=cfg.seed,
             max_steps=cfg.max_steps,
         )
-    except ValueError as err:
-        return {"error": str(err)}
+    except ValueError as err:  # a task's error arrives wrapped: report the row's own message
+        return {"error": str(getattr(err, "cause", None) or err)}
     flat = schedule.ravel()
     slots = np.argsort(flat, kind="stable")
     shared = [ray.put(a) for a in (flat[slots], slots, difficulty[schedule].mean(axis=1))]
