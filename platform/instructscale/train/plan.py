@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from instructscale import storage
 from instructscale.lifecycle import part_files
@@ -111,7 +112,9 @@ def _write_runs(
     return written
 
 
-@ray.remote
+# outside any placement group: a Tune trial's driver holds a bundle of trial_cpus (0.5), which a
+# task it starts would otherwise have to fit into
+@ray.remote(scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
 def _build(config: dict, plan: str, run_rows: int) -> dict:
     """Both passes, as Ray tasks per data file; returns _plan.json's content, or {"error": ...} for
     data that cannot make the schedule (a row without difficulty, too few rows)."""
