@@ -264,8 +264,7 @@ class _Batches:
         first = start - start % self.window
         self.plan = worker_steps(cfg, rank, first, steps)
         self.no_response = 0  # rows read so far whose response lies beyond max_length
-        self.ahead = self._read(first)
-        self.ahead = [s for s in self.ahead if s[0] >= start]
+        self.ahead = [s for s in self._read(first) if s[0] >= start]
 
     def _read(self, first: int) -> list[tuple[int, float, list[Example]]]:
         """The next window of steps (starting at step ``first``), tokenized and regrouped."""
