@@ -11,6 +11,7 @@ from instructscale import storage
 from instructscale.lifecycle import part_files
 
 TEXT_COLUMNS = ["id", "instruction", "input", "output", "messages", "tools"]  # what tokenizing a row reads
+FILTER_COLUMNS = ("output", "reject_reason")  # what :func:`usable_rows` reads
 
 
 def difficulty_of(row: dict, key: str) -> float:
@@ -38,5 +39,5 @@ def read_training_columns(path: str, columns: list[str]) -> pa.Table:
     such as held-out rows; training rows stream through :mod:`instructscale.train.plan`."""
     files = part_files(path)
     names = storage.parquet_schema(files[0]).names if files else []
-    filters = [c for c in ("output", "reject_reason") if c in names]
+    filters = [c for c in FILTER_COLUMNS if c in names]
     return usable_rows(storage.read_parquet(files, columns=sorted({c for c in columns if c in names} | set(filters))))

@@ -29,12 +29,11 @@ from instructscale.lifecycle import part_files
 from instructscale.plugins import Curriculum
 from instructscale.train.config import TrainConfig
 from instructscale.train.curriculum import build_schedule
-from instructscale.train.data import TEXT_COLUMNS, difficulty_of, usable_rows
+from instructscale.train.data import FILTER_COLUMNS, TEXT_COLUMNS, difficulty_of, usable_rows
 
 PLAN, DONE = "plan", "_plan.json"
 RUN_ROWS = 65_536  # data rows per sorted run: a run's scheduled copies are sorted in one task's memory
 ROW_GROUP = 512  # rows a worker decodes at a time from each run
-_FILTERS = ("output", "reject_reason")
 
 
 def _settings(cfg: TrainConfig) -> dict:
@@ -49,7 +48,7 @@ def _chunks(uri: str, columns: list[str], rows: int = RUN_ROWS) -> Iterator[pa.T
     with fs.open_input_file(path) as f:
         parquet = pq.ParquetFile(f)
         names = parquet.schema_arrow.names
-        wanted = sorted({c for c in (*columns, *_FILTERS) if c in names})
+        wanted = sorted({c for c in (*columns, *FILTER_COLUMNS) if c in names})
         for batch in parquet.iter_batches(batch_size=rows, columns=wanted):
             yield usable_rows(pa.Table.from_batches([batch]))
 
