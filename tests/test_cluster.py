@@ -132,7 +132,7 @@ def local_head():
         os.killpg(proc.pid, signal.SIGTERM)
         pytest.fail("local Ray head did not come up")
     yield address
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGKILL)  # the head's whole group; `ray start --block` exits ~30 s after a SIGTERM
     proc.wait(timeout=60)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
