@@ -60,10 +60,10 @@ def init_ray(cfg: RayConfig) -> None:
     # read_parquet: ~5 s per read on a 2-core machine against ~0.3 s for the V1 reader, which every
     # stage pass and every shuffle input here pays (benchmarks/ray_data_read.py)
     ctx.use_datasource_v2 = False
-    # Ray 2.60's default hash shuffle starts aggregator actors for every groupby: shuffle.mark_in took
-    # 13.7 s against 3.7 s with the task-based sort shuffle at 2k rows, and 18.1 s against 6.5 s at
-    # 100k (benchmarks/ray_data_shuffle.py); every shuffle here passes its own num_partitions
-    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    # every groupby here passes num_partitions so that a reduce task holds one partition, and only the
+    # hash shuffles honour it. The sort shuffle splits by sampled key ranges: its largest worker grew
+    # 0.54 -> 1.94 GiB from 100k to 1M rows in `benchmarks/selection.py --scale` (this one: 0.55 -> 0.83)
+    ctx.shuffle_strategy = ShuffleStrategy.SHUFFLE_V2
     # a hash shuffle's map side coalesces up to this much input into one task (Ray's default, 1 GiB,
     # made one ~3 GiB task that partitioned a 1M-row pool's dedup keys; benchmarks/selection.py --scale)
     ctx.shuffle_input_batch_bytes = SHUFFLE_INPUT_BATCH_BYTES
