@@ -63,7 +63,6 @@ def main() -> None:
         row["hash_over_sort_pull"] = row["hash_median_s"] / row["sort_pull_median_s"]
         row["hash_v2_over_sort_pull"] = row["hash_v2_median_s"] / row["sort_pull_median_s"]
         results.append(row)
-    ctx.shuffle_strategy = strategies["sort_pull"]
     print_table(
         results,
         ["rows", "partitions", *(f"{n}_median_s" for n in strategies), "hash_over_sort_pull", "hash_v2_over_sort_pull"],
