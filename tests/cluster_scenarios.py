@@ -192,7 +192,7 @@ def node_loss_train(run: str, node_root: Path) -> dict:
     worker, outcome = in_background(lambda: train(cfg))
     metrics = storage.join(run, "train", "metrics.jsonl")
     deadline = time.time() + 300
-    while time.time() < deadline and checkpoints(run) < 2:  # the first is surely registered by Ray Train
+    while time.time() < deadline and not registered_checkpoint(run):
         time.sleep(0.5)
     steps_before = len(storage.read_text(metrics).splitlines()) if storage.is_file(metrics) else 0
     cluster.remove_node(workers["b"], allow_graceful=False)  # a crash, not a drain
@@ -202,10 +202,16 @@ def node_loss_train(run: str, node_root: Path) -> dict:
     return {"steps_logged_before_loss": steps_before, "metric_lines": len(lines), **outcome}
 
 
-def checkpoints(run: str) -> int:
+def registered_checkpoint(run: str) -> bool:
+    """Whether Ray Train's controller has registered a checkpoint (its snapshot names one).
+
+    A checkpoint on storage is not enough: workers upload it before the controller, which polls
+    every 2 s, takes the report in; a node lost in between restarts the run from the previous one.
+    """
     from instructscale import storage
 
-    return len(storage.glob(storage.join(run, "train", "ray_train", "checkpoint_*", "state.json")))
+    snapshot = storage.join(run, "train", "ray_train", "checkpoint_manager_snapshot.json")
+    return bool((storage.read_json_if_exists(snapshot) or {}).get("latest_checkpoint_result"))
 
 
 def local_run_dir(run: str, node_root: Path) -> dict:
