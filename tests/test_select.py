@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 import torch
@@ -19,7 +20,7 @@ from instructscale.schema import POOL_SCHEMA, decode_metadata
 from instructscale.scorers import ModelScorer
 from instructscale.select import selectors
 from instructscale.select.config import DedupSettings, SelectConfig
-from instructscale.select.dedup import bucket_pairs, jaccard, key_rows, lsh_bands, resolve
+from instructscale.select.dedup import EXACT_BAND, bucket_pairs, jaccard, key_rows, lsh_bands, resolve
 from instructscale.select.features import (
     first_failure,
     minhash_signatures,
@@ -76,11 +77,11 @@ def test_builtin_filters_and_the_demo_verifier_on_hand_computed_rows():
     assert reason("q?!", "5") is None  # nothing to check against
 
 
-def _pairs_and_dups(texts: dict[str, str], priority: dict[str, float], cfg: DedupSettings) -> tuple[pa.Table, dict]:
-    """The dedup shuffle's steps in one process: key rows, one bucket pass, resolve."""
+def _dedup_batch(texts: dict[str, str], priority: dict[str, float], cfg: DedupSettings) -> pa.Table:
+    """The columns the dedup shuffle reads, as the features stage computes them."""
     norm = [normalize_text(t) for t in texts.values()]
     hashes = [shingle_hashes(t, cfg.ngram) for t in norm]
-    batch = pa.table(
+    return pa.table(
         {
             "id": list(texts),
             "text_hash": [hashlib.sha1(t.encode()).hexdigest() for t in norm],
@@ -89,9 +90,16 @@ def _pairs_and_dups(texts: dict[str, str], priority: dict[str, float], cfg: Dedu
             "score": [priority.get(i, 0.0) for i in texts],
         }
     )
-    pairs = bucket_pairs(key_rows(batch, cfg, partitions=1), cfg)
-    dups = resolve(pairs)
-    return pairs, {r["id"]: (r["reason"], r["duplicate_of"]) for r in dups.to_pylist()}
+
+
+def _found(pairs: pa.Table) -> dict:
+    return {r["id"]: (r["reason"], r["duplicate_of"]) for r in resolve(pairs).to_pylist()}
+
+
+def _pairs_and_dups(texts: dict[str, str], priority: dict[str, float], cfg: DedupSettings) -> tuple[pa.Table, dict]:
+    """The dedup shuffle's steps in one process: key rows, one bucket pass, resolve."""
+    pairs = bucket_pairs(key_rows(_dedup_batch(texts, priority, cfg), cfg, partitions=1), cfg)
+    return pairs, _found(pairs)
 
 
 def test_dedup_removes_exactly_the_planted_duplicates():
@@ -117,6 +125,42 @@ def test_dedup_removes_exactly_the_planted_duplicates():
     assert found == {"a_exact": ("exact_duplicate", "a")}
     _, found = _pairs_and_dups(texts, {}, DedupSettings(exact=False))  # an exact copy is a near duplicate too
     assert found["a_exact"] == ("near_duplicate", "a") and "b_other" not in found
+
+
+def test_band_rows_carry_one_copy_of_each_text_per_batch():
+    """A text copied many times puts one row per batch into each band bucket (its smallest id there),
+    and the outcome is the same as with every copy in the buckets."""
+    poem = "Write a short poem about the sea and the moon in the style of a sonnet"
+    texts = {f"a{i:02d}": poem.upper() if i % 2 else poem for i in range(30)}
+    texts |= {"a_near": poem + " please", "b": "Explain how photosynthesis turns light into sugar in green plants."}
+    cfg = DedupSettings()
+    batch = _dedup_batch(texts, {"a07": 1.0}, cfg)
+    batches = [batch.take(list(range(k, batch.num_rows, 3))) for k in range(3)]
+    keys = pa.concat_tables([key_rows(b, cfg, partitions=1) for b in batches])
+    bands = lsh_bands(cfg.threshold, cfg.num_perm, cfg.candidate_recall)[0]
+    band_rows = keys.filter(pc.not_equal(keys["band"], EXACT_BAND))
+    assert band_rows.num_rows == 5 * bands  # the poem in each batch, a_near and b once
+    assert set(band_rows["id"].to_pylist()) == {"a00", "a01", "a02", "a_near", "b"}
+    expected = {k: ("exact_duplicate", "a07") for k in texts if k.startswith("a") and k not in ("a07", "a_near")}
+    assert _found(bucket_pairs(keys, cfg)) == expected | {"a_near": ("near_duplicate", "a07")}
+
+
+def test_duplicate_pairs_do_not_depend_on_how_rows_are_batched():
+    """Texts whose smallest ids come in one order and their largest in the other: the pairs (and
+    each pair's direction) are the same whether all copies share a batch or not."""
+    words = [f"w{i}" for i in range(40)]
+    variants = [" ".join([*words, f"end{k}"]) for k in range(5)]
+    texts = {f"t{k}": v for k, v in enumerate(variants)} | {f"z{4 - k}": v for k, v in enumerate(variants)}
+    cfg = DedupSettings()
+    batch = _dedup_batch(texts, {}, cfg)
+    together = bucket_pairs(key_rows(batch, cfg, partitions=1), cfg)
+    apart = bucket_pairs(pa.concat_tables([key_rows(batch.slice(0, 5), cfg, 1), key_rows(batch.slice(5), cfg, 1)]), cfg)
+
+    def directed(pairs: pa.Table) -> set:
+        return set(zip(*(pairs[c].to_pylist() for c in ("kind", "id", "other"))))
+
+    assert any(kind == "near" for kind, _, _ in directed(together))
+    assert directed(apart) == directed(together)
 
 
 def test_near_duplicate_clusters_are_connected_components_verified_by_exact_jaccard():

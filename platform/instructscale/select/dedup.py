@@ -1,7 +1,8 @@
 """Duplicate detection among the rows that passed the filters, as one Ray Data shuffle.
 
 Every row becomes a few *key rows*: one keyed by its normalised text hash (exact duplicates) and one
-per LSH band of its MinHash signature (near-duplicate candidates). A hash groupby brings equal keys
+per LSH band of its MinHash signature (near-duplicate candidates; with exact dedup on, only for the
+smallest id of each text in a batch). A hash groupby brings equal keys
 together; in each bucket, rows with the same text are exact duplicates, and the other rows are
 verified against the bucket's anchor (its smallest id; every pair in a small bucket) by the exact
 Jaccard similarity of their word n-gram hashes. The result is a table of pairs, whose size follows
@@ -16,6 +17,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -72,12 +74,29 @@ def key_rows(batch: pa.Table, cfg: DedupSettings, partitions: int) -> pa.Table:
         empty = pa.array([[]] * n, pa.list_(pa.uint32()))
         parts.append(_keyed(key, np.full(n, EXACT_BAND), ids, text_hash, empty, partitions))
     if cfg.near and n:
+        if cfg.exact:  # copies are exact pairs already: the band rows need one copy per text
+            batch = batch.take(first_copies(batch))
+            ids, text_hash, n = batch.select(["id", "score"]), batch["text_hash"], batch.num_rows
         bands, rows = lsh_bands(cfg.threshold, cfg.num_perm, cfg.candidate_recall)
         sig = np.frombuffer(b"".join(batch["minhash"].to_pylist()), dtype="<u4").reshape(n, cfg.num_perm)
         keys = _band_keys(sig, bands, rows)
         for band in range(bands):
             parts.append(_keyed(keys[:, band], np.full(n, band), ids, text_hash, batch["shingles"], partitions))
     return pa.concat_tables(parts) if parts else pa.table({})
+
+
+def first_copies(batch: pa.Table) -> pa.Array:
+    """Indices of the smallest-id row of each text in ``batch``.
+
+    The smallest id of a text overall is the smallest in its own batch, so every band bucket still
+    holds each text's smallest id (the row :func:`bucket_pairs` takes for it), while a text copied
+    thousands of times no longer puts thousands of rows into one partition per band."""
+    order = pc.sort_indices(batch, [("text_hash", "ascending"), ("id", "ascending")])
+    hashes = batch["text_hash"].take(order)
+    if not len(hashes):
+        return order
+    new = pc.not_equal(hashes.slice(1), hashes.slice(0, len(hashes) - 1))
+    return order.filter(pa.concat_arrays([pa.array([True]), new.combine_chunks()]))
 
 
 def _keyed(key, band, ids: pa.Table, text_hash, shingles, partitions: int) -> pa.Table:
@@ -103,6 +122,15 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return common / (union - common)
 
 
+def _first_of_each_text(hashes: list[str], start: int, end: int) -> list[int]:
+    """The first row of each text in rows ``start:end`` (sorted by id), in that order: it depends on
+    each text's smallest id only, not on which other copies are in the bucket (see first_copies)."""
+    first: dict[str, int] = {}
+    for i in range(start, end):
+        first.setdefault(hashes[i], i)
+    return list(first.values())
+
+
 def bucket_pairs(part: pa.Table, cfg: DedupSettings) -> pa.Table:
     """The duplicate pairs in one shuffle partition: ("exact", id, smallest id of that text) for every
     other row of an exact bucket; ("near", id, other) for verified near-duplicate candidates (with
@@ -123,7 +151,7 @@ def bucket_pairs(part: pa.Table, cfg: DedupSettings) -> pa.Table:
             first: dict[str, int] = {}
             out += [("exact", i, of) for i in range(s, e) if (of := first.setdefault(hashes[i], i)) != i]
             continue
-        reps = list({hashes[i]: i for i in range(e - 1, s - 1, -1)}.values())[::-1] if cfg.exact else range(s, e)
+        reps = _first_of_each_text(hashes, s, e) if cfg.exact else range(s, e)
         anchors = reps if len(reps) <= SMALL_BUCKET else reps[:1]
         for x, i in enumerate(anchors):
             a = values[offsets[i] : offsets[i + 1]]
