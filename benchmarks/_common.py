@@ -68,11 +68,13 @@ class PeakRSS(_Sampler):
 
 class PeakProcessRSS(_Sampler):
     """Peak RSS of this process, and of the largest Ray worker process (``ray::`` in its title), with
-    the peak of each kind of worker (its title)."""
+    the peak of each kind of worker (its title). ``worker_private`` leaves out a worker's shared pages
+    (RSS minus psutil's ``shared``): those of Ray's object store that the worker has read or written
+    stay in its RSS, capped by the store's size, not by anything the worker holds."""
 
     def __init__(self, interval: float = 0.25):
         super().__init__(interval)
-        self.driver, self.worker, self.by_title = 0, 0, {}
+        self.driver, self.worker, self.worker_private, self.by_title = 0, 0, 0, {}
 
     def _sample(self) -> None:
         me = psutil.Process()
@@ -81,9 +83,10 @@ class PeakProcessRSS(_Sampler):
             with contextlib.suppress(psutil.Error):
                 title = p.cmdline()[0] if p.cmdline() else ""
                 if title.startswith("ray::"):
-                    rss = p.memory_info().rss
-                    self.worker = max(self.worker, rss)
-                    self.by_title[title] = max(self.by_title.get(title, 0), rss)
+                    info = p.memory_info()
+                    self.worker = max(self.worker, info.rss)
+                    self.worker_private = max(self.worker_private, info.rss - info.shared)
+                    self.by_title[title] = max(self.by_title.get(title, 0), info.rss)
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

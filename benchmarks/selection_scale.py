@@ -2,8 +2,8 @@
 
 1. the select stage (cheap features and filters, exact + near dedup, then the rest of the decisions
    with the outputs) on generated demo pools of each `--sizes`, with the driver's peak RSS and the
-   largest Ray worker's peak RSS over the stage (and the largest of each kind), and rows/s of each
-   phase;
+   largest Ray worker's peak RSS over the stage (and the largest of each kind, and the peak without
+   the shared pages of Ray's object store), and rows/s of each phase;
 2. the dedup shuffle alone on the largest pool's features with Ray at 1 and then 2 CPUs;
 3. near-duplicate recall and precision against exact Jaccard on planted pairs whose exact Jaccard
    spreads uniformly over [threshold, 1], plus near misses below it;
@@ -49,6 +49,7 @@ def _stage(work: Path, rows: int) -> dict:
         "stage_rows_per_s": rows / m["seconds"],
         "driver_rss_gib": mem.driver / 2**30,
         "worker_rss_gib": mem.worker / 2**30,
+        "worker_private_gib": mem.worker_private / 2**30,
         "largest_workers_gib": {
             t: round(v / 2**30, 2) for t, v in sorted(mem.by_title.items(), key=lambda kv: -kv[1])[:4]
         },
@@ -222,6 +223,8 @@ def run(sizes: list[int], model: str | None, ifd_rows: int, per_bin: int) -> Non
         "dedup_2w_over_1w": dedup[1]["rows_per_s"] / dedup[0]["rows_per_s"],
         f"driver_rss_{large['rows']}_over_{small['rows']}": large["driver_rss_gib"] / small["driver_rss_gib"],
         f"worker_rss_{large['rows']}_over_{small['rows']}": large["worker_rss_gib"] / small["worker_rss_gib"],
+        f"worker_private_{large['rows']}_over_{small['rows']}": large["worker_private_gib"]
+        / small["worker_private_gib"],
         "near_dup_recall": recall["near_dup_recall"],
         "near_dup_precision": recall["near_dup_precision"],
         # extrapolations from this machine's rows/s, assuming linear scaling over nodes like it
@@ -233,7 +236,7 @@ def run(sizes: list[int], model: str | None, ifd_rows: int, per_bin: int) -> Non
     print_table(ifd, ["model", "rows", "batched_rows_per_s", "per_sample_rows_per_s", "ifd_batched_over_per_sample"])
     print()
     cols = ["rows", "seconds", "features_rows_per_s", "dedup_rows_per_s", "decide_rows_per_s"]
-    print_table(stage, [*cols, "stage_rows_per_s", "driver_rss_gib", "worker_rss_gib"])
+    print_table(stage, [*cols, "stage_rows_per_s", "driver_rss_gib", "worker_rss_gib", "worker_private_gib"])
     print()
     print_table(dedup, ["cpus", "rows", "pairs", "seconds", "rows_per_s"])
     print(f"\nrecall per 0.05 bin of exact Jaccard: {recall['recall_per_bin']}")

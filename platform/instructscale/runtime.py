@@ -20,7 +20,7 @@ from instructscale.progress import name_the_accelerator, quiet_library_handlers,
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-SHUFFLE_INPUT_BATCH_BYTES = 64 * 2**20
+SHUFFLE_INPUT_BATCH_BYTES = 16 * 2**20
 
 
 class RayConfig(StrictModel):
@@ -64,8 +64,9 @@ def init_ray(cfg: RayConfig) -> None:
     # hash shuffles honour it. The sort shuffle splits by sampled key ranges: its largest worker grew
     # 0.54 -> 1.94 GiB from 100k to 1M rows in `benchmarks/selection.py --scale` (this one: 0.55 -> 0.83)
     ctx.shuffle_strategy = ShuffleStrategy.SHUFFLE_V2
-    # a hash shuffle's map side coalesces up to this much input into one task (Ray's default, 1 GiB,
-    # made one ~3 GiB task that partitioned a 1M-row pool's dedup keys; benchmarks/selection.py --scale)
+    # a hash shuffle's map side coalesces up to this much input into one task. Ray's default, 1 GiB,
+    # made one ~3 GiB task partition a 1M-row pool's dedup keys; at 64 MiB the largest map task still
+    # grew 0.50 -> 0.84 GiB from 100k to 1M rows, at 16 MiB 0.37 -> 0.62 (benchmarks/selection.py --scale)
     ctx.shuffle_input_batch_bytes = SHUFFLE_INPUT_BATCH_BYTES
     ctx.enable_progress_bars = verbose()
     ctx.print_on_execution_start = verbose()

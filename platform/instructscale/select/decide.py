@@ -49,7 +49,7 @@ DECISION_SCHEMA = pa.schema(
 HEAVY = ["embedding", "minhash", "shingles"]
 DEDUP_COLUMNS = ["id", "text_hash", "minhash", "shingles"]
 SCORES, SELECTED, CHOSEN = "scores", "selected", "_chosen"
-OUTPUT_ROWS_PER_PARTITION = 100_000
+OUTPUT_ROWS_PER_PARTITION = 50_000
 
 
 @lru_cache(maxsize=4)
