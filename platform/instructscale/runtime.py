@@ -62,7 +62,8 @@ def init_ray(cfg: RayConfig) -> None:
     ctx.use_datasource_v2 = False
     # every groupby here passes num_partitions so that a reduce task holds one partition, and only the
     # hash shuffles honour it. The sort shuffle splits by sampled key ranges: its largest worker grew
-    # 0.54 -> 1.94 GiB from 100k to 1M rows in `benchmarks/selection.py --scale` (this one: 0.55 -> 0.83)
+    # 0.54 -> 1.94 GiB from 100k to 1M rows in `benchmarks/selection.py --scale` (this one: 0.55 -> 0.83
+    # then, 0.43 -> 0.65 with the bounds below)
     ctx.shuffle_strategy = ShuffleStrategy.SHUFFLE_V2
     # a hash shuffle's map side coalesces up to this much input into one task. Ray's default, 1 GiB,
     # made one ~3 GiB task partition a 1M-row pool's dedup keys; at 64 MiB the largest map task still

@@ -74,14 +74,16 @@ def key_rows(batch: pa.Table, cfg: DedupSettings, partitions: int) -> pa.Table:
         empty = pa.array([[]] * n, pa.list_(pa.uint32()))
         parts.append(_keyed(key, np.full(n, EXACT_BAND), ids, text_hash, empty, partitions))
     if cfg.near and n:
-        if cfg.exact:  # copies are exact pairs already: the band rows need one copy per text
-            batch = batch.take(first_copies(batch))
-            ids, text_hash, n = batch.select(["id", "score"]), batch["text_hash"], batch.num_rows
+        # with exact dedup on, copies are exact pairs already: the band rows need one copy per text
+        one = batch.take(first_copies(batch)) if cfg.exact else batch
+        m, one_ids = one.num_rows, one.select(["id", "score"])
         bands, rows = lsh_bands(cfg.threshold, cfg.num_perm, cfg.candidate_recall)
-        sig = np.frombuffer(b"".join(batch["minhash"].to_pylist()), dtype="<u4").reshape(n, cfg.num_perm)
+        sig = np.frombuffer(b"".join(one["minhash"].to_pylist()), dtype="<u4").reshape(m, cfg.num_perm)
         keys = _band_keys(sig, bands, rows)
         for band in range(bands):
-            parts.append(_keyed(keys[:, band], np.full(n, band), ids, text_hash, batch["shingles"], partitions))
+            parts.append(
+                _keyed(keys[:, band], np.full(m, band), one_ids, one["text_hash"], one["shingles"], partitions)
+            )
     return pa.concat_tables(parts) if parts else pa.table({})
 
 
@@ -122,13 +124,10 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return common / (union - common)
 
 
-def _first_of_each_text(hashes: list[str], start: int, end: int) -> list[int]:
-    """The first row of each text in rows ``start:end`` (sorted by id), in that order: it depends on
-    each text's smallest id only, not on which other copies are in the bucket (see first_copies)."""
+def _first_of_text(hashes: list[str], start: int, end: int) -> list[int]:
+    """For each of the rows ``start:end`` (sorted by id), the first row with its text."""
     first: dict[str, int] = {}
-    for i in range(start, end):
-        first.setdefault(hashes[i], i)
-    return list(first.values())
+    return [first.setdefault(hashes[i], i) for i in range(start, end)]
 
 
 def bucket_pairs(part: pa.Table, cfg: DedupSettings) -> pa.Table:
@@ -148,10 +147,11 @@ def bucket_pairs(part: pa.Table, cfg: DedupSettings) -> pa.Table:
     values, offsets = sh.values.to_numpy(), sh.offsets.to_numpy()
     for s, e in zip(starts[multi], ends[multi]):
         if band[s] == EXACT_BAND:  # rows sorted by id: the first row of each text is its group's key
-            first: dict[str, int] = {}
-            out += [("exact", i, of) for i in range(s, e) if (of := first.setdefault(hashes[i], i)) != i]
+            out += [("exact", i, of) for i, of in enumerate(_first_of_text(hashes, s, e), s) if of != i]
             continue
-        reps = _first_of_each_text(hashes, s, e) if cfg.exact else range(s, e)
+        # one row per text, ordered by its smallest id: not by which other copies are in the bucket
+        # (see first_copies)
+        reps = list(dict.fromkeys(_first_of_text(hashes, s, e))) if cfg.exact else range(s, e)
         anchors = reps if len(reps) <= SMALL_BUCKET else reps[:1]
         for x, i in enumerate(anchors):
             a = values[offsets[i] : offsets[i + 1]]
