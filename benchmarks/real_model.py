@@ -132,7 +132,6 @@ def main() -> None:
                             "dtype": "bfloat16",
                         }
                     ],
-                    "max_ifd": None,
                     "selector": {"kind": "random", "seed": seed},
                     **options,
                 },

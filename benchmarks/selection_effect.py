@@ -145,7 +145,6 @@ def main() -> None:
                     "out_dir": str(out),
                     "filters": ["length", "repetition", "control_characters", "refusal", "reference_answer"],
                     "scorers": [{"kind": "model", "model": probe}],
-                    "max_ifd": None,
                     "features_dir": str(features) if features.exists() else None,
                     "difficulty": {"source": difficulty},
                     "budget": {"budget": k, "stratify_by": "task"},

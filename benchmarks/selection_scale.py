@@ -32,9 +32,7 @@ def _stage(work: Path, rows: int) -> dict:
         input=str(data / "pool"),
         out_dir=str(work / f"select-{rows}"),
         scorers=[],
-        max_ifd=None,
         weights={"output_chars": -1.0},
-        difficulty={"source": "length"},
         filters=["length", "repetition", "control_characters", "refusal", "reference_answer"],
         budget={"fraction": 0.5, "stratify_by": "task"},
     )
@@ -146,9 +144,6 @@ def _recall(threshold: float, per_bin: int) -> dict:
         input=".",
         out_dir=".",
         scorers=[],
-        max_ifd=None,
-        weights={},
-        difficulty={"source": "length"},
         dedup={"threshold": threshold},
     )
     feats = text_features(table, cfg.model_dump_json())

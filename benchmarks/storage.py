@@ -86,9 +86,6 @@ def stages(root: str, teacher: str, rows: int) -> list[dict]:
             input=storage.join(root, "generate", "rows"),
             out_dir=storage.join(root, "select"),
             scorers=[],
-            max_ifd=None,
-            weights={},
-            difficulty={"source": "length"},
             filters=["length", "repetition", "control_characters", "refusal", "reference_answer"],
             budget={"fraction": 0.5, "stratify_by": "task"},
         )

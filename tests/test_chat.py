@@ -253,7 +253,7 @@ def test_tool_rows_go_through_select_and_train(ray_local, tiny_models, tmp_path)
                 "input": str(tmp_path / "ingest" / "pool"),
                 "out_dir": str(tmp_path / "sel"),
                 "scorers": [{"kind": "model", "model": tiny_models["student"], "max_replicas": 1, "max_length": 1024}],
-                "max_ifd": None,
+                "filters": ["length", "repetition", "control_characters", "refusal", "truncated"],
                 "budget": {"fraction": 1.0},
                 "dedup": {"near": False},
             },

@@ -67,7 +67,9 @@ def test_kuberay_manifests_have_the_expected_structure():
     _check_raycluster_spec(cluster["spec"])
     job = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
-    assert "jobs/pipeline.py" in job["spec"]["entrypoint"] and job["spec"]["shutdownAfterJobFinishes"] is True
+    entry = job["spec"]["entrypoint"]
+    assert "python -m instructscale run jobs/pipeline.yaml" in entry and job["spec"]["shutdownAfterJobFinishes"] is True
+    assert submit.JobSpec.load(str(CLUSTER.parent / "jobs" / "pipeline.yaml")).command == "pipeline"
     assert "--set run_dir=s3://" in job["spec"]["entrypoint"], "outputs outlive the cluster the RayJob deletes"
     assert "working_dir" in yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     _check_raycluster_spec(job["spec"]["rayClusterSpec"])
@@ -79,7 +81,7 @@ def test_submit_refuses_secrets_in_the_job_env_and_applies_overrides(tmp_path, c
     assert main(["submit", str(config), "--env", "OPENAI_API_KEY=sk-planted"]) == 2
     err = capsys.readouterr().err
     assert "OPENAI_API_KEY: a job's environment shows in the Ray dashboard" in err and "sk-planted" not in err
-    job = submit._job_config(str(config), ["run_dir=s3://b/run", "train.max_steps=3"])
+    job = submit.job_spec(str(config), None, ["run_dir=s3://b/run", "train.max_steps=3"]).job_config()
     assert job == {"run_dir": "s3://b/run", "plugins": ["tests/test_plugins.py"], "train": {"max_steps": 3}}
     staging = tmp_path / "staging"
     staging.mkdir()

@@ -285,7 +285,7 @@ def test_select_killed_half_way_reuses_its_committed_feature_parts(ray_local, ti
                     "max_length": 64,
                 }
             ],
-            "max_ifd": None,
+            "filters": ["length", "repetition", "control_characters", "refusal", "truncated"],
             "weights": {},
             "difficulty": {"source": "length"},
             "budget": {"budget": 100},

@@ -155,7 +155,6 @@ def test_every_plugin_kind_runs_in_the_pipeline_from_yaml(ray_local, tmp_path, c
         "select": {
             "filters": ["length", "no_sevens"],
             "scorers": [{"kind": "vowel_share", "max_replicas": 2}],
-            "max_ifd": None,
             "weights": {"vowel_share": 1.0},
             "difficulty": {"source": "vowel_share"},
             "budget": {"budget": 64},

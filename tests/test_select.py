@@ -224,9 +224,6 @@ def test_decontamination_drops_rows_sharing_a_13_gram_with_an_eval_set(tmp_path)
         input=str(tmp_path / "eval"),
         out_dir=str(tmp_path / "sel"),
         scorers=[],
-        max_ifd=None,
-        weights={},
-        difficulty={"source": "length"},
     )
     cfg.filters.append(RowFilter.registry.parse({**spec, "eval_sets": [str(tmp_path / "nope")]}))
     with pytest.raises(ConfigError, match="decontaminate.eval_sets"):  # before any work starts
@@ -308,12 +305,17 @@ def test_bad_select_configs_are_named(tmp_path):
         parse_config(SelectConfig, base | {"budget": {"stratify_by": "task", "quotas": {"a": 0.5}}})
     with pytest.raises(ConfigError, match=r"selector: Value error, unknown selector 'best'; registered: "):
         parse_config(SelectConfig, base | {"selector": "best"})
-    no_model = base | {"scorers": [], "difficulty": {"source": "length"}, "max_ifd": None, "weights": {}}
+    no_model = base | {"scorers": []}
     with pytest.raises(ConfigError, match="selector kcenter needs embeddings"):
         parse_config(SelectConfig, no_model | {"selector": "kcenter"})
-    with pytest.raises(ConfigError, match="max_ifd needs a scorer that gives `ifd`"):
-        parse_config(SelectConfig, no_model | {"max_ifd": 1.0})
-    assert parse_config(SelectConfig, no_model).selector.kind == "random"
+    with pytest.raises(ConfigError, match=r"filters: max_ifd reads score column\(s\) \['ifd'\], which no configured"):
+        parse_config(SelectConfig, no_model | {"filters": ["length", "max_ifd"]})
+    defaults = parse_config(SelectConfig, no_model)  # no scorer: no weights, no IFD cap, difficulty from length
+    assert defaults.selector.kind == "random" and defaults.weights == {} and defaults.difficulty.source == "length"
+    assert [f.kind for f in defaults.filters] == ["length", "repetition", "control_characters", "refusal", "truncated"]
+    modelled = parse_config(SelectConfig, base)  # the model scorer brings its weights, difficulty and IFD cap
+    assert modelled.weights == {"ifd": 1.0, "loss": -0.5} and modelled.difficulty.source == "ifd"
+    assert [f.kind for f in modelled.filters][-1] == "max_ifd"
     write_parquet(str(tmp_path / "part-0.parquet"), pa.Table.from_pylist([row(0, "q")], schema=POOL_SCHEMA))
     with pytest.raises(ConfigError, match="the model scorer needs `model`"):
         select(parse_config(SelectConfig, {"input": str(tmp_path), "out_dir": str(tmp_path / "o")}))
@@ -347,7 +349,6 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
                     "backend": {"kind": "openai", "base_url": judge.url, "api_key_env": None},
                 },
             ],
-            "max_ifd": None,
             "selector": "diverse",
             "weights": {"ifd": 1.0, "loss": -0.5, "judge": 0.5},
             "budget": {

@@ -233,9 +233,14 @@ def test_the_mode_section_holds_the_mode_options():
     )
 
 
+def step(opts, name: str) -> GenerationMode:
+    """The mode as the actors of the pass ``name`` build it."""
+    return GenerationMode.registry.build(opts.mode, opts, name)
+
+
 def test_a_proposal_becomes_candidates_and_each_filter_names_its_reason():
     opts = options("self_instruct", prompts_per_round=1)
-    mode = GenerationMode.registry.build(opts.mode, opts)
+    mode = step(opts, "propose")
     seeds = [{"id": f"s{i}", "instruction": text} for i, (text, _) in enumerate(SEEDS)]
     (prompt,) = mode._round_prompts(1, seeds, [], remaining=10)
     assert prompt["instruction"].startswith("Here are some example tasks:\n1. ")
@@ -260,28 +265,28 @@ def test_a_proposal_becomes_candidates_and_each_filter_names_its_reason():
     similar = next(r for r in dropped.to_pylist() if r["reject_reason"] == "too_similar")
     meta = decode_metadata(similar["metadata"])
     assert meta["rouge_l"] == 1.0 and meta["most_similar"].startswith("s") and "phase" not in meta
-    assert decode_metadata(kept["metadata"][0].as_py())["phase"] == "classify"
+    assert "phase" not in decode_metadata(kept["metadata"][0].as_py())  # the pass, not the row, knows its step
 
 
 def test_classification_tasks_get_output_first_instances():
     opts = options("self_instruct")
-    mode = GenerationMode.registry.build(opts.mode, opts)
+    classify, instance = step(opts, "classify"), step(opts, "instance")
     task = {"id": "t", "instruction": "Classify the review as positive or negative.", "input": "", "output": None}
-    row = {**task, "messages": None, "source": "x", "tools": None, "metadata": encode_metadata({"phase": "classify"})}
-    (asked,) = mode.prompts([row])
-    (classified,) = mode.outputs(row, completion(scripted_answer(asked[-1]["content"])))
-    assert decode_metadata(classified["metadata"]) == {"phase": "instance", "is_classification": True}
-    (asked,) = mode.prompts([classified])
+    row = {**task, "messages": None, "source": "x", "tools": None, "metadata": encode_metadata({})}
+    (asked,) = classify.prompts([row])
+    (classified,) = classify.outputs(row, completion(scripted_answer(asked[-1]["content"])))
+    assert decode_metadata(classified["metadata"]) == {"is_classification": True}
+    (asked,) = instance.prompts([classified])
     assert "Class label:" in asked[-1]["content"]
-    (done,) = mode.outputs(classified, completion(scripted_answer(asked[-1]["content"])))
+    (done,) = instance.outputs(classified, completion(scripted_answer(asked[-1]["content"])))
     assert (done["input"], done["output"], done["reject_reason"]) == ("What a lovely day.", "positive", None)
-    (bad,) = mode.outputs(classified, completion("I am not sure."))
+    (bad,) = instance.outputs(classified, completion("I am not sure."))
     assert bad["reject_reason"] == "no_instance"
 
 
 def test_evolve_phases_rewrite_answer_judge():
     opts = options("evolve", rounds=2)
-    mode = GenerationMode.registry.build(opts.mode, opts)
+    mode, answer, judge = step(opts, "rewrite"), step(opts, "answer"), step(opts, "judge")
     base = {"input": "", "output": None, "messages": None, "source": "x", "tools": None, "metadata": "{}"}
     task = next(f"Add {i} and {i + 1}." for i in range(100) if fate(f"Add {i} and {i + 1}.") == 4)
     row = {**base, "id": "t1", "instruction": task}
@@ -291,20 +296,19 @@ def test_evolve_phases_rewrite_answer_judge():
     assert (
         evolved["instruction"] == f"{task} (deeper)" and evolved["id"] == "t1#ev0" and evolved["reject_reason"] is None
     )
-    assert meta["round"] == 1 and meta["evolution"][0] in opts.mode.ops and meta["phase"] == "answer"
-    (answered,) = mode.outputs(evolved, completion("Here is a detailed answer."))
-    assert (
-        decode_metadata(answered["metadata"])["phase"] == "judge" and answered["output"] == "Here is a detailed answer."
-    )
-    (judged,) = mode.outputs(answered, completion("Not Equal"))
+    assert meta["round"] == 1 and meta["evolution"][0] in opts.mode.ops and "phase" not in meta
+    (answered,) = answer.outputs(evolved, completion("Here is a detailed answer."))
+    assert answered["output"] == "Here is a detailed answer." and answered["reject_reason"] is None
+    assert task in judge.prompts([answered])[0][-1]["content"]  # the judge sees the instruction it came from
+    (judged,) = judge.outputs(answered, completion("Not Equal"))
     assert judged["reject_reason"] is None and decode_metadata(judged["metadata"]) == {
         "evolved_from": "t1",
         "evolution": meta["evolution"],
         "round": 1,
     }
-    assert mode.outputs(answered, completion("Equal."))[0]["reject_reason"] == "no_information_gain"
-    for answer, reason in [("Sorry, I can't.", "teacher_refused"), ("The, of and a!", "empty_answer")]:
-        (out,) = mode.outputs(evolved, completion(answer))
+    assert judge.outputs(answered, completion("Equal."))[0]["reject_reason"] == "no_information_gain"
+    for text, reason in [("Sorry, I can't.", "teacher_refused"), ("The, of and a!", "empty_answer")]:
+        (out,) = answer.outputs(evolved, completion(text))
         assert out["reject_reason"] == reason and "phase" not in decode_metadata(out["metadata"])
     for text, reason in [
         ("#Rewritten Prompt#: harder", "copied_template"),

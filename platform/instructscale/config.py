@@ -64,8 +64,8 @@ def parse_config(model: type[M], data: Any, source: str = "<config>") -> M:
         raise ConfigError(_format_errors(source, err)) from None
 
 
-def load_config(model: type[M], path: str | Path, overrides: dict[str, Any] | None = None) -> M:
-    """Load a YAML file into ``model``; ``overrides`` (dotted keys) are applied on top."""
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's top-level mapping; a ConfigError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -75,6 +75,13 @@ def load_config(model: type[M], path: str | Path, overrides: dict[str, Any] | No
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(model: type[M], path: str | Path, overrides: dict[str, Any] | None = None) -> M:
+    """Load a YAML file into ``model``; ``overrides`` (dotted keys) are applied on top. The
+    process must be prepared for it first when it names plug-ins (:mod:`instructscale.process`)."""
+    data = read_yaml(path)
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     return parse_config(model, data, str(path))
@@ -82,7 +89,9 @@ def load_config(model: type[M], path: str | Path, overrides: dict[str, Any] | No
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     """``data["a"]["b"] = value`` for ``dotted == "a.b"``, creating sections on the way; a number
-    indexes a list (``select.scorers.0.batch_size``)."""
+    indexes a list (``select.scorers.0.batch_size``), and a plug-in named by a string becomes a
+    mapping that takes its options (``select.selector.seed`` on ``selector: random``): the reason
+    this is not a library's dotted-override parser."""
     *parents, leaf = dotted.split(".")
     node: Any = data
     for key in parents:

@@ -21,9 +21,10 @@ from instructscale.config import StrictModel
 from instructscale.generate.config import GenerateConfig, ReplicaConfig
 from instructscale.generate.stage import generate, read_generated
 from instructscale.lifecycle import StageConfig, StageRun, commit_part, part_files, require_dataset
-from instructscale.plugins import BackendSpec
+from instructscale.plugins import BackendSpec, register
 from instructscale.schema import decode_metadata
 from instructscale.scorers import ModelScorer
+from instructscale.stage import Pipe, Stage, without_internal
 
 log = logging.getLogger(__name__)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -127,49 +128,88 @@ def _losses(cfg: EvalConfig, held_out: str) -> dict[str, float | None]:
     return {r["id"]: v for r, v in zip(refs, scorer.score(refs)["loss"])}
 
 
+@register("evaluate")
+class Evaluate(Stage[EvalConfig]):
+    """A model on held-out rows: generations through the generation stage, then scores; in a
+    pipeline, the base student and the trained model, each into its own directory."""
+
+    Config = EvalConfig
+    Options = EvalOptions
+    summary = "evaluate a model on held-out rows: exact match, token F1, ROUGE-L, loss, per task"
+    after = "train"
+    rebuilt = ("held_out", "predictions")
+    published = ("held_out", "predictions")
+
+    def check(self) -> EvalConfig:
+        cfg = self.cfg
+        return cfg.model_copy(update={"model": storage.model_ref(cfg.model), "data": require_dataset(cfg.data, "data")})
+
+    def run(self, run: StageRun) -> dict:
+        cfg, t0 = self.cfg, time.time()
+        held_out = _held_out(cfg, run.out)
+        gen = GenerateConfig(
+            mode="distill",
+            backend=cfg.backend,
+            sampling=cfg.sampling,
+            input=held_out,
+            out_dir=run.uri("generations"),
+            model=cfg.model,
+            overwrite=True,
+            replicas=cfg.replicas,
+            system_prompt=cfg.system_prompt,
+            **cfg.shared(),
+        )
+        generate(gen)
+        losses = _losses(cfg, held_out)
+        records = [
+            _record(r, cfg.group_by, losses.get(r["parent_id"]))
+            for r in read_generated(gen.out_dir, include_rejected=True).to_pylist()
+        ]
+        commit_part(run.uri("predictions"), "part-00000.parquet", pa.Table.from_pylist(records))
+        by_group: dict[str, list[dict]] = defaultdict(list)
+        for rec in records:
+            by_group[rec["group"]].append(rec)
+        summary = {
+            "model": cfg.model,
+            "overall": _summarise(records),
+            "by_group": {g: _summarise(rs) for g, rs in sorted(by_group.items())},
+            "seconds": round(time.time() - t0, 2),
+        }
+        storage.write_json(run.uri("eval.json"), summary)
+        log.info(
+            "evaluate: %s exact_match %.3f loss %s",
+            cfg.model,
+            summary["overall"]["exact_match"],
+            summary["overall"]["loss"],
+        )
+        return summary
+
+    @classmethod
+    def in_pipeline(cls, options: EvalOptions, pipe: Pipe) -> dict | None:
+        if not pipe.eval_data:
+            log.warning("evaluate: skipped, the pipeline has no held-out rows (set `eval_data` or a `demo` section)")
+            return None
+        entry = {}
+        for name, model in (("base", pipe.models["student"]), ("tuned", pipe.model)):
+            if model is not None:
+                out = storage.join(cls.out_dir(pipe), name)
+                cfg = EvalConfig(**options.model_dump(), model=model, data=pipe.eval_data, out_dir=out, **pipe.common)
+                entry[name] = without_internal(cls(cfg).execute())
+        return entry
+
+    @classmethod
+    def describe(cls, entry: dict) -> list[str]:
+        lines = []
+        for name, ev in entry.items():
+            o = ev["overall"]
+            loss = f", loss {o['loss']:.4f}" if o["loss"] is not None else ""
+            lines.append(
+                f"evaluate   {name:5s} exact_match {o['exact_match']:.3f}, rouge_l {o['rouge_l']:.3f}{loss} "
+                f"on {o['rows']} held-out rows"
+            )
+        return lines
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Generate, score and summarise; returns the manifest (also ``out_dir/eval.json``)."""
-    run = StageRun("evaluate", cfg.out_dir, cfg.identity(), cfg.overwrite)
-    if done := run.finished():
-        return done
-    cfg = cfg.model_copy(update={"model": storage.model_ref(cfg.model), "data": require_dataset(cfg.data, "data")})
-    t0 = time.time()
-    run.start(rebuilt=("held_out", "predictions"))
-    held_out = _held_out(cfg, run.out)
-    gen = GenerateConfig(
-        mode="distill",
-        backend=cfg.backend,
-        sampling=cfg.sampling,
-        input=held_out,
-        out_dir=run.uri("generations"),
-        model=cfg.model,
-        overwrite=True,
-        replicas=cfg.replicas,
-        system_prompt=cfg.system_prompt,
-        **cfg.shared(),
-    )
-    generate(gen)
-    losses = _losses(cfg, held_out)
-    records = [
-        _record(r, cfg.group_by, losses.get(r["parent_id"]))
-        for r in read_generated(gen.out_dir, include_rejected=True).to_pylist()
-    ]
-    commit_part(run.uri("predictions"), "part-00000.parquet", pa.Table.from_pylist(records))
-    by_group: dict[str, list[dict]] = defaultdict(list)
-    for rec in records:
-        by_group[rec["group"]].append(rec)
-    summary = {
-        "model": cfg.model,
-        "overall": _summarise(records),
-        "by_group": {g: _summarise(rs) for g, rs in sorted(by_group.items())},
-        "seconds": round(time.time() - t0, 2),
-    }
-    storage.write_json(run.uri("eval.json"), summary)
-    manifest = run.publish(summary, datasets=("held_out", "predictions"))
-    log.info(
-        "evaluate: %s exact_match %.3f loss %s",
-        cfg.model,
-        summary["overall"]["exact_match"],
-        summary["overall"]["loss"],
-    )
-    return manifest
+    return Evaluate(cfg).execute()

@@ -19,11 +19,11 @@ import time
 from typing import Any, ClassVar
 
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from instructscale import storage
 from instructscale.config import ConfigError, StrictModel, without_operational
-from instructscale.plugins import load_plugins, resolve_entry
+from instructscale.plugins import resolve_entry
 from instructscale.redact import redact
 from instructscale.storage import StorageConfig
 
@@ -36,10 +36,8 @@ COMMITS = "_commits"
 class StageConfig(StrictModel):
     """Base of every stage config: plug-ins, storage settings, overwrite, and the stage's identity.
 
-    Parsing a stage config prepares the process that parses it: its ``plugins`` are imported (so
-    plug-in names validate) and its ``storage`` settings applied. Every Ray actor, task and training
-    worker receives its stage's config and parses it, so plug-ins and storage work everywhere.
-    """
+    Parsing one has no side effects: the process that parses it imports its ``plugins`` first and
+    applies its ``storage`` settings when the stage runs (:mod:`instructscale.process`)."""
 
     plugins: list[str] = Field(default_factory=list, description="modules or .py files that register plug-ins")
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -47,19 +45,10 @@ class StageConfig(StrictModel):
 
     IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset()
 
-    @model_validator(mode="before")
+    @field_validator("plugins")
     @classmethod
-    def _import_plugins(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("plugins"):
-            entries = [resolve_entry(str(e)) for e in data["plugins"]]
-            load_plugins(entries)
-            data = {**data, "plugins": entries}
-        return data
-
-    @model_validator(mode="after")
-    def _apply_storage(self) -> StageConfig:
-        storage.apply(self.storage)
-        return self
+    def _absolute_files(cls, entries: list[str]) -> list[str]:
+        return [resolve_entry(e) for e in entries]
 
     def identity(self) -> dict:
         """What decides whether an earlier output can be reused: the config without run settings."""
@@ -159,9 +148,6 @@ class StageRun:
     def start(self, resumable: tuple[str, ...] = (), rebuilt: tuple[str, ...] = ()) -> None:
         """Begin (or resume) the run: ``resumable`` datasets keep their committed parts, ``rebuilt``
         ones are emptied; uncommitted leftovers are removed either way."""
-        from instructscale.runtime import check_output_location
-
-        check_output_location(self.out, f"{self.stage} output")
         if self.overwrite:
             storage.remove(self.out)
         started = storage.read_json_if_exists(self.uri(STARTED)) or storage.read_json_if_exists(self.uri(MANIFEST))

@@ -1,34 +1,35 @@
-"""The whole pipeline, stage by stage, from one typed config. Reads top to bottom: each stage's
-config is the pipeline's section for it plus where it reads and writes under ``run_dir``."""
+"""The whole pipeline from one typed config: the stage table's pipeline stages in order
+(:func:`instructscale.stage.pipeline_stages`), each configured from its section of this config plus
+what the stages before it handed on (:class:`instructscale.stage.Pipe`). A stage whose section is
+null is left out; a plug-in stage runs where its section is set."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from instructscale import storage
 from instructscale.config import StrictModel, to_yaml
-from instructscale.demo.pool import DemoConfig, DemoOptions, make_demo
-from instructscale.evaluate import EvalConfig, EvalOptions, evaluate
-from instructscale.generate.config import GenerateConfig, GenerateOptions
-from instructscale.generate.stage import ROWS, generate
+from instructscale.demo.pool import DemoOptions
+from instructscale.evaluate import EvalOptions
+from instructscale.generate.config import GenerateOptions
 from instructscale.lifecycle import StageConfig
 from instructscale.models.tiny import ensure_tiny_models
-from instructscale.pools.ingest import IngestConfig, IngestOptions, PoolInput, ingest
-from instructscale.progress import run_logs
+from instructscale.plugins import register
+from instructscale.pools.ingest import IngestOptions, PoolInput
+from instructscale.process import prepare
 from instructscale.redact import redact, redact_text
 from instructscale.report import write_report
-from instructscale.runtime import RayConfig, check_output_location, init_ray
-from instructscale.select.config import SelectConfig, SelectOptions
-from instructscale.select.stage import select
-from instructscale.train.config import TrainConfig, TrainOptions
-from instructscale.train.stage import train
+from instructscale.runtime import RayConfig, check_output_location, init_ray, run_logs
+from instructscale.select.config import SelectOptions
+from instructscale.stage import Command, Pipe, Stage, pipeline_stages
+from instructscale.train.config import TrainOptions
 
-log = logging.getLogger(__name__)
+ROLES = ("student", "teacher")
 
 
 class ModelsConfig(StrictModel):
@@ -40,18 +41,9 @@ class ModelsConfig(StrictModel):
     teacher: str | None = Field(None, description="path, URI, hub id or catalog:NAME of your teacher model")
 
 
-def _resolve_model(ref: str | None, built: str) -> str:
-    if ref is None:
-        return built
-    if ref.startswith("catalog:"):
-        from instructscale.models.catalog import fetch_model
-
-        return fetch_model(ref.removeprefix("catalog:"))["path"]
-    return ref
-
-
 class PipelineConfig(StageConfig):
-    """`instructscale pipeline CONFIG`: every stage's section plus where the run lives."""
+    """`instructscale pipeline CONFIG`: every stage's section plus where the run lives. A plug-in
+    stage's section is a top-level key named after the stage (kept under ``stages``)."""
 
     run_dir: str = Field("runs/demo", description="a local path, a shared mount, or an object-store URI")
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -73,12 +65,42 @@ class PipelineConfig(StageConfig):
     train: TrainOptions | None = Field(
         default_factory=TrainOptions, description="fine-tune the student on the pool; null skips it"
     )
+    stages: dict[str, Any] = Field(default_factory=dict, description="the sections of plug-in stages, by name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugin_sections(cls, data: Any) -> Any:
+        """Top-level keys that name a registered plug-in stage are its section."""
+        if not isinstance(data, dict):
+            return data
+        stages = {s.name: s for s in pipeline_stages() if s.name not in cls.model_fields}
+        sections = dict(data.get("stages") or {})
+        sections.update({k: v for k, v in data.items() if k in stages})
+        unknown = sorted(set(sections) - set(stages))
+        if unknown:
+            raise ValueError(f"stages: {unknown} are not registered pipeline stages (is the plug-in listed?)")
+        rest = {k: v for k, v in data.items() if k not in stages}
+        return {**rest, "stages": {k: _section(stages[k], v) for k, v in sections.items()}}
 
     @model_validator(mode="after")
     def _has_data(self) -> PipelineConfig:
         if self.demo is None and not self.inputs:
             raise ValueError("no data: set `inputs` or keep the `demo` section")
         return self
+
+    def section(self, stage: str) -> StrictModel | None:
+        """The options of ``stage`` (None: the stage is left out)."""
+        return getattr(self, stage) if stage in type(self).model_fields else self.stages.get(stage)
+
+
+def _section(stage: type[Stage], value: Any) -> StrictModel | None:
+    if value is None or isinstance(value, stage.Options):
+        return value
+    try:
+        return stage.Options.model_validate(value)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"{stage.name}: {problems}") from None
 
 
 @contextmanager
@@ -89,21 +111,27 @@ def _clock(summary: dict, stage: str) -> Iterator[None]:
     summary["seconds"][stage] = round(time.time() - t0, 2)
 
 
-def _without(manifest: dict, *keys: str) -> dict:
-    return {k: v for k, v in manifest.items() if k not in ("config", "schema_version", "stage", *keys)}
+def _resolve_model(ref: str) -> str:
+    if ref.startswith("catalog:"):
+        from instructscale.models.catalog import fetch_model
+
+        return fetch_model(ref.removeprefix("catalog:"))["path"]
+    return ref
 
 
-def _scorers_with_student(options: SelectOptions, student: str) -> SelectOptions:
-    """The model scorer scores with the student unless the config names another model."""
-    scorers = [
-        s.model_copy(update={"model": student}) if s.kind == "model" and not s.model else s for s in options.scorers
-    ]
-    return options.model_copy(update={"scorers": scorers})
+def resolve_models(cfg: ModelsConfig, run: str) -> dict[str, str]:
+    """The student and teacher: the configured ones, tiny local models built for the others."""
+    models = {role: _resolve_model(getattr(cfg, role)) for role in ROLES if getattr(cfg, role)}
+    if len(models) < len(ROLES):
+        built = ensure_tiny_models(storage.join(run, "models"), cfg.seed)
+        models = {role: models.get(role, built[role]) for role in ROLES}
+    return models
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every stage in order; each stage skips work it already finished for the same config.
     The run's log (and the embedded Ray cluster's worker logs) go to ``run_dir/logs``."""
+    prepare(cfg.plugins, cfg.storage)
     init_ray(cfg.ray)
     check_output_location(storage.normalize(cfg.run_dir))  # before anything is written there
     with run_logs(cfg.run_dir):
@@ -113,84 +141,46 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 def _run_stages(cfg: PipelineConfig) -> dict:
     run = storage.normalize(cfg.run_dir)
     storage.write_text(storage.join(run, "config.yaml"), redact_text(to_yaml(cfg)))
-    common = {**cfg.shared(), "overwrite": cfg.overwrite}
     summary: dict = {"run_dir": run, "stages": {}, "seconds": {}}
-
     with _clock(summary, "models"):
-        built = ensure_tiny_models(storage.join(run, "models"), cfg.models.seed)
-        models = {role: _resolve_model(getattr(cfg.models, role), built[role]) for role in ("student", "teacher")}
+        models = resolve_models(cfg.models, run)
     summary["models"] = summary["stages"]["models"] = models
-
-    inputs = list(cfg.inputs)
-    eval_split = cfg.eval_data
-    if cfg.demo is not None:
-        data = storage.join(run, "data")
-        with _clock(summary, "demo"):
-            demo = make_demo(DemoConfig(**cfg.demo.model_dump(), out_dir=data, **common))
-        summary["stages"]["demo"] = _without(demo)
-        inputs.append(PoolInput(path=storage.join(data, "pool"), format="parquet"))
-        if cfg.demo.malformed_jsonl_rows:
-            inputs.append(PoolInput(path=storage.join(data, "side.jsonl"), format="alpaca", source="demo/side"))
-        eval_split = eval_split or storage.join(data, "eval")
-    if eval_split:
-        summary["eval_split"] = eval_split
-
-    with _clock(summary, "ingest"):
-        manifest = ingest(
-            IngestConfig(**cfg.ingest.model_dump(), inputs=inputs, out_dir=storage.join(run, "ingest"), **common)
-        )
-    summary["stages"]["ingest"] = _without(manifest)
-    pool = storage.join(run, "ingest", "pool")
-
-    if cfg.generate is not None:
-        gen_cfg = GenerateConfig(
-            **cfg.generate.model_dump(),
-            input=pool,
-            out_dir=storage.join(run, "generate"),
-            model=models["teacher"],
-            **common,
-        )
-        with _clock(summary, "generate"):
-            summary["stages"]["generate"] = _without(generate(gen_cfg))
-        pool = storage.join(run, "generate", ROWS)
-
-    if cfg.select is not None:
-        options = _scorers_with_student(cfg.select, models["student"])
-        sel_cfg = SelectConfig(**options.model_dump(), input=pool, out_dir=storage.join(run, "select"), **common)
-        with _clock(summary, "select"):
-            summary["stages"]["select"] = _without(select(sel_cfg))
-        pool = storage.join(run, "select", "selected")
-    summary["pool"] = pool
-
-    if cfg.train is not None:
-        train_cfg = TrainConfig(
-            **cfg.train.model_dump(),
-            data=pool,
-            model=models["student"],
-            out_dir=storage.join(run, "train"),
-            eval_data=eval_split,
-            **common,
-        )
-        with _clock(summary, "train"):
-            manifest = train(train_cfg)
-        summary["stages"]["train"] = _without(manifest, "history")
-        summary["model"] = manifest["model"]
-
-    if cfg.evaluate is not None and eval_split:
-        summary["stages"]["evaluate"] = {}
-        with _clock(summary, "evaluate"):
-            for name, model in (("base", models["student"]), ("tuned", summary.get("model"))):
-                if model is not None:
-                    ev = evaluate(
-                        EvalConfig(
-                            **cfg.evaluate.model_dump(),
-                            model=model,
-                            data=eval_split,
-                            out_dir=storage.join(run, "evaluate", name),
-                            **common,
-                        )
-                    )
-                    summary["stages"]["evaluate"][name] = _without(ev)
+    pipe = Pipe(run, {**cfg.shared(), "overwrite": cfg.overwrite}, models, list(cfg.inputs), cfg.eval_data)
+    for stage in pipeline_stages():
+        options = cfg.section(stage.name)
+        if options is None:
+            continue
+        with _clock(summary, stage.name):
+            entry = stage.in_pipeline(options, pipe)
+        if entry is not None:
+            summary["stages"][stage.name] = entry
+    handed_on = {"eval_split": pipe.eval_data, "pool": pipe.pool, "model": pipe.model}
+    summary.update({k: v for k, v in handed_on.items() if v is not None})
     summary["report"] = write_report(run, summary)
     storage.write_json(storage.join(run, "summary.json"), redact(summary))
     return summary
+
+
+@register("pipeline")
+class Pipeline(Command[PipelineConfig]):
+    """Every pipeline stage, in order, from one config."""
+
+    Config = PipelineConfig
+    summary = "run the whole pipeline from one config"
+
+    def execute(self) -> dict:
+        return run_pipeline(self.cfg)
+
+    def output(self) -> str:
+        return self.cfg.run_dir
+
+    def print_result(self, summary: dict) -> None:
+        print(f"\npipeline done: {summary['run_dir']}")
+        stages = {s.name: s for s in pipeline_stages()}
+        for name, entry in summary["stages"].items():
+            for line in stages[name].describe(entry) if name in stages else []:
+                print(f"  {line}")
+        wall = summary.get("seconds", {})
+        print(f"  seconds    {sum(wall.values()):.0f} in all: " + ", ".join(f"{k} {v:.0f}" for k, v in wall.items()))
+        print(f"  summary    {summary['run_dir']}/summary.json")
+        print(f"  report     {summary['report']}")

@@ -5,7 +5,8 @@ Seven small base classes, one per extension point; a class joins a registry with
 =================  ============================================  ==========================
 contract           what it does                                  runs in
 =================  ============================================  ==========================
-``RowFilter``      one check per row, a reason to drop it        Ray Data tasks (select)
+``RowFilter``      one check per row, a reason to drop it        Ray Data tasks (select),
+                                                                 before or after scoring
 ``Scorer``         score columns for a batch of rows             Ray Data tasks or actors
 ``Selector``       spends a row budget on scored rows            driver / Ray tasks
 ``GenerationMode`` prompts for rows, completions -> output rows  generation actors
@@ -17,8 +18,13 @@ contract           what it does                                  runs in
 A plug-in has a nested ``Config`` (a strict pydantic model); configs pick one by name, as a string
 (``selector: random``) or a mapping with ``kind`` and the plug-in's options. Built-ins use the same
 path. Your own plug-ins load from ``plugins: [my_module, ./my_plugins.py]`` in any stage config or
-from the ``instructscale.plugins`` entry-point group; stage configs import them wherever they are
-parsed, which includes every Ray actor, task and training worker.
+from the ``instructscale.plugins`` entry-point group; every process imports them before it parses a
+config (:mod:`instructscale.process`), every Ray actor, task and training worker included.
+
+A plug-in states what it needs through its contract, never through core code that knows its name:
+``checked()`` (run on the driver before a stage starts: a missing model, an unreachable endpoint), a
+Config field marked :data:`SECRET_ENV` (the name of an environment variable whose value the driver
+hands to the workers), and the class attributes each contract documents.
 """
 
 from __future__ import annotations
@@ -29,19 +35,21 @@ import inspect
 import os
 import sys
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Protocol, TypeVar
 
-from pydantic import Field, PlainValidator, SerializeAsAny
+from pydantic import BaseModel, Field, PlainValidator, SerializeAsAny
 
-from instructscale.config import ActorPool, StrictModel
+from instructscale import storage
+from instructscale.backends.base import Completion, Conversation, RowFault, SamplingConfig
+from instructscale.config import ActorPool, ConfigError, StrictModel
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from instructscale.backends.base import Completion, Conversation, RowFault, SamplingConfig
-
 ENTRY_POINT_GROUP = "instructscale.plugins"
+EMBEDDING = "embedding"  # the column a scorer fills for selectors that need embeddings
+SECRET_ENV = {"secret_env": True}  # json_schema_extra of a field naming a variable that holds a secret
 P = TypeVar("P", bound="Plugin")
 
 
@@ -64,6 +72,27 @@ class Plugin:
 
     def __init__(self, config: PluginConfig):
         self.config = config
+
+    def checked(self) -> PluginConfig:
+        """On the driver, before the stage starts: the config with its paths normalised; raise
+        ConfigError for what cannot work (a missing model, an endpoint that does not answer)."""
+        return self.config
+
+
+def secret_envs(model: Any) -> list[str]:
+    """The variable names held by :data:`SECRET_ENV` fields anywhere in ``model`` (a config)."""
+    if isinstance(model, (list, tuple)):
+        return [n for item in model for n in secret_envs(item)]
+    if not isinstance(model, BaseModel):
+        return []
+    names = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if info.json_schema_extra == SECRET_ENV:
+            names += [value] if value else []
+        else:
+            names += secret_envs(value)
+    return names
 
 
 class Registry(Generic[P]):
@@ -171,7 +200,7 @@ def load_plugins(entries: list[str]) -> None:
         ):
             continue  # already imported (by its module name, or earlier by path)
         if not os.path.isfile(entry):
-            raise ValueError(f"plugins: {entry} not found")
+            raise ConfigError(f"plugins: {entry} not found")
         folder = os.path.dirname(entry)
         if folder not in sys.path:  # as for a script: the file may import its neighbours
             sys.path.append(folder)
@@ -189,11 +218,14 @@ def load_plugins(entries: list[str]) -> None:
 class RowFilter(Plugin):
     """One check per row (as datatrove's filters): return a short reason to drop the row, or None.
 
-    ``row`` holds the canonical columns plus ``prompt`` (the user-side text), ``prompt_chars``,
-    ``output_chars`` and ``repetition``.
-    """
+    A filter runs before scoring (the default: cheap checks, and a removed row is never scored) on
+    the canonical columns plus ``prompt`` (the user-side text), ``prompt_chars``, ``output_chars``
+    and ``repetition``; or, with ``after_scoring = True``, on the scored rows: ``row`` then holds
+    ``id`` and the score ``columns`` it names (a judge's rating, IFD)."""
 
     registry: ClassVar[Registry] = Registry("filter", ("instructscale.select.filters",))
+    after_scoring: ClassVar[bool] = False
+    columns: ClassVar[tuple[str, ...]] = ()  # the score columns an after-scoring filter reads
 
     def filter(self, row: dict) -> str | None:
         raise NotImplementedError
@@ -203,12 +235,23 @@ class Scorer(Plugin):
     """Adds ``columns`` to a batch of rows (rows that a filter already removed are not scored).
     With ``actor = True`` the scorer runs in an autoscaling actor pool (``setup`` loads a model once
     per replica; its Config subclasses :class:`ActorScorerConfig`), otherwise in Ray Data tasks.
-    A row with a null in one of ``required`` is removed as ``unscorable``."""
+    A row with a null in one of ``required`` is removed as ``unscorable``.
+
+    What a configured scorer brings to the selection's defaults: ``weights`` (score column ->
+    weight), ``difficulty`` (the column the curriculum reads) and ``filters`` (after-scoring filters,
+    e.g. the IFD cap); each applies where the config leaves that setting out. ``model_role``: the
+    pipeline's model (``student`` or ``teacher``) that fills an unset ``model`` option. ``heavy``:
+    columns the decisions never read (embeddings), left out when they scan the rows."""
 
     registry: ClassVar[Registry] = Registry("scorer", ("instructscale.scorers",))
     columns: ClassVar[dict[str, pa.DataType]] = {}
     required: ClassVar[tuple[str, ...]] = ()
     actor: ClassVar[bool] = False
+    weights: ClassVar[dict[str, float]] = {}
+    difficulty: ClassVar[str | None] = None
+    filters: ClassVar[tuple[Any, ...]] = ()
+    model_role: ClassVar[str | None] = None
+    heavy: ClassVar[tuple[str, ...]] = ()
 
     def setup(self) -> None:
         """Load what the scorer needs (called once per task or replica, before ``score``)."""
@@ -216,6 +259,11 @@ class Scorer(Plugin):
     def score(self, rows: list[dict]) -> dict[str, list]:
         """One value per row for each of ``columns`` (None where a row cannot be scored)."""
         raise NotImplementedError
+
+    @classmethod
+    def summarize(cls, batch: pa.Table) -> dict[str, int]:
+        """Counts over a batch of scored rows, summed into the stage's manifest (e.g. unparsable ratings)."""
+        return {}
 
 
 class SelectorConfig(PluginConfig):
@@ -233,8 +281,9 @@ class SelectorConfig(PluginConfig):
 class Selector(Plugin):
     """Spends a budget: picks ``k`` of the eligible rows of one stratum (or one shard of it).
 
-    ``score`` is the weighted score (higher is better); ``embeddings`` is given when
-    ``needs_embeddings`` (then the stage shards large strata and merges the shards' picks)."""
+    ``score`` is the weighted score (higher is better); ``embeddings`` (the :data:`EMBEDDING`
+    column) is given when ``needs_embeddings`` (then the stage shards large strata and merges the
+    shards' picks)."""
 
     registry: ClassVar[Registry] = Registry("selector", ("instructscale.select.selectors",))
     Config: ClassVar[type[PluginConfig]] = SelectorConfig
@@ -245,11 +294,41 @@ class Selector(Plugin):
         raise NotImplementedError
 
 
+class Passes(Protocol):
+    """What a multi-pass generation mode drives, on the driver (the generation stage provides it)."""
+
+    input: str  # the stage's input rows
+    out_dir: str  # the stage's output: a pass into it (and commit, copy_parts) writes the stage's rows
+
+    def work(self, *parts: str) -> str:
+        """A URI under the run's scratch space for the mode's intermediate datasets."""
+
+    def generate(
+        self, input_uri: str, out_dir: str, label: str, step: str = "", sampling: SamplingConfig | None = None
+    ) -> str:
+        """One pass of the teacher actors over ``input_uri`` into ``out_dir/rows`` (returned):
+        ``step`` tells the mode's ``prompts``/``outputs`` which pass they serve (``self.step``);
+        ``sampling`` replaces the stage's own. Resumable per part."""
+
+    def copy_parts(
+        self, rows_uri: str, prefix: str, rejected_only: bool = False, parent_key: str | None = None
+    ) -> None:
+        """Commit the parts of a pass's output into the stage's output rows."""
+
+    def commit(self, name: str, table: pa.Table) -> None:
+        """Commit ``table`` (output rows) as the part ``name`` of the stage's output rows."""
+
+    def input_rows(self, columns: list[str]) -> pa.Table:
+        """The stage's input rows (a multi-pass mode's seeds), read on the driver."""
+
+
 class GenerationMode(Plugin):
     """What a teacher is asked for each row, and how its completions become output rows.
 
     Output rows carry the canonical columns plus ``parent_id``, ``sample_idx``, the ``gen_*``
-    columns and ``reject_reason`` (build them with :meth:`output_row`)."""
+    columns and ``reject_reason`` (build them with :meth:`output_row`). A multi-pass mode
+    (``multi_pass = True``) plans its passes in :meth:`drive`; each pass's actors build the mode with
+    that pass's ``step``."""
 
     registry: ClassVar[Registry] = Registry(
         "generation mode",
@@ -257,14 +336,14 @@ class GenerationMode(Plugin):
     )
     multi_pass: ClassVar[bool] = False  # True: the stage calls drive() instead of one pass over the input
 
-    def __init__(self, config: PluginConfig, options: Any = None):
+    def __init__(self, config: PluginConfig, options: Any = None, step: str = ""):
         super().__init__(config)
         self.options = options  # the stage's GenerateOptions: sampling, system prompt, model
+        self.step = step  # the pass this instance serves (multi-pass modes)
 
-    def drive(self, passes: Any) -> None:
-        """A multi-pass mode's plan (rounds, follow-up passes), run on the driver with
-        ``passes`` (:class:`instructscale.generate.stage.Passes`); it leaves the stage's output
-        rows in ``passes.rows``. Prompts and outputs still run in the teacher actors."""
+    def drive(self, passes: Passes) -> None:
+        """A multi-pass mode's plan (rounds, follow-up passes), run on the driver; what it leaves in
+        ``passes.out_dir`` is the stage's output. Prompts and outputs still run in the teacher actors."""
         raise NotImplementedError
 
     def check(self) -> None:
@@ -308,16 +387,28 @@ class Backend(Plugin):
     ``generate`` may answer a conversation it cannot serve with a :class:`RowFault` instead of
     completions (an HTTP 400 for that row, say); an exception fails the whole call, and the stage then
     isolates the failing rows by splitting the batch. ``check`` rejects rows before they reach the
-    engine (a prompt longer than the context)."""
+    engine (a prompt longer than the context). A ``remote`` backend serves a model behind an
+    endpoint; a local one loads a directory (fetched once per node when given as a URI)."""
 
     registry: ClassVar[Registry] = Registry(
         "backend", ("instructscale.backends.vllm", "instructscale.backends.hf", "instructscale.backends.openai")
     )
-    remote: ClassVar[bool] = False  # True: the model lives behind an endpoint, not in a local directory
+    remote: ClassVar[bool] = False
 
     def __init__(self, config: PluginConfig, model: str):
         super().__init__(config)
         self.model = model
+
+    @classmethod
+    def load(cls, config: PluginConfig, model: str) -> Backend:
+        """The backend ``config`` names, serving ``model`` (a local dir, URI or an endpoint's model)."""
+        kind = cls.registry.get(config.kind)
+        return kind(config, model if kind.remote else storage.local_dir(model))
+
+    @classmethod
+    def model_ref(cls, config: PluginConfig, model: str, field: str = "model") -> str:
+        """``model`` as the stage records it: an endpoint's model name as is, else a checked path."""
+        return model if cls.registry.get(config.kind).remote else storage.model_ref(model, field)
 
     def generate(
         self, conversations: list[Conversation], sampling: SamplingConfig

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from instructscale.redact import RedactingFilter
 
@@ -149,30 +146,3 @@ class Progress:
         line = self._line(note)
         self._write(line)
         log.info("%s", line)
-
-
-@contextmanager
-def run_logs(out: str) -> Iterator[str]:
-    """Log to ``out/logs/instructscale.log`` for the duration of a command (a local scratch file,
-    uploaded at the end, when ``out`` is an object store), then add the logs of an embedded Ray
-    cluster's workers (Ray Data, vLLM, DeepSpeed, Train) under ``out/logs/ray``."""
-    from instructscale import storage
-    from instructscale.runtime import session_logs_dir
-
-    remote = not storage.is_local(out)
-    local = storage.local_scratch("logs") if remote else storage.join(storage.normalize(out), "logs")
-    path = setup_logging(_verbose, local)
-    try:
-        yield path
-    finally:
-        ray_logs = session_logs_dir()
-        if ray_logs and os.path.isdir(ray_logs):
-            shutil.copytree(
-                ray_logs,
-                os.path.join(local, "ray"),
-                dirs_exist_ok=True,
-                ignore=lambda d, names: [n for n in names if n.endswith((".sock", ".lock"))],
-            )
-        if remote:
-            storage.copy_tree(local, storage.join(out, "logs"))
-            shutil.rmtree(local, ignore_errors=True)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 import ray
@@ -16,7 +18,7 @@ from ray.data.context import ShuffleStrategy
 
 from instructscale import storage
 from instructscale.config import ConfigError, StrictModel
-from instructscale.progress import name_the_accelerator, quiet_library_handlers, verbose
+from instructscale.progress import name_the_accelerator, quiet_library_handlers, setup_logging, verbose
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,3 +117,27 @@ class ModelThread:
 
     def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         return self._pool.submit(fn, *args, **kwargs).result()
+
+
+@contextmanager
+def run_logs(out: str) -> Iterator[str]:
+    """Log to ``out/logs/instructscale.log`` for the duration of a command (a local scratch file,
+    uploaded at the end, when ``out`` is an object store), then add the logs of an embedded Ray
+    cluster's workers (Ray Data, vLLM, DeepSpeed, Train) under ``out/logs/ray``."""
+    remote = not storage.is_local(out)
+    local = storage.local_scratch("logs") if remote else storage.join(storage.normalize(out), "logs")
+    path = setup_logging(verbose(), local)
+    try:
+        yield path
+    finally:
+        ray_logs = session_logs_dir()
+        if ray_logs and os.path.isdir(ray_logs):
+            shutil.copytree(
+                ray_logs,
+                os.path.join(local, "ray"),
+                dirs_exist_ok=True,
+                ignore=lambda d, names: [n for n in names if n.endswith((".sock", ".lock"))],
+            )
+        if remote:
+            storage.copy_tree(local, storage.join(out, "logs"))
+            shutil.rmtree(local, ignore_errors=True)

@@ -16,10 +16,13 @@ import re
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from instructscale import storage
 from instructscale.chat import conversation, prompt_text
-from instructscale.plugins import ActorScorerConfig, BackendSpec, Scorer, register
+from instructscale.config import ConfigError
+from instructscale.plugins import EMBEDDING, ActorScorerConfig, Backend, BackendSpec, PluginConfig, Scorer, register
 
 MICRO_BATCH = 16  # rows per forward pass, grouped by length
 DEFAULT_JUDGE_TEMPLATE = (
@@ -58,11 +61,16 @@ class ModelScorer(Scorer):
         "loss_uncond": pa.float32(),
         "ppl": pa.float32(),
         "ifd": pa.float32(),
-        "embedding": pa.list_(pa.float32()),
+        EMBEDDING: pa.list_(pa.float32()),
         "model_error": pa.string(),
     }
     required = ("loss",)
     actor = True
+    weights = {"ifd": 1.0, "loss": -0.5}
+    difficulty = "ifd"
+    filters = ({"kind": "max_ifd"},)
+    model_role = "student"
+    heavy = (EMBEDDING,)
 
     class Config(ActorScorerConfig):
         kind: str = "model"
@@ -77,11 +85,14 @@ class ModelScorer(Scorer):
             "float32", description="bfloat16 is several times faster on CPUs with AMX and on GPUs"
         )
 
+    def checked(self) -> PluginConfig:
+        if not self.config.model:
+            raise ConfigError("scorers: the model scorer needs `model` (a small causal LM, e.g. the student)")
+        return self.config.model_copy(update={"model": storage.model_ref(self.config.model, "scorers.model.model")})
+
     def setup(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from instructscale import storage
 
         if not self.config.model:
             raise ValueError("scorers: the model scorer needs `model` (a small causal LM, e.g. the student)")
@@ -143,7 +154,7 @@ class ModelScorer(Scorer):
             cols["loss_uncond"].append(lu)
             cols["ppl"].append(math.exp(min(lc, 50.0)) if ok else None)
             cols["ifd"].append(lc / lu if ok and lu > 0 else None)
-            cols["embedding"].append(e)
+            cols[EMBEDDING].append(e)
             cols["model_error"].append(None if ok else result)
         return cols
 
@@ -163,7 +174,6 @@ class JudgeScorer(Scorer):
 
     columns = {"judge": pa.float32(), "judge_error": pa.string()}
     actor = True
-    api_key: str | None = None  # handed over by the actor wrapper, never stored in a config
 
     class Config(ActorScorerConfig):
         kind: str = "judge"
@@ -179,6 +189,15 @@ class JudgeScorer(Scorer):
                 raise ValueError(f"judge template must contain {' and '.join(missing)}")
             return self
 
+    def checked(self) -> PluginConfig:
+        return self.config.model_copy(update={"model": Backend.model_ref(self.config.backend, self.config.model)})
+
+    @classmethod
+    def summarize(cls, batch: pa.Table) -> dict[str, int]:
+        """``judge_unparsable``: judged rows (no filter removed them) without a score in range."""
+        judged = pc.and_(pc.is_null(batch["filter_reason"]), pc.is_null(batch["judge"]))
+        return {"judge_unparsable": pc.sum(judged).as_py() or 0}
+
     def setup(self) -> None:
         from instructscale.backends.base import SamplingConfig
         from instructscale.backends.faults import FaultGuard
@@ -188,10 +207,8 @@ class JudgeScorer(Scorer):
         self.guard = FaultGuard(lambda prompts: self.backend.generate(prompts, self.sampling), self._build)
 
     def _build(self) -> None:
-        from instructscale.backends.base import build_backend
-
         self.backend = None
-        self.backend = build_backend(self.config.backend, self.config.model, self.api_key)
+        self.backend = Backend.load(self.config.backend, self.config.model)
 
     def score(self, rows: list[dict]) -> dict[str, list]:
         """A 1-10 score per row; a row the judge cannot serve (engine error, HTTP 4xx) or whose reply

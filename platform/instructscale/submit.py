@@ -1,8 +1,12 @@
-"""Ray job submission: run a stage or the whole pipeline on a cluster through its dashboard.
+"""Ray job submission: run a command of the table (the pipeline, a stage, a search) on a cluster
+through its dashboard.
 
-The job's working directory holds the `jobs/` entry points and the config (as ``config.yaml``);
-the `instructscale` package travels as a runtime_env py_module, so the cluster only needs the
-dependencies (see `cluster/`). Paths inside the config are resolved on the cluster.
+What a job runs is a *job specification* (``jobs/*.yaml``, :class:`JobSpec`): the command, its
+config, overrides, the entrypoint's resources and the runtime environment. ``submit`` reads one,
+or makes one from a config and ``--stage``. The job runs the installed command line
+(``python -m instructscale COMMAND config.yaml``); the `instructscale` package travels as a
+runtime_env py_module (so the cluster runs this code), and the config, plug-in files and local
+plug-in packages with it. Paths inside the config are resolved on the cluster.
 """
 
 from __future__ import annotations
@@ -18,25 +22,72 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pydantic import Field
 
 import instructscale
 from instructscale import storage
-from instructscale.config import ConfigError, set_dotted
+from instructscale.config import ConfigError, StrictModel, parse_config, read_yaml, set_dotted
+from instructscale.process import prepare_for
+from instructscale.stage import command
 
-# stage -> entry point; not jobs/select.py, which would shadow the standard library's `select`
-ENTRYPOINTS = {
-    "pipeline": "pipeline.py",
-    "generate": "generate.py",
-    "select": "selection.py",
-    "train": "train.py",
-    "tune": "tune.py",
-    "evaluate": "evaluate.py",
-}
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 120.0  # a just-started head answers "No available agent to submit job" until its agent is up
+
+
+class JobSpec(StrictModel):
+    """What a submitted job runs: a command of the table with its config, plus the job's resources
+    and runtime environment. ``config`` is relative to the spec's own folder."""
+
+    command: str = Field("pipeline", description="pipeline, a stage (train, select, ...), tune, ...")
+    config: str
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides, as --set KEY=VALUE")
+    entrypoint_num_cpus: float | None = Field(None, ge=0, description="CPUs reserved for the job's driver")
+    entrypoint_num_gpus: float | None = Field(None, ge=0, description="GPUs reserved for the job's driver")
+    pip: list[str] = Field(default_factory=list, description="extra pip requirements of the job")
+    env: dict[str, str] = Field(default_factory=dict, description="job environment variables (no secrets)")
+
+    @classmethod
+    def load(cls, path: str) -> JobSpec:
+        spec = parse_config(cls, read_yaml(path), path)
+        return spec.model_copy(update={"config": str(Path(path).parent / spec.config)})
+
+    def overrides(self) -> list[str]:
+        return [f"{k}={json.dumps(v)}" for k, v in self.set.items()]
+
+    def job_config(self) -> dict:
+        """The job's config as a mapping, overrides applied (not validated here: plug-ins may only
+        exist on the cluster)."""
+        data = read_yaml(self.config)
+        for key, value in self.set.items():
+            set_dotted(data, key, value)
+        return data
+
+
+def is_job_spec(path: str) -> bool:
+    """Whether the YAML file at ``path`` is a job specification (it names a ``command``), not a config."""
+    return "command" in read_yaml(path)
+
+
+def job_spec(
+    path: str, stage: str | None = None, overrides: list[str] = (), pip: list[str] = (), env: dict | None = None
+) -> JobSpec:
+    """The job to submit: the spec at ``path``, or ``path`` as the config of ``stage`` (default: the
+    pipeline); ``overrides`` (KEY=VALUE), ``pip`` and ``env`` are added to it."""
+    if not Path(path).is_file():
+        raise ConfigError(f"config: {path} not found")
+    spec = JobSpec.load(path) if is_job_spec(path) else JobSpec(config=path)
+    sets = {}
+    for pair in overrides:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        sets[key] = yaml.safe_load(value)
+    update = {"set": {**spec.set, **sets}, "pip": [*spec.pip, *pip], "env": {**spec.env, **(env or {})}}
+    return spec.model_copy(update={**update, **({"command": stage} if stage else {})})
 
 
 def _client(address: str | None):
@@ -51,58 +102,54 @@ def _client(address: str | None):
         raise ConfigError(f"--address: cannot reach a Ray dashboard at {address}: {err}") from None
 
 
-def _jobs_dir() -> Path:
-    """The repository's `jobs/` entry points (a source checkout) or the packaged copy."""
-    repo = Path(instructscale.__file__).resolve().parents[2] / "jobs"
-    if repo.is_dir():
-        return repo
-    raise ConfigError("cannot find the jobs/ entry points next to the instructscale package")
+def _cli_name(spec: JobSpec, job_config: dict) -> str:
+    """The command's CLI name, after importing the plug-ins the config lists that exist here (a
+    plug-in command of a file that only the cluster has is taken on trust)."""
+    with contextlib.suppress(ConfigError, ImportError):
+        prepare_for({"plugins": job_config.get("plugins") or []})
+    try:
+        cls = command(spec.command)
+    except ValueError as err:
+        raise ConfigError(f"--stage: {err}") from None
+    return cls.cli_name or cls.name
 
 
-def submit(
-    config: str,
-    stage: str = "pipeline",
-    address: str | None = None,
-    overrides: list[str] = (),
-    pip: list[str] = (),
-    env: dict[str, str] | None = None,
-    job_id: str | None = None,
-) -> str:
-    """Submit ``jobs/<stage>.py CONFIG`` as a Ray job; returns the job id."""
-    if stage not in ENTRYPOINTS:
-        raise ConfigError(f"--stage: {stage!r} is not one of {', '.join(ENTRYPOINTS)}")
-    if not Path(config).is_file():
-        raise ConfigError(f"config: {config} not found")
-    _refuse_secrets(env or {})
-    job_config = _job_config(config, overrides)
+def submit(spec: JobSpec, address: str | None = None, job_id: str | None = None) -> str:
+    """Submit ``spec`` as a Ray job; returns the job id."""
+    _refuse_secrets(spec.env)
+    job_config = spec.job_config()
+    name = _cli_name(spec, job_config)
     client = _client(address)
     warn_if_local_output(job_config, address)
     staging = Path(tempfile.mkdtemp(prefix="instructscale-job-"))
     try:
-        shutil.copytree(_jobs_dir(), staging / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy(config, staging / "config.yaml")
+        shutil.copy(spec.config, staging / "config.yaml")
         packages, plugins = _ship_plugins(job_config, staging)
-        if plugins:
-            overrides = [*overrides, f"plugins={json.dumps(plugins)}"]
+        overrides = [*spec.overrides(), *([f"plugins={json.dumps(plugins)}"] if plugins else [])]
         runtime_env: dict = {
             "working_dir": str(staging),
             "py_modules": [str(Path(instructscale.__file__).parent), *packages],
-            "env_vars": {"PYTHONUNBUFFERED": "1", **(env or {})},
+            "env_vars": {"PYTHONUNBUFFERED": "1", **spec.env},
+            **({"pip": list(spec.pip)} if spec.pip else {}),
         }
-        if pip:
-            runtime_env["pip"] = list(pip)
         sets = " ".join(f"--set {shlex.quote(s)}" for s in overrides)
-        entrypoint = f"python jobs/{ENTRYPOINTS[stage]} config.yaml {sets}".strip()
-        deadline = time.time() + AGENT_WAIT_S
-        while True:
-            try:
-                return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
-            except RuntimeError as err:
-                if "No available agent" not in str(err) or time.time() > deadline:
-                    raise
-                time.sleep(2)
+        entrypoint = f"python -m instructscale {name} config.yaml {sets}".strip()
+        resources = {"entrypoint_num_cpus": spec.entrypoint_num_cpus, "entrypoint_num_gpus": spec.entrypoint_num_gpus}
+        return _submit_when_ready(client, entrypoint, runtime_env, job_id, resources)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _submit_when_ready(client, entrypoint: str, runtime_env: dict, job_id: str | None, resources: dict) -> str:
+    deadline = time.time() + AGENT_WAIT_S
+    resources = {k: v for k, v in resources.items() if v is not None}
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id, **resources)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.time() > deadline:
+                raise
+            time.sleep(2)
 
 
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
@@ -117,16 +164,6 @@ def _refuse_secrets(env: dict[str, str]) -> None:
             "in the cluster's environment (a Kubernetes Secret, an instance role; see cluster/) and "
             "name the variable in the config (e.g. backend.api_key_env)"
         )
-
-
-def _job_config(config: str, overrides: list[str]) -> dict:
-    """The job's config as a mapping, with the ``--set`` overrides applied (not validated here:
-    plug-ins may only exist on the cluster)."""
-    data = yaml.safe_load(Path(config).read_text()) or {}
-    for pair in overrides:
-        key, _, value = pair.partition("=")
-        set_dotted(data, key, yaml.safe_load(value))
-    return data
 
 
 def output_dir(job_config: dict) -> str | None:

@@ -1,12 +1,2 @@
-"""Generation backends (plug-ins): vLLM, Hugging Face transformers, OpenAI-compatible HTTP."""
-
-from instructscale.backends.base import (
-    Completion,
-    Conversation,
-    GenerationError,
-    SamplingConfig,
-    build_backend,
-    cut_at_stop,
-)
-
-__all__ = ["Completion", "Conversation", "GenerationError", "SamplingConfig", "build_backend", "cut_at_stop"]
+"""Generation backends (plug-ins of :class:`instructscale.plugins.Backend`): vLLM, Hugging Face
+transformers, OpenAI-compatible HTTP; their shared types are in :mod:`.base`."""

@@ -72,16 +72,3 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     """``text`` up to the first stop string (backends that cannot stop by themselves)."""
     cut = min((text.find(s) for s in stop if s in text), default=-1)
     return text[:cut] if cut >= 0 else text
-
-
-def build_backend(config, model: str, api_key: str | None = None):
-    """The backend plug-in ``config`` names, loaded with ``model`` (a local dir, URI or endpoint model).
-
-    ``api_key`` lets a driver hand its key to actors whose environment lacks the variable."""
-    from instructscale import storage
-    from instructscale.plugins import Backend
-
-    cls = Backend.registry.get(config.kind)
-    if cls.remote:
-        return cls(config, model, api_key)
-    return cls(config, storage.local_dir(model))

@@ -5,7 +5,8 @@ A 4xx answer for one row (400, 413, 422, ...) rejects that row with the server's
 honouring ``Retry-After``, for at most ``max_retries`` attempts and ``max_retry_s`` seconds; then
 the job fails with a clear error (committed parts stay for the rerun). 401, 403 and 404 concern the
 whole job (key, permissions, model name) and fail it at once. The API key is read from the
-environment variable named in the config and never logged.
+environment variable named in the config (on workers, the value the driver handed over: see
+:mod:`instructscale.process`) and never logged.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from instructscale.backends.base import Completion, Conversation, GenerationError, RowFault, SamplingConfig
-from instructscale.plugins import Backend, PluginConfig, register
+from instructscale.plugins import SECRET_ENV, Backend, PluginConfig, register
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -62,18 +63,20 @@ class OpenAIBackend(Backend):
         )
         kind: str = "openai"
         base_url: str = Field(description="e.g. http://127.0.0.1:8000/v1")
-        api_key_env: str | None = Field("OPENAI_API_KEY", description="name of the env var holding the key")
+        api_key_env: str | None = Field(
+            "OPENAI_API_KEY", description="name of the env var holding the key", json_schema_extra=SECRET_ENV
+        )
         max_concurrency: int = Field(8, ge=1)
         max_retries: int = Field(8, ge=0, description="retries of one request (429, 5xx, connection errors)")
         max_retry_s: float = Field(300.0, gt=0, description="give up on a request after retrying this long")
         backoff_s: float = Field(0.5, ge=0, description="first backoff; doubles per attempt, with jitter")
         timeout_s: float = Field(60.0, gt=0)
 
-    def __init__(self, config: Config, model: str, api_key: str | None = None):
+    def __init__(self, config: Config, model: str):
         import httpx
 
         super().__init__(config, model)
-        key = api_key or resolve_api_key(config)
+        key = resolve_api_key(config)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(base_url=config.base_url.rstrip("/"), headers=headers, timeout=config.timeout_s)
         self.pool = ThreadPoolExecutor(config.max_concurrency)

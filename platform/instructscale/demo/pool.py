@@ -22,7 +22,11 @@ from instructscale import storage
 from instructscale.config import StrictModel
 from instructscale.demo.tasks import MAX_DIFFICULTY, TASKS
 from instructscale.lifecycle import StageConfig, StageRun, commit_part, record_commit
+from instructscale.plugins import register
+from instructscale.pools.ingest import PoolInput
+from instructscale.process import Shipped
 from instructscale.schema import POOL_SCHEMA, encode_metadata
+from instructscale.stage import Pipe, Stage
 
 
 class NoiseConfig(StrictModel):
@@ -178,8 +182,8 @@ def _write_rows(uri: str, rows: Iterator[dict], chunk_rows: int) -> int:
 
 
 @ray.remote(num_cpus=1)
-def _write_shard(cfg: dict, shard: int, n_rows: int) -> int:
-    cfg = DemoConfig.model_validate(cfg)
+def _write_shard(shipped: Shipped[DemoConfig], shard: int, n_rows: int) -> int:
+    cfg = shipped.load()
     dataset, name = storage.join(cfg.out_dir, "pool"), f"part-{shard:05d}.parquet"
     n = _write_rows(storage.join(dataset, name), iter_pool_rows(cfg, shard, n_rows), cfg.chunk_rows)
     record_commit(dataset, name, n)
@@ -212,25 +216,49 @@ def write_side_jsonl(uri: str, n_rows: int, seed: int) -> dict[str, int]:
     return planted
 
 
+@register("demo")
+class Demo(Stage[DemoConfig]):
+    """The demo pool's shards, its eval split and the side JSONL; in a pipeline, the ingest stage's
+    inputs and the held-out rows."""
+
+    Config = DemoConfig
+    Options = DemoOptions
+    summary = "generate the demo instruction pool, eval split and a malformed side file"
+    cli_name = "make-demo"
+    folder = "data"
+    rebuilt = ("pool", "eval")
+    published = ("pool", "eval")
+
+    def run(self, run: StageRun) -> dict:
+        cfg = self.cfg
+        per_shard = [cfg.rows // cfg.shards + (1 if s < cfg.rows % cfg.shards else 0) for s in range(cfg.shards)]
+        refs = [_write_shard.remote(Shipped.of(cfg), s, n) for s, n in enumerate(per_shard) if n]
+        written = sum(ray.get(refs))
+        eval_rows = pa.Table.from_pylist(list(iter_eval_rows(cfg)), schema=POOL_SCHEMA)
+        commit_part(run.uri("eval"), "part-00000.parquet", eval_rows)
+        planted = {}
+        if cfg.malformed_jsonl_rows:
+            planted = write_side_jsonl(run.uri("side.jsonl"), cfg.malformed_jsonl_rows, cfg.seed)
+        return {
+            "pool_rows": written,
+            "eval_rows": cfg.eval_rows,
+            "side_jsonl_rows": cfg.malformed_jsonl_rows,
+            "side_jsonl_malformed": planted,
+        }
+
+    @classmethod
+    def wiring(cls, pipe: Pipe) -> dict:
+        return {}
+
+    @classmethod
+    def hand_on(cls, manifest: dict, pipe: Pipe) -> None:
+        data = cls.out_dir(pipe)
+        pipe.inputs.append(PoolInput(path=storage.join(data, "pool"), format="parquet"))
+        if manifest["side_jsonl_rows"]:
+            pipe.inputs.append(PoolInput(path=storage.join(data, "side.jsonl"), format="alpaca", source="demo/side"))
+        pipe.eval_data = pipe.eval_data or storage.join(data, "eval")
+
+
 def make_demo(cfg: DemoConfig) -> dict:
     """Generate the pool shards, the eval split and the side JSONL; a finished identical output is kept."""
-    run = StageRun("demo", cfg.out_dir, cfg.identity(), cfg.overwrite)
-    if done := run.finished():
-        return done
-    run.start(rebuilt=("pool", "eval"))
-    per_shard = [cfg.rows // cfg.shards + (1 if s < cfg.rows % cfg.shards else 0) for s in range(cfg.shards)]
-    refs = [_write_shard.remote(cfg.model_dump(mode="json"), s, n) for s, n in enumerate(per_shard) if n]
-    written = sum(ray.get(refs))
-    commit_part(
-        run.uri("eval"), "part-00000.parquet", pa.Table.from_pylist(list(iter_eval_rows(cfg)), schema=POOL_SCHEMA)
-    )
-    planted = {}
-    if cfg.malformed_jsonl_rows:
-        planted = write_side_jsonl(run.uri("side.jsonl"), cfg.malformed_jsonl_rows, cfg.seed)
-    summary = {
-        "pool_rows": written,
-        "eval_rows": cfg.eval_rows,
-        "side_jsonl_rows": cfg.malformed_jsonl_rows,
-        "side_jsonl_malformed": planted,
-    }
-    return run.publish(summary, datasets=("pool", "eval"))
+    return Demo(cfg).execute()

@@ -25,7 +25,7 @@ from instructscale.backends.base import Completion, Conversation, SamplingConfig
 from instructscale.generate.modes import Mode, packaged_template
 from instructscale.generate.tasks import is_only_stop_words, parse_tasks
 from instructscale.lifecycle import part_files
-from instructscale.plugins import PluginConfig, register
+from instructscale.plugins import Passes, PluginConfig, register
 from instructscale.schema import decode_metadata, encode_metadata
 
 DEFAULT_OPS = {  # in-depth evolving, then in-breadth
@@ -38,10 +38,6 @@ DEFAULT_OPS = {  # in-depth evolving, then in-breadth
 }
 TEMPLATE_WORDS = ("#rewritten prompt#", "#given prompt#", "#created prompt#", "given prompt", "rewritten prompt")
 REWRITE, ANSWER, JUDGE = "rewrite", "answer", "judge"
-
-
-def _phase(row: dict) -> str:
-    return decode_metadata(row["metadata"]).get("phase", REWRITE)
 
 
 @register("evolve")
@@ -68,10 +64,9 @@ class Evolve(Mode):
         return [[*self.system, {"role": "user", "content": self._prompt(row)}] for row in rows]
 
     def _prompt(self, row: dict) -> str:
-        phase = _phase(row)
-        if phase == ANSWER:
+        if self.step == ANSWER:
             return row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-        if phase == JUDGE:
+        if self.step == JUDGE:
             before = decode_metadata(row["metadata"])["evolved_from_instruction"]
             return packaged_template("evolve_judge").format(before=before, after=row["instruction"])
         return (self.config.template or packaged_template("evolve")).format(
@@ -81,20 +76,18 @@ class Evolve(Mode):
         )
 
     def outputs(self, row: dict, completions: list[Completion]) -> list[dict]:
-        phase = _phase(row)
-        if phase == REWRITE:
+        if self.step == REWRITE:
             return [self._evolved(row, c, i) for i, c in enumerate(completions)]
         meta, text = decode_metadata(row["metadata"]), completions[0].text
         before = meta.pop("evolved_from_instruction")
-        meta.pop("phase")
-        if phase == ANSWER:
+        if self.step == ANSWER:
             reason = None
             if "sorry" in text.lower() and len(text.split()) < self.config.refusal_max_words:
                 reason = "teacher_refused"
             elif is_only_stop_words(text):
                 reason = "empty_answer"
             if reason is None:  # on to the judge
-                meta.update(phase=JUDGE, evolved_from_instruction=before)
+                meta.update(evolved_from_instruction=before)
             out = self.output_row(row, completions[0], 0, output=text, metadata=encode_metadata(meta))
             out["reject_reason"] = reason
             return [out]
@@ -116,7 +109,7 @@ class Evolve(Mode):
         meta.pop("answer", None)  # the rewritten task no longer has the parent's answer
         reason = _rewrite_problem(instruction, row["instruction"])
         if self.config.eliminate and reason is None:  # on to the answer and judge passes
-            meta.update(phase=ANSWER, evolved_from_instruction=row["instruction"])
+            meta.update(evolved_from_instruction=row["instruction"])
         out = self.output_row(
             row,
             c,
@@ -131,8 +124,8 @@ class Evolve(Mode):
         return out
 
     # -- on the driver
-    def drive(self, passes) -> None:
-        source = passes.cfg.input
+    def drive(self, passes: Passes) -> None:
+        source = passes.input
         sampling = self.options.sampling
         answer = SamplingConfig(n=1, temperature=0.0, max_tokens=sampling.max_tokens, seed=sampling.seed)
         judge = answer.model_copy(update={"max_tokens": 4})
@@ -143,12 +136,12 @@ class Evolve(Mode):
                 continue
             if not part_files(source):
                 break  # nothing survived the round before
-            rewritten = passes.generate(source, passes.work(f"round-{r}", REWRITE), f"round {r} rewrite")
+            rewritten = passes.generate(source, passes.work(f"round-{r}", REWRITE), f"round {r} rewrite", REWRITE)
             if self.config.eliminate:
                 answered = passes.generate(
-                    rewritten, passes.work(f"round-{r}", ANSWER), f"round {r} answer", sampling=answer
+                    rewritten, passes.work(f"round-{r}", ANSWER), f"round {r} answer", ANSWER, answer
                 )
-                judged = passes.generate(answered, passes.work(f"round-{r}", JUDGE), f"round {r} judge", sampling=judge)
+                judged = passes.generate(answered, passes.work(f"round-{r}", JUDGE), f"round {r} judge", JUDGE, judge)
                 passes.copy_parts(rewritten, f"r{r}-{REWRITE}", rejected_only=True, parent_key="evolved_from")
                 passes.copy_parts(answered, f"r{r}-{ANSWER}", rejected_only=True, parent_key="evolved_from")
                 source = judged

@@ -29,15 +29,11 @@ from instructscale.generate.modes import Mode, packaged_template
 from instructscale.generate.novelty import NoveltyIndex
 from instructscale.generate.tasks import DEFAULT_BLACKLIST, parse_instance, parse_tasks, task_problem
 from instructscale.lifecycle import commit_part, commit_records, part_files
-from instructscale.plugins import PluginConfig, register
+from instructscale.plugins import Passes, PluginConfig, register
 from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA, decode_metadata, encode_metadata
 
 PROPOSE, CLASSIFY, INSTANCE = "propose", "classify", "instance"
 ACCEPTED = "accepted"
-
-
-def _phase(row: dict) -> str:
-    return decode_metadata(row["metadata"]).get("phase", "")
 
 
 @register("self_instruct")
@@ -66,14 +62,13 @@ class SelfInstruct(Mode):
         instances: bool = Field(True, description="classify each accepted task and write one instance for it")
         template: str | None = Field(None, description="prompt with {examples} and {n}; default: the packaged one")
 
-    # -- in the teacher actors: one prompt per row, by the row's phase
+    # -- in the teacher actors: one prompt per row, by the pass (self.step)
     def prompts(self, rows: list[dict]) -> list[Conversation]:
         out = []
         for row in rows:
-            phase = _phase(row)
-            if phase == PROPOSE:  # the prompt was written by the driver
+            if self.step == PROPOSE:  # the prompt was written by the driver
                 text = row["instruction"]
-            elif phase == CLASSIFY:
+            elif self.step == CLASSIFY:
                 text = packaged_template("self_instruct_classify").format(instruction=row["instruction"])
             else:
                 first = "output_first" if decode_metadata(row["metadata"]).get("is_classification") else "input_first"
@@ -82,15 +77,13 @@ class SelfInstruct(Mode):
         return out
 
     def outputs(self, row: dict, completions: list[Completion]) -> list[dict]:
-        phase = _phase(row)
-        if phase == PROPOSE:
+        if self.step == PROPOSE:
             return self._candidates(row, completions)
         meta = decode_metadata(row["metadata"])
         text = completions[0].text
-        if phase == CLASSIFY:
-            meta.update(phase=INSTANCE, is_classification=text.strip().lower().startswith("yes"))
+        if self.step == CLASSIFY:
+            meta.update(is_classification=text.strip().lower().startswith("yes"))
             return [self.output_row(row, completions[0], 0, metadata=encode_metadata(meta))]
-        meta.pop("phase", None)
         instance = parse_instance(text, output_first=bool(meta.get("is_classification")))
         changes = {"input": instance[0], "output": instance[1]} if instance else {}
         meta["instances"] = [{"input": instance[0], "output": instance[1]}] if instance else []
@@ -125,7 +118,7 @@ class SelfInstruct(Mode):
         return rows
 
     # -- on the driver
-    def drive(self, passes) -> None:
+    def drive(self, passes: Passes) -> None:
         c = self.config
         seeds = passes.input_rows(["id", "instruction"]).to_pylist()
         index, index_ids = NoveltyIndex(), []
@@ -151,7 +144,7 @@ class SelfInstruct(Mode):
             prompts_uri = passes.work(f"round-{r}", "prompts")
             commit_part(prompts_uri, "part-0.parquet", pa.Table.from_pylist(prompts, schema=POOL_SCHEMA))
             candidates = storage.read_parquet(
-                part_files(passes.generate(prompts_uri, passes.work(f"round-{r}"), f"round {r}"))
+                part_files(passes.generate(prompts_uri, passes.work(f"round-{r}"), f"round {r}", step=PROPOSE))
             )
             kept, dropped = self._filter(candidates.sort_by("id"), index, index_ids, remaining)
             passes.commit(f"round-{r}-rejected.parquet", dropped)  # first: the round is done
@@ -175,7 +168,7 @@ class SelfInstruct(Mode):
             examples = rng.sample(seeds, min(human, len(seeds))) + from_machine
             rng.shuffle(examples)
             listed = "\n".join(f"{i + 1}. {e['instruction']}" for i, e in enumerate(examples))
-            meta = {"phase": PROPOSE, "round": r, "examples": [e["id"] for e in examples]}
+            meta = {"round": r, "examples": [e["id"] for e in examples]}
             rows.append(
                 {
                     "id": f"self_instruct-r{r}-p{k}",
@@ -215,13 +208,12 @@ class SelfInstruct(Mode):
                 accepted.append(row["id"])
                 index.add(tokens)
                 index_ids.append(row["id"])
-                row["metadata"] = encode_metadata({**meta, "phase": CLASSIFY})
             row["reject_reason"] = reason
         table = pa.Table.from_pylist(rows, schema=candidates.schema)
         is_kept = pc.is_in(table["id"], value_set=pa.array(accepted, pa.string()))
         return table.filter(is_kept), table.filter(pc.invert(is_kept))
 
-    def _finish(self, passes, accepted_uri: str) -> None:
+    def _finish(self, passes: Passes, accepted_uri: str) -> None:
         """Classification and instances for every accepted task, into the stage's rows."""
         if not commit_records(accepted_uri):
             return
@@ -235,8 +227,8 @@ class SelfInstruct(Mode):
         greedy = SamplingConfig(
             n=1, temperature=0.0, max_tokens=self.options.sampling.max_tokens, seed=self.options.sampling.seed
         )
-        classified = passes.generate(accepted_uri, passes.work(CLASSIFY), "classify", sampling=greedy)
-        passes.generate(classified, passes.run.out, "instances", sampling=greedy)
+        classified = passes.generate(accepted_uri, passes.work(CLASSIFY), "classify", CLASSIFY, greedy)
+        passes.generate(classified, passes.out_dir, "instances", INSTANCE, greedy)
 
 
 def _as_output(table: pa.Table) -> pa.Table:

@@ -24,16 +24,17 @@ import ray
 from ray.data.expressions import col
 
 from instructscale import storage
-from instructscale.backends.base import GenerationError, RowFault, SamplingConfig, build_backend
+from instructscale.backends.base import GenerationError, RowFault, SamplingConfig
 from instructscale.backends.faults import Attempts, FaultGuard, is_row_fault
-from instructscale.backends.openai import resolve_api_key
-from instructscale.generate.config import GenerateConfig
+from instructscale.generate.config import GenerateConfig, GenerateOptions
 from instructscale.lifecycle import StageRun, commit_part, commit_records, part_files, part_name, require_dataset
-from instructscale.plugins import Backend, GenerationMode
+from instructscale.plugins import Backend, GenerationMode, register, secret_envs
+from instructscale.process import Shipped, secret_values
 from instructscale.progress import Progress
 from instructscale.runtime import ModelThread
 from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA, decode_metadata
 from instructscale.shuffle import anti_join
+from instructscale.stage import Pipe, Stage
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +63,19 @@ class GenerationActor:
     """One replica: loads the backend once (on its own `ModelThread`), then turns batches of rows
     into committed output parts. Rows the engine cannot serve are kept with a ``reject_reason``."""
 
-    def __init__(self, cfg: dict, writer: tuple[str, str], api_key: str | None = None):
+    def __init__(self, shipped: Shipped[GenerateConfig], writer: tuple[str, str], step: str = ""):
         t0 = time.time()
         self.writer = writer  # (the run's writer file, this run's token): see ``_commit``
-        self.cfg = GenerateConfig.model_validate(cfg)
-        self.mode = GenerationMode.registry.build(self.cfg.mode, self.cfg)
-        self.thread, self.api_key = ModelThread(), api_key
+        self.cfg = shipped.load()
+        self.mode = GenerationMode.registry.build(self.cfg.mode, self.cfg, step)
+        self.thread = ModelThread()
         self.backend = self.thread.run(self._build)
         self.guard = FaultGuard(self._generate, self._rebuild, Attempts(storage.join(self.cfg.out_dir, ATTEMPTS)))
         self.rows_uri = storage.join(self.cfg.out_dir, ROWS)
         self.load_s = time.time() - t0  # reported once, with this replica's first batch
 
-    def _build(self):
-        return build_backend(self.cfg.backend, self.cfg.model, self.api_key)
+    def _build(self) -> Backend:
+        return Backend.load(self.cfg.backend, self.cfg.model)
 
     def _rebuild(self) -> None:
         """After an engine exception: keep the engine if it still answers a probe, else build it anew."""
@@ -180,17 +181,6 @@ def _distinct_parents(rows_uri: str) -> int:
     return ds.select_columns(["parent_id"]).groupby("parent_id", num_partitions=2).count().count()
 
 
-def _check(cfg: GenerateConfig) -> GenerateConfig:
-    """``cfg`` with normalised paths, after checking that the input, model and endpoint exist."""
-    source = require_dataset(cfg.input, "input")
-    if Backend.registry.get(cfg.backend.kind).remote:  # fail before starting actors; the model is remote
-        build_backend(cfg.backend, cfg.model, resolve_api_key(cfg.backend))
-        model = cfg.model
-    else:
-        model = storage.model_ref(cfg.model)
-    return cfg.model_copy(update={"input": source, "model": model, "out_dir": storage.normalize(cfg.out_dir)})
-
-
 class _Tally:
     """What the replicas report, summed on the driver; stops the job when too many rows fault."""
 
@@ -266,17 +256,16 @@ def _pool(cfg: GenerateConfig) -> ray.data.Dataset:
     return ds
 
 
-def _run_replicas(cfg: GenerateConfig, writer: tuple[str, str], tally: _Tally, label: str = "generate") -> _Tally:
+def _run_replicas(
+    cfg: GenerateConfig, writer: tuple[str, str], tally: _Tally, label: str = "generate", step: str = ""
+) -> _Tally:
     ctx = ray.data.DataContext.get_current()  # captured by the datasets below: a job-level
     raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True  # error surfaces as is
-    # The key travels as an actor argument (never in the config, a log or the runtime env).
+    # API keys travel with the shipped config (never in the config, a log or the runtime env)
+    shipped = Shipped.of(cfg, secret_values(secret_envs(cfg)))
     results = _pool(cfg).map_batches(
         GenerationActor,
-        fn_constructor_kwargs={
-            "cfg": cfg.model_dump(mode="json"),
-            "writer": writer,
-            "api_key": resolve_api_key(cfg.backend),
-        },
+        fn_constructor_kwargs={"shipped": shipped, "writer": writer, "step": step},
         batch_format="pyarrow",
         **cfg.replicas.map_batches_args(),
     )
@@ -294,76 +283,117 @@ def _run_replicas(cfg: GenerateConfig, writer: tuple[str, str], tally: _Tally, l
     return tally
 
 
-def generate(cfg: GenerateConfig) -> dict:
-    """Run (or resume) the generation stage; returns the manifest written to ``out_dir``."""
-    run = StageRun("generate", cfg.out_dir, cfg.identity(), cfg.overwrite)
-    if done := run.finished():
-        log.info("generate: %s already complete, skipping", run.out)
-        return done
-    cfg = _check(cfg)
-    run.start(resumable=(ROWS,))
-    # first the token, then the listing of finished parts: a replica of an earlier, killed run
-    # commits nothing after this (see GenerationActor._commit)
-    writer = (run.uri(WRITER), uuid.uuid4().hex)
-    storage.write_json(writer[0], {"token": writer[1]})
-    tally, resumed = _Tally(cfg.max_faulty_fraction), 0
-    mode = GenerationMode.registry.build(cfg.mode, cfg)
-    if mode.multi_pass:
-        mode.drive(Passes(cfg, run, tally, writer))
-    else:
-        resumed = _resumed_inputs(run.uri(ROWS))
-        _run_replicas(cfg, writer, tally)
+@register("generate")
+class Generate(Stage[GenerateConfig]):
+    """Teacher generation: a pool through an autoscaling pool of engine actors, resumable per part."""
+
+    Config = GenerateConfig
+    Options = GenerateOptions
+    summary = "teacher generation: distill, k-sample, self-instruct or evolve a pool"
+    after = "ingest"
+    resumable = (ROWS,)
+    published = (ROWS,)
+
+    def check(self) -> GenerateConfig:
+        """Normalised paths, after checking that the input and the model exist (an endpoint
+        answers: a remote backend is built once here, before any actor starts)."""
+        cfg = self.cfg
+        source = require_dataset(cfg.input, "input")
+        if Backend.registry.get(cfg.backend.kind).remote:
+            Backend.load(cfg.backend, cfg.model)
+        model = Backend.model_ref(cfg.backend, cfg.model)
+        return cfg.model_copy(update={"input": source, "model": model, "out_dir": storage.normalize(cfg.out_dir)})
+
+    def run(self, run: StageRun) -> dict:
+        cfg = self.cfg
+        # first the token, then the listing of finished parts: a replica of an earlier, killed run
+        # commits nothing after this (see GenerationActor._commit)
+        writer = (run.uri(WRITER), uuid.uuid4().hex)
+        storage.write_json(writer[0], {"token": writer[1]})
+        tally, resumed = _Tally(cfg.max_faulty_fraction), 0
+        mode = GenerationMode.registry.build(cfg.mode, cfg)
+        if mode.multi_pass:
+            mode.drive(StagePasses(cfg, run, tally, writer))
+        else:
+            resumed = _resumed_inputs(run.uri(ROWS))
+            _run_replicas(cfg, writer, tally)
+        summary = _totals(run, tally, mode.multi_pass)
+        for name in (ATTEMPTS, WORK, WRITER):
+            storage.remove(run.uri(name))
+        return {**summary, "resumed_inputs": resumed}
+
+    @classmethod
+    def wiring(cls, pipe: Pipe) -> dict:
+        return {"input": pipe.pool, "model": pipe.models["teacher"]}
+
+    @classmethod
+    def hand_on(cls, manifest: dict, pipe: Pipe) -> None:
+        pipe.pool = storage.join(cls.out_dir(pipe), ROWS)
+
+    @classmethod
+    def describe(cls, entry: dict) -> list[str]:
+        rejected = sum(entry["rejected"].values())
+        return [
+            (
+                f"generate   {entry['rows']:,} rows, {rejected:,} rejected {entry['rejected']}, "
+                f"{entry['this_run']['tokens']:,} teacher tokens this run"
+            )
+        ]
+
+
+def _totals(run: StageRun, tally: _Tally, multi_pass: bool) -> dict:
+    """The output's counts from the commit records (resumed parts included); fails over the fault cap."""
     this_run = tally.this_run()
     records = commit_records(run.uri(ROWS))
-    rejected = sum((Counter(r["rejected"]) for r in records), Counter())
     tally.faults = sum(r["faults"] for r in records)
     # a multi-pass mode's parts may share parents (rounds of one seed): count them distinct
-    tally.inputs = _distinct_parents(run.uri(ROWS)) if mode.multi_pass else sum(r["inputs"] for r in records)
+    tally.inputs = _distinct_parents(run.uri(ROWS)) if multi_pass else sum(r["inputs"] for r in records)
     tally.check()  # over the whole output, resumed parts included
-    summary = {
+    return {
         "rows": sum(r["usable"] for r in records),
-        "rejected": dict(rejected),
+        "rejected": dict(sum((Counter(r["rejected"]) for r in records), Counter())),
         "faults": tally.faults,
         "inputs": tally.inputs,
-        "resumed_inputs": resumed,
         "files": len(part_files(run.uri(ROWS))),
         "this_run": this_run,
     }
-    for name in (ATTEMPTS, WORK, WRITER):
-        storage.remove(run.uri(name))
-    return run.publish(summary, datasets=(ROWS,))
 
 
-class Passes:
-    """What a multi-pass mode (rounds of synthesis) drives: passes of the teacher pool over
-    datasets it writes under ``work/`` (each pass resumable per part like the stage), and the
-    stage's output rows. ``work/`` is keyed by the run's identity, so a changed config starts over."""
+def generate(cfg: GenerateConfig) -> dict:
+    """Run (or resume) the generation stage; returns the manifest written to ``out_dir``."""
+    return Generate(cfg).execute()
+
+
+class StagePasses:
+    """The generation stage's side of :class:`instructscale.plugins.Passes`: passes of the teacher
+    pool over datasets a multi-pass mode writes under ``work/`` (each pass resumable per part like
+    the stage), and the stage's output rows. ``work/`` is keyed by the run's identity, so a changed
+    config starts over."""
 
     def __init__(self, cfg: GenerateConfig, run: StageRun, tally: _Tally, writer: tuple[str, str]):
-        self.cfg, self.run, self.tally, self.writer = cfg, run, tally, writer
-        self.rows = run.uri(ROWS)
+        self.cfg, self.tally, self.writer = cfg, tally, writer
+        self.input, self.out_dir, self.rows = cfg.input, run.out, run.uri(ROWS)
         self._work = run.uri(WORK, hashlib.sha1(json.dumps(run.identity, sort_keys=True).encode()).hexdigest()[:12])
 
     def work(self, *parts: str) -> str:
         return storage.join(self._work, *parts)
 
-    def generate(self, input_uri: str, out_dir: str, label: str, sampling: SamplingConfig | None = None) -> str:
-        """One pass of the teacher over ``input_uri`` into ``out_dir/rows`` (returned), with a
-        progress line ``generate <label>``; ``sampling`` replaces the stage's own for this pass."""
+    def generate(
+        self, input_uri: str, out_dir: str, label: str, step: str = "", sampling: SamplingConfig | None = None
+    ) -> str:
         if not part_files(input_uri):  # an earlier pass left nothing to do
             return storage.join(out_dir, ROWS)
         update = {"input": input_uri, "out_dir": out_dir, **({"sampling": sampling} if sampling else {})}
         cfg = self.cfg.model_copy(update=update)
-        _run_replicas(cfg, self.writer, self.tally, f"generate {label}")
+        _run_replicas(cfg, self.writer, self.tally, f"generate {label}", step)
         storage.remove(storage.join(out_dir, ATTEMPTS))
         return storage.join(out_dir, ROWS)
 
     def copy_parts(
         self, rows_uri: str, prefix: str, rejected_only: bool = False, parent_key: str | None = None
     ) -> None:
-        """Commit the parts of a pass's output into the stage's rows (one Ray task a part; the
-        driver sees part names only): every row, or the rejected ones; ``parent_key`` names the
-        metadata key that holds the row's real parent (a pass's own parent is its input row)."""
+        """One Ray task a part; the driver sees part names only. ``parent_key`` names the metadata
+        key that holds the row's real parent (a pass's own parent is its input row)."""
         ray.get(
             [
                 _copy_part.remote(uri, self.rows, f"{prefix}-{uri.rsplit('/', 1)[-1]}", rejected_only, parent_key)
@@ -372,12 +402,10 @@ class Passes:
         )
 
     def commit(self, name: str, table: pa.Table) -> None:
-        """Commit ``table`` (GEN_SCHEMA rows) as the part ``name`` of the stage's output rows."""
         commit_part(self.rows, name, table, **part_stats(table))
 
     def input_rows(self, columns: list[str]) -> pa.Table:
-        """The stage's input rows (a multi-pass mode's seeds: read on the driver)."""
-        return storage.read_parquet(part_files(self.cfg.input), columns=columns)
+        return storage.read_parquet(part_files(self.input), columns=columns)
 
 
 @ray.remote

@@ -18,10 +18,12 @@ from ray.data import Dataset
 from instructscale import storage
 from instructscale.config import ConfigError, StrictModel
 from instructscale.lifecycle import StageConfig, StageRun, commit_file, commit_part, part_name
+from instructscale.plugins import register
 from instructscale.pools.datasource import FORMATS, PoolDatasource
 from instructscale.pools.records import ColumnMap, RecordLimits
 from instructscale.progress import Progress
 from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA
+from instructscale.stage import Pipe, Stage
 
 log = logging.getLogger(__name__)
 
@@ -193,37 +195,63 @@ def _write_block(block: pa.Table, out: str, duplicates: list) -> pa.Table:
     )
 
 
-def ingest(cfg: IngestConfig) -> dict:
-    """Run the ingest stage; returns (and writes) the manifest with exact counts.
+@register("ingest")
+class Ingest(Stage[IngestConfig]):
+    """Every input through Ray Data: canonical Parquet parts, and a quarantine of malformed rows
+    with file, line and reason; exact counts in the manifest."""
 
-    A finished output for the same config is reused unless ``cfg.overwrite`` is set.
-    """
-    run = StageRun("ingest", cfg.out_dir, cfg.identity(), cfg.overwrite)
-    if done := run.finished():
-        log.info("ingest: %s already complete (%d rows), skipping", run.out, done["rows"])
-        return done
-    t0 = time.time()
-    duplicates = duplicate_ids(read_pool(cfg), id_partitions(cfg))
-    run.start(rebuilt=("pool", "quarantine"))
-    counts = read_pool(cfg).map_batches(
-        _write_block,
-        batch_size=cfg.rows_per_shard,
-        batch_format="pyarrow",
-        fn_kwargs={"out": run.out, "duplicates": [ray.put(duplicates)]},
-    )
-    rows, quarantined, reasons, files = 0, 0, Counter(), Counter()
-    progress = Progress("ingest")
-    for rec in counts.iter_rows():
-        rows, quarantined = rows + rec["rows"], quarantined + rec["quarantined"]
-        reasons.update(json.loads(rec["reasons"]))
-        files.update(json.loads(rec["files"]))
-        progress.update(rec["rows"] + rec["quarantined"])
-    progress.close(f"{quarantined:,} quarantined")
-    summary = {
-        "rows": rows,
-        "quarantined": quarantined,
-        "quarantine_reasons": dict(reasons),
-        "quarantine_by_file": dict(files),
-        "seconds": round(time.time() - t0, 2),
-    }
-    return run.publish(summary, datasets=("pool", "quarantine"))
+    Config = IngestConfig
+    Options = IngestOptions
+    summary = "read/validate pools into canonical Parquet shards plus a quarantine"
+    after = "demo"
+    rebuilt = ("pool", "quarantine")
+    published = ("pool", "quarantine")
+
+    def before_start(self, run: StageRun) -> None:
+        # the repeated ids are found before the output is touched: a bad input fails the stage early
+        self.t0 = time.time()
+        self.duplicates = duplicate_ids(read_pool(self.cfg), id_partitions(self.cfg))
+
+    def run(self, run: StageRun) -> dict:
+        counts = read_pool(self.cfg).map_batches(
+            _write_block,
+            batch_size=self.cfg.rows_per_shard,
+            batch_format="pyarrow",
+            fn_kwargs={"out": run.out, "duplicates": [ray.put(self.duplicates)]},
+        )
+        rows, quarantined, reasons, files = 0, 0, Counter(), Counter()
+        progress = Progress("ingest")
+        for rec in counts.iter_rows():
+            rows, quarantined = rows + rec["rows"], quarantined + rec["quarantined"]
+            reasons.update(json.loads(rec["reasons"]))
+            files.update(json.loads(rec["files"]))
+            progress.update(rec["rows"] + rec["quarantined"])
+        progress.close(f"{quarantined:,} quarantined")
+        return {
+            "rows": rows,
+            "quarantined": quarantined,
+            "quarantine_reasons": dict(reasons),
+            "quarantine_by_file": dict(files),
+            "seconds": round(time.time() - self.t0, 2),
+        }
+
+    @classmethod
+    def wiring(cls, pipe: Pipe) -> dict:
+        if not pipe.inputs:
+            raise ConfigError("no data: set `inputs` or keep the `demo` section")
+        return {"inputs": pipe.inputs}
+
+    @classmethod
+    def hand_on(cls, manifest: dict, pipe: Pipe) -> None:
+        pipe.pool = storage.join(cls.out_dir(pipe), "pool")
+
+    @classmethod
+    def describe(cls, entry: dict) -> list[str]:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(entry["quarantine_reasons"].items())) or "none"
+        return [f"ingest     {entry['rows']:,} rows, {entry['quarantined']:,} quarantined ({reasons})"]
+
+
+def ingest(cfg: IngestConfig) -> dict:
+    """Run the ingest stage; returns (and writes) the manifest with exact counts. A finished output
+    for the same config is reused unless ``cfg.overwrite`` is set."""
+    return Ingest(cfg).execute()

@@ -1,23 +1,29 @@
 """Typed config of the selection stage: filters, dedup, scorers, difficulty, budget and selector.
 
-Filters, scorers and the selector are plug-ins (:mod:`instructscale.plugins`), chosen by name."""
+Filters, scorers and the selector are plug-ins (:mod:`instructscale.plugins`), chosen by name.
+Settings left out follow the configured scorers (each declares its weights, its difficulty column
+and its after-scoring filters): a config without scorers needs none of them."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from instructscale.config import StrictModel, without_operational
 from instructscale.lifecycle import StageConfig
-from instructscale.plugins import FilterSpec, Scorer, ScorerSpec, Selector, SelectorSpec
+from instructscale.plugins import EMBEDDING, FilterSpec, RowFilter, Scorer, ScorerSpec, Selector, SelectorSpec
 
 TEXT_COLUMNS = ("prompt_chars", "output_chars", "repetition")  # computed for every row
 FEATURES_VERSION = 2  # n-gram hashes and batched MinHash signatures
+TEXT_FILTERS = ("length", "repetition", "control_characters", "refusal", "truncated")
+DEFAULT_SCORERS = ("model",)
 
 
-def default_filters() -> list:
-    return ["length", "repetition", "control_characters", "refusal", "truncated"]
+def _scorer_classes(specs: Any) -> list[type[Scorer]]:
+    """The scorer classes ``specs`` (raw config values) name; unknown ones are left to validation."""
+    kinds = [s if isinstance(s, str) else s.get("kind") if isinstance(s, dict) else s.kind for s in specs or ()]
+    return [Scorer.registry.get(k) for k in kinds if isinstance(k, str) and k in Scorer.registry.names()]
 
 
 class DedupSettings(StrictModel):
@@ -41,7 +47,7 @@ class DifficultySettings(StrictModel):
     """Where the `difficulty` column for the curriculum comes from: a score column (``ifd``,
     ``loss``, ...), ``length`` (output characters) or ``metadata`` (the ``key`` there)."""
 
-    source: str = "ifd"
+    source: str = Field("length", description="default: the first configured scorer's difficulty column, else length")
     key: str = Field("difficulty", description="metadata key when source is metadata")
 
 
@@ -73,21 +79,21 @@ class SelectOptions(StrictModel):
     """Everything but paths; the `select` section of a pipeline."""
 
     filters: list[FilterSpec] = Field(
-        default_factory=default_filters, description="row filters in order; a row's reason is the first it fails"
+        default_factory=list,
+        description="row filters in order; a row's reason is the first it fails (before scoring, then "
+        "after). Default: the text filters plus the configured scorers' own (the model scorer's IFD cap)",
     )
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     scorers: list[ScorerSpec] = Field(
-        default_factory=lambda: ["model"], description="model (perplexity, IFD, embeddings), judge, or plug-ins"
-    )
-    max_ifd: float | None = Field(
-        1.0, gt=0, description="remove rows whose response the instruction does not help (IFD above this)"
+        default_factory=lambda: list(DEFAULT_SCORERS),
+        description="model (perplexity, IFD, embeddings), judge, or plug-ins",
     )
     difficulty: DifficultySettings = Field(default_factory=DifficultySettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     weights: dict[str, float] = Field(
-        default_factory=lambda: {"ifd": 1.0, "loss": -0.5},
+        default_factory=dict,
         description="score = sum of weight x percentile rank of each column (negative: lower is better); "
-        "it ranks rows for the selector and decides which duplicate stays",
+        "it ranks rows for the selector and decides which duplicate stays. Default: the scorers' own",
     )
     selector: SelectorSpec = Field("random", description="random | kcenter | diverse | topk | a plug-in")
     batch_size: int = Field(2048, ge=1, description="rows per batch of the cheap features and filters")
@@ -98,6 +104,39 @@ class SelectOptions(StrictModel):
         for s in self.scorers:
             cols.update(Scorer.registry.get(s.kind).columns)
         return cols
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_follow_the_scorers(cls, data: Any) -> Any:
+        """Filters, weights and the difficulty source left out come from the configured scorers."""
+        if not isinstance(data, dict):
+            return data
+        scorers, data = _scorer_classes(data.get("scorers", DEFAULT_SCORERS)), dict(data)
+        if data.get("filters") is None:
+            data["filters"] = [*TEXT_FILTERS, *(f for s in scorers for f in s.filters)]
+        if data.get("weights") is None:
+            data["weights"] = {k: v for s in scorers for k, v in s.weights.items()}
+        difficulty = data.get("difficulty") or {}
+        if isinstance(difficulty, dict) and "source" not in difficulty:
+            source = next((s.difficulty for s in scorers if s.difficulty), "length")
+            data["difficulty"] = {**difficulty, "source": source}
+        return data
+
+    def with_models(self, models: dict[str, str]) -> SelectOptions:
+        """A copy whose scorers that name a model role (the model scorer: ``student``) get
+        ``models[role]``, unless their own ``model`` is set."""
+        scorers = []
+        for spec in self.scorers:
+            role = Scorer.registry.get(spec.kind).model_role
+            unset = role and role in models and getattr(spec, "model", "") is None
+            scorers.append(spec.model_copy(update={"model": models[role]}) if unset else spec)
+        return self.model_copy(update={"scorers": scorers})
+
+    def filters_before_scoring(self) -> list:
+        return [f for f in self.filters if not RowFilter.registry.get(f.kind).after_scoring]
+
+    def filters_after_scoring(self) -> list:
+        return [f for f in self.filters if RowFilter.registry.get(f.kind).after_scoring]
 
     @model_validator(mode="after")
     def _columns_exist(self) -> SelectOptions:
@@ -113,11 +152,13 @@ class SelectOptions(StrictModel):
                 f"difficulty.source: {source!r} is not a score column of the configured scorers "
                 f"({sorted(known)}), 'length' or 'metadata'"
             )
-        if self.max_ifd is not None and "ifd" not in known:
-            raise ValueError("max_ifd needs a scorer that gives `ifd` (the model scorer), or max_ifd: null")
-        if Selector.registry.get(self.selector.kind).needs_embeddings and "embedding" not in known:
+        for f in self.filters_after_scoring():
+            missing = [c for c in RowFilter.registry.get(f.kind).columns if c not in known]
+            if missing:
+                raise ValueError(f"filters: {f.kind} reads score column(s) {missing}, which no configured scorer gives")
+        if Selector.registry.get(self.selector.kind).needs_embeddings and EMBEDDING not in known:
             raise ValueError(
-                f"selector {self.selector.kind} needs embeddings (a scorer that gives `embedding`, such as model)"
+                f"selector {self.selector.kind} needs embeddings (a scorer that gives `{EMBEDDING}`, such as model)"
             )
         kinds = [s.kind for s in self.scorers]
         if len(set(kinds)) != len(kinds):
@@ -141,5 +182,6 @@ class SelectConfig(SelectOptions, StageConfig):
     def feature_identity(self) -> dict:
         """What decides whether stored features can be reused."""
         dedup = self.dedup.model_dump(mode="json", include={"fields", "ngram", "num_perm", "seed"})
-        scoring = self.model_dump(mode="json", include={"input", "filters", "scorers", "batch_size"})
-        return {**without_operational(self, scoring), "dedup": dedup, "features": FEATURES_VERSION}
+        scoring = without_operational(self, self.model_dump(mode="json", include={"input", "scorers", "batch_size"}))
+        filters = [f.model_dump(mode="json") for f in self.filters_before_scoring()]
+        return {**scoring, "filters": filters, "dedup": dedup, "features": FEATURES_VERSION}

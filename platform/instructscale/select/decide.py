@@ -13,6 +13,9 @@
    picks the stratum's budget among them; otherwise each shard picks its share of the budget.
 5. **Outputs.** The chosen ids meet the features rows in a hash shuffle (:func:`.shuffle.mark_in`);
    each partition computes its rows' decisions again and commits its ``scores``/``selected`` parts.
+
+Every function that runs in a Ray task takes one :class:`Decide`: the shipped config, the rank
+summaries and the reference to the duplicates table.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -30,7 +34,8 @@ import ray
 from instructscale import storage
 from instructscale.config import ConfigError
 from instructscale.lifecycle import commit_part, part_name
-from instructscale.plugins import Scorer, Selector
+from instructscale.plugins import EMBEDDING, RowFilter, Scorer, Selector
+from instructscale.process import Shipped
 from instructscale.schema import decode_metadata
 from instructscale.select import dedup, selectors
 from instructscale.select.config import SelectConfig
@@ -46,15 +51,37 @@ DECISION_SCHEMA = pa.schema(
         ("difficulty", pa.float64()),
     ]
 )
-HEAVY = ["embedding", "minhash", "shingles"]
 DEDUP_COLUMNS = ["id", "text_hash", "minhash", "shingles"]
 SCORES, SELECTED, CHOSEN = "scores", "selected", "_chosen"
 OUTPUT_ROWS_PER_PARTITION = 50_000
 
 
+@dataclass(frozen=True)
+class Decide:
+    """What the decisions need wherever a row is: the config, the rank summaries of the weighted
+    columns, and (once dedup ran) one ObjectRef to the duplicates table, in a list so that Ray
+    passes it unresolved."""
+
+    shipped: Shipped[SelectConfig]
+    ranks: dict[str, RankSummary]
+    dups: list = field(default_factory=list)
+
+    @property
+    def cfg(self) -> SelectConfig:
+        return self.shipped.load()
+
+    def after_scoring(self) -> list[RowFilter]:
+        return _after_scoring(self.shipped)
+
+
 @lru_cache(maxsize=4)
-def _config(cfg_json: str) -> SelectConfig:
-    return SelectConfig.model_validate_json(cfg_json)
+def _after_scoring(shipped: Shipped[SelectConfig]) -> list[RowFilter]:
+    return [RowFilter.registry.build(f) for f in shipped.load().filters_after_scoring()]
+
+
+def heavy_columns(cfg: SelectConfig) -> list[str]:
+    """Columns the decisions never read: the dedup signatures and the scorers' heavy ones."""
+    return ["minhash", "shingles", *(c for s in cfg.scorers for c in Scorer.registry.get(s.kind).heavy)]
 
 
 def read_parquet(files: list[str]) -> ray.data.Dataset:
@@ -93,17 +120,25 @@ def _required(cfg: SelectConfig) -> list[str]:
 
 def filter_columns(cfg: SelectConfig) -> list[str]:
     """The columns :func:`removal_reasons` reads."""
-    return ["reject_reason", "filter_reason", *_required(cfg), *(["ifd"] if cfg.max_ifd is not None else [])]
+    after = [c for f in cfg.filters_after_scoring() for c in RowFilter.registry.get(f.kind).columns]
+    return list(dict.fromkeys(["id", "reject_reason", "filter_reason", *_required(cfg), *after]))
 
 
-def removal_reasons(cfg: SelectConfig, t: pa.Table) -> list[str | None]:
-    """The first filter each row fails (dedup comes later, among the survivors)."""
+def _first_after_scoring(filters: list[RowFilter], row: dict) -> str | None:
+    return next((reason for f in filters if (reason := f.filter(row))), None)
+
+
+def removal_reasons(ctx: Decide, t: pa.Table) -> list[str | None]:
+    """The first filter each row fails (dedup comes later, among the survivors): generation's
+    rejects, the filters before scoring, unscorable rows, then the filters after scoring."""
     n = t.num_rows
     rejected = t["reject_reason"].to_pylist() if "reject_reason" in t.column_names else [None] * n
     filtered = t["filter_reason"].to_pylist()
-    columns = [t[c].to_pylist() for c in _required(cfg)]
+    columns = [t[c].to_pylist() for c in _required(ctx.cfg)]
     missing = [any(v is None for v in vals) for vals in zip(*columns)] or [False] * n
-    ifd = t["ifd"].to_pylist() if cfg.max_ifd is not None else [None] * n
+    after = ctx.after_scoring()
+    read = [c for c in dict.fromkeys(["id", *(c for f in after for c in f.columns)]) if c in t.column_names]
+    rows = t.select(read).to_pylist() if after else []
     reasons: list[str | None] = []
     for i in range(n):
         if rejected[i]:
@@ -112,27 +147,24 @@ def removal_reasons(cfg: SelectConfig, t: pa.Table) -> list[str | None]:
             reasons.append(filtered[i])
         elif missing[i]:
             reasons.append("unscorable")
-        elif ifd[i] is not None and ifd[i] > cfg.max_ifd:
-            reasons.append("ifd_above_max")
         else:
-            reasons.append(None)
+            reasons.append(_first_after_scoring(after, rows[i]) if after else None)
     return reasons
 
 
-def _score(cfg: SelectConfig, t: pa.Table, ranks: dict[str, RankSummary]) -> np.ndarray:
+def _score(ctx: Decide, t: pa.Table) -> np.ndarray:
     """Sum of weight x percentile rank in the whole pool (no weights: every row scores 0)."""
     score = np.zeros(t.num_rows)
-    for name, w in cfg.weights.items():
-        score += w * ranks[name].percentile(_column(t, name))
+    for name, w in ctx.cfg.weights.items():
+        score += w * ctx.ranks[name].percentile(_column(t, name))
     return score
 
 
-def decisions(t: pa.Table, cfg_json: str, ranks: dict[str, RankSummary], dups: list) -> pa.Table:
-    """id, reason (removal or duplicate), duplicate_of, stratum, score and difficulty of ``t``'s rows.
-    ``dups`` holds one ObjectRef to the duplicates table (in a list, so Ray passes it unresolved)."""
-    cfg = _config(cfg_json)
-    reasons = pa.array(removal_reasons(cfg, t), pa.string())
-    duplicates: pa.Table = ray.get(dups[0])
+def decisions(t: pa.Table, ctx: Decide) -> pa.Table:
+    """id, reason (removal or duplicate), duplicate_of, stratum, score and difficulty of ``t``'s rows."""
+    cfg = ctx.cfg
+    reasons = pa.array(removal_reasons(ctx, t), pa.string())
+    duplicates: pa.Table = ray.get(ctx.dups[0])
     at = pc.index_in(t["id"], value_set=duplicates["id"])
     reasons = pc.if_else(pc.is_valid(at), duplicates["reason"].take(at), reasons)
     return pa.table(
@@ -141,7 +173,7 @@ def decisions(t: pa.Table, cfg_json: str, ranks: dict[str, RankSummary], dups: l
             "reason": reasons,
             "duplicate_of": duplicates["duplicate_of"].take(at),
             "stratum": pa.array(_stratum(t, cfg.budget.stratify_by), pa.string()),
-            "score": _score(cfg, t, ranks),
+            "score": _score(ctx, t),
             "difficulty": pa.array(_difficulty(cfg, t), from_pandas=True),
         }
     )
@@ -175,11 +207,10 @@ def rank_summaries(features: ray.data.Dataset, columns: list[str]) -> dict[str, 
 # -- 2. dedup ----------------------------------------------------------------------------------------
 
 
-def _dedup_rows(batch: pa.Table, cfg_json: str, ranks: dict[str, RankSummary]) -> pa.Table:
+def _dedup_rows(batch: pa.Table, ctx: Decide) -> pa.Table:
     """The rows of ``batch`` that no filter removed, with the columns dedup needs and their score."""
-    cfg = _config(cfg_json)
-    keep = batch.filter(pa.array([r is None for r in removal_reasons(cfg, batch)]))
-    return keep.select(DEDUP_COLUMNS).append_column("score", pa.array(_score(cfg, keep, ranks)))
+    keep = batch.filter(pa.array([r is None for r in removal_reasons(ctx, batch)]))
+    return keep.select(DEDUP_COLUMNS).append_column("score", pa.array(_score(ctx, keep)))
 
 
 @ray.remote
@@ -187,44 +218,45 @@ def _resolve(*pairs: pa.Table) -> pa.Table:
     return dedup.resolve(pa.concat_tables([dedup.PAIRS.empty_table(), *pairs]))
 
 
-def duplicates(cfg: SelectConfig, features: list[str], rows: int, ranks: dict) -> ray.ObjectRef:
-    """A reference to the duplicates table (id, reason, duplicate_of) of the rows no filter removed;
-    the pairs go from the shuffle to a Ray task, never through the driver."""
+def duplicates(ctx: Decide, features: list[str], rows: int) -> Decide:
+    """``ctx`` with a reference to the duplicates table (id, reason, duplicate_of) of the rows no
+    filter removed; the pairs go from the shuffle to a Ray task, never through the driver."""
+    cfg = ctx.cfg
     if not (cfg.dedup.exact or cfg.dedup.near):
-        return ray.put(dedup.DUPLICATES.empty_table())
+        return replace(ctx, dups=[ray.put(dedup.DUPLICATES.empty_table())])
     names = storage.parquet_schema(features[0]).names
     columns = [c for c in dict.fromkeys(DEDUP_COLUMNS + filter_columns(cfg) + list(cfg.weights)) if c in names]
     survivors = (
         read_parquet(features)
         .select_columns(columns)
-        .map_batches(_dedup_rows, batch_format="pyarrow", fn_kwargs={"cfg_json": cfg.model_dump_json(), "ranks": ranks})
+        .map_batches(_dedup_rows, batch_format="pyarrow", fn_kwargs={"ctx": ctx})
     )
-    return _resolve.remote(*dedup.duplicate_pairs(survivors, cfg.dedup, rows).to_arrow_refs())
+    return replace(ctx, dups=[_resolve.remote(*dedup.duplicate_pairs(survivors, cfg.dedup, rows).to_arrow_refs())])
 
 
 # -- 3. counts -----------------------------------------------------------------------------------------
 
 
-def _counts(batch: pa.Table, cfg_json: str, ranks: dict, dups: list) -> pa.Table:
-    """Rows per (stratum, reason) of the batch, as one JSON row; plus the judge's unparsable scores."""
-    d = decisions(batch, cfg_json, ranks, dups)
+def _counts(batch: pa.Table, ctx: Decide) -> pa.Table:
+    """Rows per (stratum, reason) of the batch, as one JSON row; plus the scorers' own counts."""
+    d = decisions(batch, ctx)
     counts = Counter(zip(d["stratum"].to_pylist(), d["reason"].to_pylist()))
-    judged = 0
-    if "judge" in batch.column_names:  # judged rows (those no filter removed) without a parsable score
-        judged = pc.sum(pc.and_(pc.is_null(batch["filter_reason"]), pc.is_null(batch["judge"]))).as_py() or 0
-    return pa.table({"counts": [json.dumps([[s, r, n] for (s, r), n in counts.items()])], "judge_unparsable": [judged]})
-
-
-def count_decisions(cfg: SelectConfig, rows: ray.data.Dataset, ranks: dict, dups: list) -> tuple[Counter, int]:
-    """Rows per (stratum, reason) over the whole pool (reason None: eligible), summed block by block."""
-    total, judge_unparsable = Counter(), 0
-    parts = rows.map_batches(
-        _counts, batch_format="pyarrow", fn_kwargs={"cfg_json": cfg.model_dump_json(), "ranks": ranks, "dups": dups}
+    scorers: Counter = Counter()
+    for spec in ctx.cfg.scorers:
+        scorers.update(Scorer.registry.get(spec.kind).summarize(batch))
+    return pa.table(
+        {"counts": [json.dumps([[s, r, n] for (s, r), n in counts.items()])], "scorers": [json.dumps(scorers)]}
     )
-    for r in parts.iter_rows():
+
+
+def count_decisions(ctx: Decide, rows: ray.data.Dataset) -> tuple[Counter, dict[str, int]]:
+    """Rows per (stratum, reason) over the whole pool (reason None: eligible), summed block by block,
+    and the scorers' counts (:meth:`instructscale.plugins.Scorer.summarize`)."""
+    total, scorers = Counter(), Counter()
+    for r in rows.map_batches(_counts, batch_format="pyarrow", fn_kwargs={"ctx": ctx}).iter_rows():
         total.update({(s, reason): n for s, reason, n in json.loads(r["counts"])})
-        judge_unparsable += r["judge_unparsable"]
-    return total, judge_unparsable
+        scorers.update(json.loads(r["scorers"]))
+    return total, dict(scorers)
 
 
 def allocation(cfg: SelectConfig, counts: Counter) -> tuple[int, dict]:
@@ -258,31 +290,31 @@ def _available(counts: Counter) -> Counter:
     return available
 
 
-def _eligible(batch: pa.Table, cfg_json: str, ranks: dict, dups: list, shards: dict, embeddings: bool) -> pa.Table:
+def _eligible(batch: pa.Table, ctx: Decide, shards: dict, embeddings: bool) -> pa.Table:
     """The eligible rows of the strata in ``shards`` (stratum -> number of shards), with their group
     ("stratum/shard", by a hash of the id) and score, and their embedding when the selector needs it."""
-    d = decisions(batch, cfg_json, ranks, dups)
+    d = decisions(batch, ctx)
     keep = pc.and_(pc.is_null(d["reason"]), pc.is_in(d["stratum"], value_set=pa.array(list(shards), pa.string())))
     d = d.filter(keep)
     shard = partition_of(d["id"], np.asarray([shards[s] for s in d["stratum"].to_pylist()], dtype=np.int64))
     groups = [f"{s}/{h}" for s, h in zip(d["stratum"].to_pylist(), shard.to_pylist())]
     out = pa.table({"id": d["id"], "stratum": d["stratum"], "group": groups, "score": d["score"]})
-    return out.append_column("embedding", batch.filter(keep)["embedding"]) if embeddings else out
+    return out.append_column(EMBEDDING, batch.filter(keep)[EMBEDDING]) if embeddings else out
 
 
 def _group_sizes(batch: pa.Table) -> pa.Table:
     return pa.table({"sizes": [json.dumps(Counter(batch["group"].to_pylist()))]})
 
 
-def _pick(group: pa.Table, cfg_json: str, k: dict, key: str) -> pa.Table:
+def _pick(group: pa.Table, ctx: Decide, k: dict, key: str) -> pa.Table:
     """``k[group]`` rows of one group (sorted by id) by the configured selector."""
     t = group.sort_by("id")
     n = k[t[key][0].as_py()]
     if n >= t.num_rows:
         return t
-    spec = _config(cfg_json).selector
+    spec = ctx.cfg.selector
     selector = Selector.registry.build(spec)
-    emb = np.asarray(t["embedding"].to_pylist(), dtype=np.float32) if selector.needs_embeddings else None
+    emb = np.asarray(t[EMBEDDING].to_pylist(), dtype=np.float32) if selector.needs_embeddings else None
     picked = selector.select(t["score"].to_numpy(), emb, n, spec.seed)
     return t.take(pa.array(np.asarray(picked, dtype=np.int64)))
 
@@ -311,20 +343,25 @@ def _groups(n: int) -> int:
     return max(2, min(n, 64))
 
 
-def chosen_ids(cfg: SelectConfig, rows: ray.data.Dataset, ranks: dict, dups: list, counts: Counter, alloc: dict):
-    """The selected rows (id, stratum), picked by the selector per stratum shard (a Ray dataset)."""
-    available = _available(counts)
-    shards = {s: math.ceil(available[s] / cfg.selector.shard_rows) for s, k in alloc.items() if k}
-    kwargs = {"cfg_json": cfg.model_dump_json(), "ranks": ranks, "dups": dups, "shards": shards}
-    embeddings = Selector.registry.get(cfg.selector.kind).needs_embeddings
-    eligible = rows.map_batches(_eligible, batch_format="pyarrow", fn_kwargs={**kwargs, "embeddings": embeddings})
-    eligible = eligible.materialize()
+def _sizes(eligible: ray.data.Dataset) -> dict[str, Counter]:
+    """stratum -> rows per group of it."""
     sizes: dict[str, Counter] = {}
     for r in eligible.map_batches(_group_sizes, batch_format="pyarrow").iter_rows():
         for group, n in json.loads(r["sizes"]).items():
             sizes.setdefault(group.rsplit("/", 1)[0], Counter())[group] += n
-    k, merge = _shard_budgets(cfg, alloc, available, sizes)
-    pick = {"cfg_json": kwargs["cfg_json"], "k": k, "key": "group"}
+    return sizes
+
+
+def chosen_ids(ctx: Decide, rows: ray.data.Dataset, counts: Counter, alloc: dict) -> ray.data.Dataset:
+    """The selected rows (id, stratum), picked by the selector per stratum shard (a Ray dataset)."""
+    cfg, available = ctx.cfg, _available(counts)
+    shards = {s: math.ceil(available[s] / cfg.selector.shard_rows) for s, k in alloc.items() if k}
+    embeddings = Selector.registry.get(cfg.selector.kind).needs_embeddings
+    eligible = rows.map_batches(
+        _eligible, batch_format="pyarrow", fn_kwargs={"ctx": ctx, "shards": shards, "embeddings": embeddings}
+    ).materialize()
+    k, merge = _shard_budgets(cfg, alloc, available, _sizes(eligible))
+    pick = {"ctx": ctx, "k": k, "key": "group"}
     picked = eligible.groupby("group", num_partitions=_groups(len(k))).map_groups(
         _pick, batch_format="pyarrow", fn_kwargs=pick
     )
@@ -343,10 +380,10 @@ def chosen_ids(cfg: SelectConfig, rows: ray.data.Dataset, ranks: dict, dups: lis
 # -- 5. outputs ----------------------------------------------------------------------------------------
 
 
-def _write(block: pa.Table, cfg_json: str, ranks: dict, dups: list, out: str) -> pa.Table:
+def _write(block: pa.Table, ctx: Decide, out: str) -> pa.Table:
     """One partition of the features rows (without the heavy columns) plus their decisions, committed
     to ``scores``; its selected rows committed to ``selected``. Returns the selected count per stratum."""
-    d = decisions(block, cfg_json, ranks, dups)
+    d = decisions(block, ctx)
     chosen = block[CHOSEN]
     status = pc.if_else(chosen, "selected", pc.if_else(pc.is_valid(d["reason"]), "removed", "not_selected"))
     reason = pc.if_else(pc.equal(status, "not_selected"), "over_budget", d["reason"])
@@ -362,11 +399,11 @@ def _write(block: pa.Table, cfg_json: str, ranks: dict, dups: list, out: str) ->
     return pa.table({"rows": [block.num_rows], "selected": [json.dumps(by_stratum)]})
 
 
-def write_outputs(cfg: SelectConfig, features: list[str], rows: int, chosen, ranks: dict, dups: list, out: str):
+def write_outputs(ctx: Decide, features: list[str], rows: int, chosen: ray.data.Dataset, out: str):
     """Every features row (heavy columns dropped) with its decisions, written per hash partition:
     yields (rows, selected per stratum) per committed part."""
-    schema = storage.parquet_schema(features[0])
-    light = pa.schema([f for f in schema if f.name not in HEAVY])
+    schema, heavy = storage.parquet_schema(features[0]), heavy_columns(ctx.cfg)
+    light = pa.schema([f for f in schema if f.name not in heavy])
     marked = mark_in(
         read_parquet(features).select_columns(light.names),
         chosen,
@@ -377,6 +414,6 @@ def write_outputs(cfg: SelectConfig, features: list[str], rows: int, chosen, ran
         partitions=max(2, math.ceil(rows / OUTPUT_ROWS_PER_PARTITION)),
         unique=True,
     )
-    kwargs = {"cfg_json": cfg.model_dump_json(), "ranks": ranks, "dups": dups, "out": out}
+    kwargs = {"ctx": ctx, "out": out}
     for r in marked.map_batches(_write, batch_format="pyarrow", batch_size=None, fn_kwargs=kwargs).iter_rows():
         yield r["rows"], Counter(json.loads(r["selected"]))

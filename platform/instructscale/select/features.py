@@ -15,7 +15,8 @@ from datasketch import MinHash
 
 from instructscale.chat import prompt_text
 from instructscale.plugins import RowFilter
-from instructscale.select.config import DedupSettings
+from instructscale.process import Shipped
+from instructscale.select.config import DedupSettings, SelectConfig
 
 _NON_WORD = re.compile(r"[^\w\s+\-*/=]")
 _SPACE = re.compile(r"\s+")
@@ -81,12 +82,10 @@ def minhash_signatures(hashes: list[np.ndarray], cfg: DedupSettings) -> np.ndarr
 
 
 @lru_cache(maxsize=8)
-def _setup(cfg_json: str) -> tuple[list[RowFilter], DedupSettings]:
-    """The configured filters (plug-ins imported in this worker) and dedup settings, once per process."""
-    from instructscale.select.config import SelectConfig
-
-    cfg = SelectConfig.model_validate_json(cfg_json)
-    return [RowFilter.registry.build(f) for f in cfg.filters], cfg.dedup
+def _setup(shipped: Shipped[SelectConfig]) -> tuple[list[RowFilter], DedupSettings]:
+    """The filters that run before scoring, and the dedup settings, once per process."""
+    cfg = shipped.load()
+    return [RowFilter.registry.build(f) for f in cfg.filters_before_scoring()], cfg.dedup
 
 
 def first_failure(row: dict, filters: list[RowFilter]) -> str | None:
@@ -97,9 +96,9 @@ def first_failure(row: dict, filters: list[RowFilter]) -> str | None:
     return None
 
 
-def text_features(batch: pa.Table, cfg_json: str) -> pa.Table:
-    """``batch`` plus the cheap feature columns and ``filter_reason``."""
-    filters, dedup = _setup(cfg_json)
+def text_features(batch: pa.Table, shipped: Shipped[SelectConfig]) -> pa.Table:
+    """``batch`` plus the cheap feature columns and ``filter_reason`` (the filters before scoring)."""
+    filters, dedup = _setup(shipped)
     cols: dict[str, list] = {k: [] for k in FEATURE_TYPES if k != "minhash"}
     for row in batch.to_pylist():
         prompt, output = prompt_text(row), row.get("output") or ""

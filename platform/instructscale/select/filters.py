@@ -1,6 +1,6 @@
 """The built-in row filters (plug-ins): length bounds, repetition, control characters, charset and
-refusal phrases, truncated outputs and decontamination against eval sets. Each returns the reason
-a row is dropped, or None."""
+refusal phrases, truncated outputs and decontamination against eval sets; after scoring, the IFD
+cap. Each returns the reason a row is dropped, or None."""
 
 from __future__ import annotations
 
@@ -122,6 +122,11 @@ class Decontaminate(RowFilter):
             "prompt_and_response", description="what of a training row is searched for eval prompts"
         )
 
+    def checked(self) -> PluginConfig:
+        for uri in self.config.eval_sets:
+            require_dataset(uri, "decontaminate.eval_sets")
+        return self.config
+
     @staticmethod
     def _grams(words: list[str], n: int) -> set[int]:
         return {xxhash.xxh64_intdigest(" ".join(words[i : i + n]).encode()) for i in range(len(words) - n + 1)}
@@ -143,3 +148,20 @@ class Decontaminate(RowFilter):
         words = normalize_text(text).split()
         hit = any(not grams.isdisjoint(self._grams(words, n)) for n, grams in self._index.items())
         return "contaminated" if hit else None
+
+
+@register("max_ifd")
+class MaxIFD(RowFilter):
+    """After scoring: rows whose response the instruction does not help, IFD above ``limit``
+    (Cherry LLM keeps IFD < 1; IFD is the model scorer's). Rows without an IFD pass."""
+
+    after_scoring = True
+    columns = ("ifd",)
+
+    class Config(PluginConfig):
+        kind: str = "max_ifd"
+        limit: float = Field(1.0, gt=0)
+
+    def filter(self, row: dict) -> str | None:
+        ifd = row.get("ifd")
+        return "ifd_above_max" if ifd is not None and ifd > self.config.limit else None

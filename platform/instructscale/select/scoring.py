@@ -9,6 +9,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from instructscale.plugins import Scorer
+from instructscale.process import Shipped
+from instructscale.runtime import ModelThread
+from instructscale.select.config import SelectConfig
 
 
 def _append_scores(batch: pa.Table, scorer: Scorer, scorer_call) -> pa.Table:
@@ -27,14 +30,8 @@ class ScorerActor:
     """Ray Data actor running one configured scorer (``index`` into the select config's scorers)
     on its own model thread."""
 
-    def __init__(self, cfg: dict, index: int, api_key: str | None = None):
-        from instructscale.runtime import ModelThread
-        from instructscale.select.config import SelectConfig
-
-        config = SelectConfig.model_validate(cfg)
-        self.scorer = Scorer.registry.build(config.scorers[index])
-        if hasattr(self.scorer, "api_key"):
-            self.scorer.api_key = api_key
+    def __init__(self, shipped: Shipped[SelectConfig], index: int):
+        self.scorer = Scorer.registry.build(shipped.load().scorers[index])
         self.thread = ModelThread()
         self.thread.run(self.scorer.setup)
 
@@ -43,16 +40,13 @@ class ScorerActor:
 
 
 @lru_cache(maxsize=8)
-def _task_scorer(cfg_json: str, index: int) -> Scorer:
-    from instructscale.select.config import SelectConfig
-
-    config = SelectConfig.model_validate_json(cfg_json)
-    scorer = Scorer.registry.build(config.scorers[index])
+def _task_scorer(shipped: Shipped[SelectConfig], index: int) -> Scorer:
+    scorer = Scorer.registry.build(shipped.load().scorers[index])
     scorer.setup()
     return scorer
 
 
-def score_in_task(batch: pa.Table, cfg_json: str, index: int) -> pa.Table:
+def score_in_task(batch: pa.Table, shipped: Shipped[SelectConfig], index: int) -> pa.Table:
     """A stateless scorer as a Ray Data task function (set up once per worker process)."""
-    scorer = _task_scorer(cfg_json, index)
+    scorer = _task_scorer(shipped, index)
     return _append_scores(batch, scorer, scorer.score)

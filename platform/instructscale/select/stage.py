@@ -25,15 +25,16 @@ import pyarrow.compute as pc
 import ray
 
 from instructscale import storage
-from instructscale.backends.openai import resolve_api_key
 from instructscale.config import ConfigError
 from instructscale.lifecycle import StageRun, commit_part, commit_records, part_files, part_name, require_dataset
-from instructscale.plugins import Scorer, Selector
+from instructscale.plugins import EMBEDDING, RowFilter, Scorer, Selector, register, secret_envs
+from instructscale.process import Shipped, secret_values
 from instructscale.progress import Progress
 from instructscale.select import decide
-from instructscale.select.config import SelectConfig
+from instructscale.select.config import SelectConfig, SelectOptions
 from instructscale.select.features import text_features
 from instructscale.select.scoring import ScorerActor, score_in_task
+from instructscale.stage import Pipe, Stage
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,14 @@ def _pending(batch: pa.Table, done: list) -> pa.Table:
 
 
 def _with_scorers(ds: ray.data.Dataset, cfg: SelectConfig) -> ray.data.Dataset:
-    cfg_dict, cfg_json = cfg.model_dump(mode="json"), cfg.model_dump_json()
+    # API keys travel with the shipped config, never in the config itself
+    shipped = Shipped.of(cfg, secret_values(secret_envs(cfg.scorers)))
     for i, spec in enumerate(cfg.scorers):
-        if Scorer.registry.get(spec.kind).actor:  # the key travels as an actor argument, never in a config
+        if Scorer.registry.get(spec.kind).actor:
             # one call's rows per block: a pool of N replicas gets N inputs at once, however few the rows
             ds = ds.repartition(target_num_rows_per_block=spec.batch_size).map_batches(
                 ScorerActor,
-                fn_constructor_kwargs={
-                    "cfg": cfg_dict,
-                    "index": i,
-                    "api_key": resolve_api_key(getattr(spec, "backend", None)),
-                },
+                fn_constructor_kwargs={"shipped": shipped, "index": i},
                 batch_format="pyarrow",
                 **spec.map_batches_args(),
             )
@@ -69,7 +67,7 @@ def _with_scorers(ds: ray.data.Dataset, cfg: SelectConfig) -> ray.data.Dataset:
                 score_in_task,
                 batch_format="pyarrow",
                 batch_size=cfg.batch_size,
-                fn_kwargs={"cfg_json": cfg_json, "index": i},
+                fn_kwargs={"shipped": shipped, "index": i},
             )
     return ds
 
@@ -96,7 +94,7 @@ def compute_features(cfg: SelectConfig) -> tuple[str, dict]:
     # blocks of a few batches, so that every scorer task and replica gets work
     ds = ds.repartition(target_num_rows_per_block=cfg.batch_size * 2)
     ds = ds.map_batches(
-        text_features, batch_format="pyarrow", batch_size=cfg.batch_size, fn_kwargs={"cfg_json": cfg.model_dump_json()}
+        text_features, batch_format="pyarrow", batch_size=cfg.batch_size, fn_kwargs={"shipped": Shipped.of(cfg)}
     )
     ds = _with_scorers(ds, cfg).map_batches(
         _commit_block, batch_format="pyarrow", batch_size=None, fn_kwargs={"dataset": run.uri(ROWS)}
@@ -118,60 +116,96 @@ def compute_features(cfg: SelectConfig) -> tuple[str, dict]:
     return run.uri(ROWS), manifest
 
 
-def _check(cfg: SelectConfig) -> SelectConfig:
-    source = require_dataset(cfg.input, "input")
-    for f in cfg.filters:
-        for uri in getattr(f, "eval_sets", ()):
-            require_dataset(uri, f"{f.kind}.eval_sets")
-    scorers = []
-    for spec in cfg.scorers:
-        model = getattr(spec, "model", None)
-        if spec.kind == "model" and not model:
-            raise ConfigError("scorers: the model scorer needs `model` (a small causal LM, e.g. the student)")
-        remote = hasattr(spec, "backend") and getattr(spec.backend, "base_url", None)
-        if model and not remote:
-            spec = spec.model_copy(update={"model": storage.model_ref(model, f"scorers.{spec.kind}.model")})
-        scorers.append(spec)
-    return cfg.model_copy(update={"input": source, "out_dir": storage.normalize(cfg.out_dir), "scorers": scorers})
-
-
-def _light(features: list[str], embedding: bool = False) -> ray.data.Dataset:
-    """The features rows without the dedup columns (and without embeddings unless asked)."""
-    drop = set(decide.HEAVY) - ({"embedding"} if embedding else set())
+def _light(features: list[str], drop: list[str]) -> ray.data.Dataset:
+    """The features rows without the ``drop`` columns."""
     return decide.read_parquet(features).select_columns(
         [n for n in storage.parquet_schema(features[0]).names if n not in drop]
     )
 
 
-def select(cfg: SelectConfig) -> dict:
-    """Score, filter, dedup and select; returns the manifest written to ``out_dir``."""
-    run = StageRun("select", cfg.out_dir, cfg.identity(), cfg.overwrite)
-    if done := run.finished():
-        log.info("select: %s already complete, skipping", run.out)
-        return done
-    cfg = _check(cfg)
-    t0 = time.time()
-    run.start(rebuilt=(decide.SCORES, decide.SELECTED))
-    features_uri, feats = compute_features(cfg)
-    features = part_files(features_uri)
-    t_decide = time.time()
-    ranks = decide.rank_summaries(decide.read_parquet(features), list(cfg.weights))
-    dups = [decide.duplicates(cfg, features, feats["rows"], ranks)]
-    ray.wait(dups, fetch_local=False)
-    dedup_seconds = time.time() - t_decide
-    counts, judge_unparsable = decide.count_decisions(cfg, _light(features), ranks, dups)
-    budget, alloc = decide.allocation(cfg, counts)
-    embeddings = Selector.registry.get(cfg.selector.kind).needs_embeddings
-    chosen = decide.chosen_ids(cfg, _light(features, embeddings), ranks, dups, counts, alloc)
-    progress, by_stratum = Progress("select", total=feats["rows"]), Counter()
-    for rows, selected in decide.write_outputs(cfg, features, feats["rows"], chosen, ranks, dups, run.out):
-        progress.update(rows)
-        by_stratum.update(selected)
-    removed, eligible = Counter(), 0
+@register("select")
+class Select(Stage[SelectConfig]):
+    """Score, filter, dedup and select: every input row ends in ``scores`` with its status and
+    reason, the chosen ones in ``selected`` with ``score`` and ``difficulty``."""
+
+    Config = SelectConfig
+    Options = SelectOptions
+    summary = "score (heuristics, verifier, dedup, perplexity, IFD, embeddings) and select a budget"
+    after = "generate"
+    rebuilt = (decide.SCORES, decide.SELECTED)
+    published = (decide.SCORES, decide.SELECTED)
+
+    def check(self) -> SelectConfig:
+        """Normalised paths; each filter's and scorer's own check (models, eval sets, endpoints)."""
+        cfg = self.cfg
+        source = require_dataset(cfg.input, "input")
+        filters = [RowFilter.registry.build(f).checked() for f in cfg.filters]
+        scorers = [Scorer.registry.build(s).checked() for s in cfg.scorers]
+        update = {"input": source, "out_dir": storage.normalize(cfg.out_dir), "filters": filters, "scorers": scorers}
+        return cfg.model_copy(update=update)
+
+    def run(self, run: StageRun) -> dict:
+        cfg, t0 = self.cfg, time.time()
+        features_uri, feats = compute_features(cfg)
+        features = part_files(features_uri)
+        t_decide = time.time()
+        heavy = decide.heavy_columns(cfg)
+        ranks = decide.rank_summaries(decide.read_parquet(features), list(cfg.weights))
+        ctx = decide.duplicates(decide.Decide(Shipped.of(cfg), ranks), features, feats["rows"])
+        ray.wait(ctx.dups, fetch_local=False)
+        dedup_seconds = time.time() - t_decide
+        counts, scorer_counts = decide.count_decisions(ctx, _light(features, heavy))
+        budget, alloc = decide.allocation(cfg, counts)
+        if Selector.registry.get(cfg.selector.kind).needs_embeddings:
+            heavy = [c for c in heavy if c != EMBEDDING]
+        chosen = decide.chosen_ids(ctx, _light(features, heavy), counts, alloc)
+        progress, by_stratum = Progress("select", total=feats["rows"]), Counter()
+        for rows, selected in decide.write_outputs(ctx, features, feats["rows"], chosen, run.out):
+            progress.update(rows)
+            by_stratum.update(selected)
+        summary = {
+            **_counts_summary(counts, budget, by_stratum),
+            "allocation": alloc,
+            **scorer_counts,
+            "dedup_seconds": round(dedup_seconds, 2),
+            "decide_seconds": round(time.time() - t_decide, 2),
+            "features_seconds": feats["seconds"],
+            "seconds": round(time.time() - t0, 2),
+        }
+        progress.close(f"{summary['selected']:,} selected, removed {json.dumps(summary['removed'])}")
+        return summary
+
+    @classmethod
+    def wiring(cls, pipe: Pipe) -> dict:
+        return {"input": pipe.pool}
+
+    @classmethod
+    def in_pipeline(cls, options: SelectOptions, pipe: Pipe) -> dict:
+        """A scorer that names a model role (the model scorer: ``student``) gets the pipeline's
+        model for it unless its own ``model`` is set."""
+        return super().in_pipeline(options.with_models(pipe.models), pipe)
+
+    @classmethod
+    def hand_on(cls, manifest: dict, pipe: Pipe) -> None:
+        pipe.pool = storage.join(cls.out_dir(pipe), decide.SELECTED)
+
+    @classmethod
+    def describe(cls, entry: dict) -> list[str]:
+        removed = ", ".join(f"{k} {v}" for k, v in entry["removed"].items()) or "none"
+        return [
+            (
+                f"select     {entry['selected']:,} of {entry['input_rows']:,} rows (removed: {removed}; "
+                f"{entry['not_selected']:,} over budget)"
+            )
+        ]
+
+
+def _counts_summary(counts: Counter, budget: int, by_stratum: Counter) -> dict:
+    removed = Counter()
     for (_, reason), n in counts.items():
         removed[reason or ""] += n
     eligible = removed.pop("", 0)
-    summary = {
+    return {
         "input_rows": sum(counts.values()),
         "removed": dict(sorted(removed.items())),
         "eligible": eligible,
@@ -179,12 +213,9 @@ def select(cfg: SelectConfig) -> dict:
         "selected": sum(by_stratum.values()),
         "not_selected": eligible - sum(by_stratum.values()),
         "selected_by_stratum": dict(sorted(by_stratum.items())),
-        "allocation": alloc,
-        **({"judge_unparsable": judge_unparsable} if "judge" in cfg.score_columns() else {}),
-        "dedup_seconds": round(dedup_seconds, 2),
-        "decide_seconds": round(time.time() - t_decide, 2),
-        "features_seconds": feats["seconds"],
-        "seconds": round(time.time() - t0, 2),
     }
-    progress.close(f"{summary['selected']:,} selected, removed {json.dumps(summary['removed'])}")
-    return run.publish(summary, datasets=(decide.SCORES, decide.SELECTED))
+
+
+def select(cfg: SelectConfig) -> dict:
+    """Score, filter, dedup and select; returns the manifest written to ``out_dir``."""
+    return Select(cfg).execute()

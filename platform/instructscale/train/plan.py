@@ -27,6 +27,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from instructscale import storage
 from instructscale.lifecycle import part_files
 from instructscale.plugins import Curriculum
+from instructscale.process import Shipped
 from instructscale.train.config import TrainConfig
 from instructscale.train.curriculum import build_schedule
 from instructscale.train.data import FILTER_COLUMNS, TEXT_COLUMNS, difficulty_of, usable_rows
@@ -114,10 +115,10 @@ def _write_runs(
 # outside any placement group: a Tune trial's driver holds a bundle of trial_cpus (0.5), which a
 # task it starts would otherwise have to fit into
 @ray.remote(scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
-def _build(config: dict, plan: str, run_rows: int) -> dict:
+def _build(shipped: Shipped[TrainConfig], plan: str, run_rows: int) -> dict:
     """Both passes, as Ray tasks per data file; returns _plan.json's content, or {"error": ...} for
     data that cannot make the schedule (a row without difficulty, too few rows)."""
-    cfg = TrainConfig.model_validate(config)
+    cfg = shipped.load()
     files = part_files(cfg.data)
     key = cfg.curriculum.difficulty_key if Curriculum.registry.get(cfg.curriculum.kind).needs_difficulty else None
     try:
@@ -159,7 +160,7 @@ def build_plan(cfg: TrainConfig, run_rows: int = RUN_ROWS) -> dict:
     if done and done.get("settings") == _settings(cfg):
         return done
     storage.remove(plan)
-    info = ray.get(_build.remote(cfg.model_dump(mode="json"), plan, run_rows))
+    info = ray.get(_build.remote(Shipped.of(cfg), plan, run_rows))
     if "error" in info:
         raise ValueError(info["error"])
     return info

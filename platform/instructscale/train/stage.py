@@ -22,25 +22,17 @@ from ray.train.torch import TorchTrainer
 from instructscale import storage
 from instructscale.config import ConfigError
 from instructscale.lifecycle import MANIFEST, STARTED, StageRun, require_dataset
+from instructscale.plugins import register
+from instructscale.process import Shipped
 from instructscale.progress import Progress
-from instructscale.train.config import TrainConfig
+from instructscale.stage import Pipe, Stage
+from instructscale.train.config import TrainConfig, TrainOptions
 from instructscale.train.deepspeed_config import build_deepspeed_config
-from instructscale.train.metrics import METRICS, efficiency, read_history
+from instructscale.train.metrics import METRICS, efficiency, efficiency_text, read_history
 from instructscale.train.plan import PLAN, build_plan
 from instructscale.train.worker import train_loop
 
 log = logging.getLogger(__name__)
-
-
-def _check(cfg: TrainConfig) -> TrainConfig:
-    return cfg.model_copy(
-        update={
-            "data": require_dataset(cfg.data, "data"),
-            "model": storage.model_ref(cfg.model),
-            "out_dir": storage.normalize(cfg.out_dir),
-            "eval_data": cfg.eval_data and require_dataset(cfg.eval_data, "eval_data"),
-        }
-    )
 
 
 def _differences(old: object, new: object, prefix: str = "") -> list[str]:
@@ -113,33 +105,78 @@ def _progress(metrics: str, steps: int) -> Iterator[Progress]:
         watcher.join()
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train (or resume) and export the model to ``out_dir/model``; returns the manifest."""
-    run = StageRun("train", cfg.out_dir, cfg.identity(), cfg.overwrite)
-    if done := run.finished():
-        log.info("train: %s already complete, skipping", run.out)
-        return done
-    cfg = _check(cfg)
-    _check_resume(run, cfg)
-    run.start()
-    try:
-        plan = build_plan(cfg)
-    except ValueError as err:
-        raise ConfigError(f"data: {err}") from None
-    steps = plan["steps"]
-    build_deepspeed_config(cfg, steps)  # a bad DeepSpeed file fails here, not in the workers
-    log.info(
-        "train: %d rows, %d steps of %d rows (%s curriculum), %d workers",
-        plan["rows"],
-        steps,
-        cfg.global_batch,
-        cfg.curriculum.kind,
-        cfg.scaling.num_workers,
-    )
+@register("train")
+class Train(Stage[TrainConfig]):
+    """Ray Train + DeepSpeed on the streamed plan; exports the model (and adapter) to ``out_dir``."""
+
+    Config = TrainConfig
+    Options = TrainOptions
+    summary = "fine-tune a student with Ray Train + DeepSpeed (full or LoRA) and a curriculum"
+    after = "select"
+    flags = {"restart": "discard checkpoints of a run with other settings"}
+    hide = ("config", "history")
+
+    def check(self) -> TrainConfig:
+        cfg = self.cfg
+        return cfg.model_copy(
+            update={
+                "data": require_dataset(cfg.data, "data"),
+                "model": storage.model_ref(cfg.model),
+                "out_dir": storage.normalize(cfg.out_dir),
+                "eval_data": cfg.eval_data and require_dataset(cfg.eval_data, "eval_data"),
+            }
+        )
+
+    def before_start(self, run: StageRun) -> None:
+        _check_resume(run, self.cfg)
+
+    def run(self, run: StageRun) -> dict:
+        cfg = self.cfg
+        try:
+            plan = build_plan(cfg)
+        except ValueError as err:
+            raise ConfigError(f"data: {err}") from None
+        steps = plan["steps"]
+        build_deepspeed_config(cfg, steps)  # a bad DeepSpeed file fails here, not in the workers
+        log.info(
+            "train: %d rows, %d steps of %d rows (%s curriculum), %d workers",
+            *(plan["rows"], steps, cfg.global_batch, cfg.curriculum.kind, cfg.scaling.num_workers),
+        )
+        t0 = time.time()
+        result, history = _fit(cfg, run, steps)
+        _export(result.checkpoint, run.out)
+        storage.remove(run.uri(PLAN))  # a copy of the data per epoch: not kept once trained
+        return _summary(cfg, run, plan, result, history, t0)
+
+    @classmethod
+    def wiring(cls, pipe: Pipe) -> dict:
+        return {"data": pipe.pool, "model": pipe.models["student"], "eval_data": pipe.eval_data}
+
+    @classmethod
+    def hand_on(cls, manifest: dict, pipe: Pipe) -> None:
+        pipe.model = manifest["model"]
+
+    @classmethod
+    def in_pipeline(cls, options: TrainOptions, pipe: Pipe) -> dict:
+        entry = super().in_pipeline(options, pipe)
+        return {k: v for k, v in entry.items() if k != "history"}
+
+    @classmethod
+    def describe(cls, entry: dict) -> list[str]:
+        return [
+            (
+                f"train      {entry['steps']:,} steps on {entry['rows']:,} rows, final loss {entry['final_loss']:.4f}, "
+                f"{efficiency_text(entry.get('efficiency'))}{entry['seconds']:.0f} s"
+            )
+        ]
+
+
+def _fit(cfg: TrainConfig, run: StageRun, steps: int):
+    """Ray Train's run of the workers; returns its result and the metric history."""
     s = cfg.scaling
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "steps": steps},
+        train_loop_config={"shipped": Shipped.of(cfg), "steps": steps},
         scaling_config=ScalingConfig(
             num_workers=s.num_workers,
             use_gpu=s.use_gpu,
@@ -147,7 +184,6 @@ def train(cfg: TrainConfig) -> dict:
         ),
         run_config=_run_config(cfg),
     )
-    t0 = time.time()
     with _progress(run.uri(METRICS), steps) as progress:
         result = trainer.fit()
         if result.error:
@@ -155,20 +191,21 @@ def train(cfg: TrainConfig) -> dict:
         history = read_history(run.uri(METRICS))
         progress.done = history[-1]["step"]
         progress.close(f"loss {history[-1]['loss']:.4f}")
-    _export(result.checkpoint, run.out)
-    storage.remove(run.uri(PLAN))  # a copy of the data per epoch: not kept once trained
-    first = history[0]
-    has_adapter = storage.exists(run.uri("adapter"))
-    summary = {
+    return result, history
+
+
+def _summary(cfg: TrainConfig, run: StageRun, plan: dict, result, history: list[dict], t0: float) -> dict:
+    first, last = history[0], history[-1]
+    return {
         "rows": plan["rows"],
-        "steps": steps,
+        "steps": plan["steps"],
         "model": run.uri("model"),
-        "adapter": run.uri("adapter") if has_adapter else None,
+        "adapter": run.uri("adapter") if storage.exists(run.uri("adapter")) else None,
         "checkpoint": result.checkpoint.path,
-        "final_loss": history[-1]["loss"],
-        "skipped_nonfinite_steps": history[-1].get("skipped_nonfinite_steps", 0),
-        "rows_without_response_tokens": history[-1].get("rows_without_response_tokens", 0),
-        "eval_loss": history[-1].get("eval_loss"),
+        "final_loss": last["loss"],
+        "skipped_nonfinite_steps": last.get("skipped_nonfinite_steps", 0),
+        "rows_without_response_tokens": last.get("rows_without_response_tokens", 0),
+        "eval_loss": last.get("eval_loss"),
         "efficiency": efficiency(history),
         "seconds": round(time.time() - t0, 2),
         # from fit() to the end of step 1, minus the step itself: workers, data, model, engine
@@ -177,4 +214,8 @@ def train(cfg: TrainConfig) -> dict:
         else None,
         "history": history,
     }
-    return run.publish(summary)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) and export the model to ``out_dir/model``; returns the manifest."""
+    return Train(cfg).execute()

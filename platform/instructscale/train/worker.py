@@ -288,10 +288,10 @@ class _Batches:
 
 
 def train_loop(config: dict) -> None:
-    """Ray Train entry: ``config`` holds the TrainConfig and the number of steps in the plan."""
+    """Ray Train entry: ``config`` holds the shipped TrainConfig and the number of steps in the plan."""
     from transformers import AutoTokenizer
 
-    cfg = TrainConfig.model_validate(config["cfg"])
+    cfg = config["shipped"].load()
     steps: int = config["steps"]
     use_system_allocator()
     ctx = ray.train.get_context()

@@ -22,9 +22,12 @@ from ray.tune.schedulers import ASHAScheduler
 
 from instructscale import storage
 from instructscale.lifecycle import require_dataset
+from instructscale.plugins import register
+from instructscale.process import Shipped, prepare
 from instructscale.progress import verbose
 from instructscale.select.config import SelectConfig
 from instructscale.select.stage import select
+from instructscale.stage import Command
 from instructscale.train.config import TrainConfig
 from instructscale.train.metrics import METRICS
 from instructscale.train.stage import train
@@ -50,7 +53,9 @@ def _configs(cfg: TuneConfig, sampled: dict, trial_dir: str) -> tuple[SelectConf
     data = cfg.data
     select_cfg = None
     if cfg.select is not None:
-        options = merge(cfg.select.model_dump(mode="json"), picked.get("select", {}))
+        options = merge(
+            cfg.select.with_models({"student": cfg.model}).model_dump(mode="json"), picked.get("select", {})
+        )
         select_cfg = SelectConfig(
             **options,
             input=cfg.data,
@@ -71,9 +76,9 @@ def _configs(cfg: TuneConfig, sampled: dict, trial_dir: str) -> tuple[SelectConf
     return select_cfg, train_cfg
 
 
-def _trial(sampled: dict, cfg: dict) -> None:
+def _trial(sampled: dict, shipped: Shipped[TuneConfig]) -> None:
     """One Tune trial: (re)select, train in a helper thread, forward held-out losses to Tune."""
-    cfg = TuneConfig.model_validate(cfg)
+    cfg = shipped.load()
     trial_dir = storage.join(cfg.out_dir, "trials", tune.get_context().get_trial_id())
     select_cfg, train_cfg = _configs(cfg, sampled, trial_dir)
     if select_cfg is not None:
@@ -261,15 +266,13 @@ def run_search(cfg: TuneConfig) -> dict:
     if cfg.select is not None:  # score the pool once; trials only re-decide from these features
         select(
             SelectConfig(
-                **cfg.select.model_dump(mode="json"),
+                **cfg.select.with_models({"student": cfg.model}).model_dump(mode="json"),
                 input=cfg.data,
                 out_dir=storage.join(cfg.out_dir, "features"),
                 **cfg.shared(),
             )
         )
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial, cfg=cfg.model_dump(mode="json")), {"cpu": cfg.trial_cpus}
-    )
+    trainable = tune.with_resources(tune.with_parameters(_trial, shipped=Shipped.of(cfg)), {"cpu": cfg.trial_cpus})
     t0 = time.time()
     results = _tuner(cfg, trainable).fit()
     summary = _write_results(cfg, results)
@@ -280,3 +283,16 @@ def run_search(cfg: TuneConfig) -> dict:
     }
     storage.write_json(storage.join(cfg.out_dir, "_manifest.json"), summary)
     return summary
+
+
+@register("tune")
+class Tune(Command[TuneConfig]):
+    """A Ray Tune search; rerunning it resumes an interrupted one."""
+
+    Config = TuneConfig
+    summary = "Ray Tune search (Optuna + ASHA) over selection, curriculum and LoRA settings"
+    hide = ()
+
+    def execute(self) -> dict:
+        prepare(self.cfg.plugins, self.cfg.storage)
+        return run_search(self.cfg)
