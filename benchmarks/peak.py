@@ -7,22 +7,22 @@ is one). The training stage measures the same thing in each worker at start-up
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
 
-from _common import print_table, write_result
+from harness import Bench
 from instructscale.train.flops import matmul_peak_tflops
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", type=int, default=2048)
-    parser.add_argument("--seconds", type=float, default=2.0, help="timed bursts per measurement")
-    args = parser.parse_args()
+def arguments(p) -> None:
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--seconds", type=float, default=2.0, help="timed bursts per measurement")
 
-    rows = []
+
+def main() -> None:
+    bench = Bench("peak", __doc__, arguments)
+    args, rows = bench.args, bench.results
     for threads in sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
         for dtype in (torch.bfloat16, torch.float32):
@@ -34,8 +34,8 @@ def main() -> None:
             rows.append(
                 {"device": torch.cuda.get_device_name(i), "threads": None, "dtype": str(dtype)[6:], "tflops": tflops}
             )
-    print_table(rows, ["device", "threads", "dtype", "tflops"])
-    write_result("peak", {"args": vars(args), "cpu_count": os.cpu_count(), "results": rows})
+    bench.table(["device", "threads", "dtype", "tflops"])
+    bench.write(cpu_count=os.cpu_count())
 
 
 if __name__ == "__main__":

@@ -7,19 +7,16 @@ Target: peak memory bounded (under 2 GiB) and independent of pool size.
 
 from __future__ import annotations
 
-import argparse
 import platform as host
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import ray
 
-from _common import PeakRSS, print_table, write_result
+from harness import Bench, PeakRSS
 from instructscale.demo.pool import DemoConfig, make_demo
 from instructscale.pools.ingest import IngestConfig, PoolInput, ingest
-from instructscale.runtime import RayConfig, init_ray
 
 
 def measure(rows: int, work: Path, shards: int) -> dict:
@@ -45,17 +42,18 @@ def measure(rows: int, work: Path, shards: int) -> dict:
     }
 
 
+def arguments(p) -> None:
+    p.add_argument("--rows", type=int, nargs=2, default=[100_000, 1_000_000])
+    p.add_argument("--shards", type=int, default=16, help="same for both sizes: equal parallelism")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, nargs=2, default=[100_000, 1_000_000])
-    parser.add_argument("--shards", type=int, default=16, help="same for both sizes: equal parallelism")
-    args = parser.parse_args()
-    init_ray(RayConfig(num_cpus=8))
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    bench = Bench("pool", __doc__, arguments)
+    bench.ray()
     time.sleep(3)  # let Ray's daemons settle before reading the idle footprint
     idle_gib = PeakRSS().now() / 2**30
-    with tempfile.TemporaryDirectory() as tmp:
-        results = [measure(n, Path(tmp), args.shards) for n in args.rows]
+    results = bench.results
+    results += [measure(n, bench.work, bench.args.shards) for n in bench.args.rows]
     for r in results:
         r["ingest_above_idle_gib"] = r["ingest_peak_gib"] - idle_gib
     small, large = results
@@ -67,8 +65,7 @@ def main() -> None:
     }
     print()
     print(f"idle Ray (driver + daemons + workers): {idle_gib:.2f} GiB")
-    print_table(
-        results,
+    bench.table(
         [
             "rows",
             "shards",
@@ -83,17 +80,13 @@ def main() -> None:
         f"\n{large['rows'] // small['rows']}x the rows -> peak memory x{ratios['ingest_peak_ratio']:.2f} (ingest), "
         f"x{ratios['generate_peak_ratio']:.2f} (generate); target: under 2 GiB and ~flat"
     )
-    write_result(
-        "pool",
-        {
-            "host": host.node(),
-            "cpus": ray.cluster_resources().get("CPU"),
-            "results": results,
-            "ratios": ratios,
-            "idle_gib": idle_gib,
-            "target_peak_gib": 2.0,
-            "within_target": max(r["ingest_above_idle_gib"] for r in results) < 2.0,
-        },
+    bench.write(
+        host=host.node(),
+        cpus=ray.cluster_resources().get("CPU"),
+        ratios=ratios,
+        idle_gib=idle_gib,
+        target_peak_gib=2.0,
+        within_target=max(r["ingest_above_idle_gib"] for r in results) < 2.0,
     )
 
 

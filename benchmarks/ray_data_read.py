@@ -6,34 +6,29 @@ actors for every read) and with the V1 reader that instructscale.runtime selects
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from _common import print_table, write_result
+from harness import Bench
+
+
+def arguments(p) -> None:
+    p.add_argument("--rows", type=int, nargs="+", default=[2000, 200_000])
+    p.add_argument("--repeats", type=int, default=3)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, nargs="+", default=[2000, 200_000])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-
     import ray
 
-    from instructscale.demo.pool import DemoConfig, make_demo
     from instructscale.lifecycle import part_files
-    from instructscale.runtime import RayConfig, init_ray
 
-    init_ray(RayConfig(num_cpus=8))
+    bench = Bench("ray_data_read", __doc__, arguments)
+    args = bench.args
+    bench.ray()
     ctx = ray.data.DataContext.get_current()
-    results = []
     for rows in args.rows:
-        out = Path(tempfile.mkdtemp(prefix="bench-read-"))
-        make_demo(DemoConfig(out_dir=str(out), rows=rows, shards=8, eval_rows=0, malformed_jsonl_rows=0))
-        files = part_files(str(out / "pool"))
+        pool, _ = bench.demo(rows, shards=8, folder=f"data-{rows}")
+        files = part_files(pool)
         row = {"rows": rows, "files": len(files)}
         for v2 in (True, False, True, False):  # interleaved, so neither runs only warm
             ctx.use_datasource_v2 = v2
@@ -45,10 +40,10 @@ def main() -> None:
             row.setdefault("v2_s" if v2 else "v1_s", []).extend(times)
         row["v2_median_s"], row["v1_median_s"] = statistics.median(row["v2_s"]), statistics.median(row["v1_s"])
         row["v2_over_v1"] = row["v2_median_s"] / row["v1_median_s"]
-        results.append(row)
+        bench.results.append(row)
     ctx.use_datasource_v2 = False
-    print_table(results, ["rows", "files", "v2_median_s", "v1_median_s", "v2_over_v1"])
-    write_result("ray_data_read", {"args": vars(args), "results": results})
+    bench.table(["rows", "files", "v2_median_s", "v1_median_s", "v2_over_v1"])
+    bench.write()
 
 
 if __name__ == "__main__":

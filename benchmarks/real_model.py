@@ -17,12 +17,11 @@ curriculum add, measured over seeds. Reported as measured, whatever it shows.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
-from _common import demo_workspace, print_table, write_result
+from harness import Bench, print_table, write_result
 
 FEW_SHOT = (
     "Answer with the result only, no explanation. Examples:\n"
@@ -52,52 +51,47 @@ def t_interval(values: list[float]) -> list[float]:
     return [float(v.mean() - half), float(v.mean() + half)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=4000)
-    parser.add_argument("--eval-rows", type=int, default=400)
-    parser.add_argument("--arm-eval-rows", type=int, default=200, help="held-out rows per arm evaluation")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--packing", action="store_true", help="pack rows (the quoted run predates packing)")
-    args = parser.parse_args()
+def arguments(p) -> None:
+    p.add_argument("--rows", type=int, default=4000)
+    p.add_argument("--eval-rows", type=int, default=400)
+    p.add_argument("--arm-eval-rows", type=int, default=200, help="held-out rows per arm evaluation")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--fraction", type=float, default=0.1)
+    p.add_argument("--packing", action="store_true", help="pack rows (the quoted run predates packing)")
 
-    import pyarrow.parquet as pq
 
-    from instructscale import storage
-    from instructscale.config import parse_config
-    from instructscale.evaluate import EvalConfig, evaluate, rouge_l
-    from instructscale.models.catalog import fetch_model
-    from instructscale.progress import setup_logging
-    from instructscale.select.config import SelectConfig
-    from instructscale.select.stage import select
-    from instructscale.train.config import TrainConfig
-    from instructscale.train.stage import train
+FILTERS = ["length", "repetition", "control_characters", "refusal", "truncated", "reference_answer"]
 
-    work, pool, held_out = demo_workspace("bench-real-", args.rows, args.eval_rows)
-    print(f"log: {setup_logging(False, str(work / 'logs'))}")
-    model = fetch_model("smollm2-135m-instruct")["path"]
-    general = work / "general"
-    rows = [json.loads(line) for line in DATA.read_text().splitlines()]
-    storage.write_parquet(str(general / "part-0.parquet"), _general_table(rows))
 
-    def scores(name: str, model_dir: str, data: str = held_out, rows_: int | None = None, system=None) -> dict:
-        ev = evaluate(
-            parse_config(
-                EvalConfig,
-                {
-                    "model": model_dir,
-                    "data": data,
-                    "out_dir": str(work / "eval" / name),
-                    "max_rows": rows_,
-                    "sampling": {"max_tokens": 32},
-                    "system_prompt": system,
-                    "replicas": {"num_cpus": 2},
-                },
-            )
-        )
-        preds = pq.read_table(work / "eval" / name / "predictions").to_pylist()
+class Workspace:
+    """The model, the pool, the held-out rows, and the steps every arm is made of."""
+
+    def __init__(self, bench: Bench):
+        from instructscale import storage
+        from instructscale.models.catalog import fetch_model
+        from instructscale.progress import setup_logging
+
+        self.args, self.work = bench.args, bench.work
+        bench.ray()
+        self.pool, self.held_out = bench.demo(self.args.rows, self.args.eval_rows)
+        print(f"log: {setup_logging(False, str(self.work / 'logs'))}")
+        self.model = fetch_model("smollm2-135m-instruct")["path"]
+        self.general = str(self.work / "general")
+        rows = [json.loads(line) for line in DATA.read_text().splitlines()]
+        storage.write_parquet(f"{self.general}/part-0.parquet", _general_table(rows))
+
+    def scores(self, name: str, model: str, data: str | None = None, rows: int | None = None, system=None) -> dict:
+        import pyarrow.parquet as pq
+
+        from instructscale.config import parse_config
+        from instructscale.evaluate import EvalConfig, evaluate
+
+        out = self.work / "eval" / name
+        cfg = {"model": model, "data": data or self.held_out, "out_dir": str(out), "max_rows": rows}
+        cfg |= {"sampling": {"max_tokens": 32}, "system_prompt": system, "replicas": {"num_cpus": 2}}
+        ev = evaluate(parse_config(EvalConfig, cfg))
+        preds = pq.read_table(out / "predictions").to_pylist()
         return {
             "overall": ev["overall"],
             "by_group": ev["by_group"],
@@ -105,104 +99,84 @@ def main() -> None:
             "predictions": preds,
         }
 
-    def selection(name: str, seed: int, **options) -> str:
-        select(
-            parse_config(
-                SelectConfig,
-                {
-                    "input": pool,
-                    "out_dir": str(work / name),
-                    "features_dir": str(work / "features") if (work / "features" / "_manifest.json").exists() else None,
-                    "filters": [
-                        "length",
-                        "repetition",
-                        "control_characters",
-                        "refusal",
-                        "truncated",
-                        "reference_answer",
-                    ],
-                    "scorers": [
-                        {
-                            "kind": "model",
-                            "model": model,
-                            "max_length": 96,
-                            "batch_size": 32,
-                            "min_replicas": 2,
-                            "max_replicas": 2,
-                            "dtype": "bfloat16",
-                        }
-                    ],
-                    "selector": {"kind": "random", "seed": seed},
-                    **options,
-                },
-            )
-        )
-        if not (work / "features" / "_manifest.json").exists():
-            storage.copy_tree(str(work / name / "features"), str(work / "features"))
-        return str(work / name / "selected")
+    def selection(self, name: str, seed: int, **options) -> str:
+        from instructscale import storage
+        from instructscale.config import parse_config
+        from instructscale.select.config import SelectConfig
+        from instructscale.select.stage import select
 
-    def random_subset(seed: int) -> str:
+        features = self.work / "features"
+        scorer = {"kind": "model", "model": self.model, "max_length": 96, "batch_size": 32}
+        scorer |= {"min_replicas": 2, "max_replicas": 2, "dtype": "bfloat16"}
+        cfg = {"input": self.pool, "out_dir": str(self.work / name), "filters": FILTERS, "scorers": [scorer]}
+        cfg |= {"features_dir": str(features) if (features / "_manifest.json").exists() else None}
+        select(parse_config(SelectConfig, {**cfg, "selector": {"kind": "random", "seed": seed}, **options}))
+        if not (features / "_manifest.json").exists():
+            storage.copy_tree(str(self.work / name / "features"), str(features))
+        return str(self.work / name / "selected")
+
+    def random_subset(self, seed: int) -> str:
         import numpy as np
 
-        table = storage.read_parquet(storage.list_files(pool, suffix=".parquet"))
-        k = int(args.fraction * table.num_rows)
+        from instructscale import storage
+
+        table = storage.read_parquet(storage.list_files(self.pool, suffix=".parquet"))
+        k = int(self.args.fraction * table.num_rows)
         pick = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=k, replace=False))
-        storage.write_parquet(str(work / f"random-{seed}" / "part-0.parquet"), table.take(pick))
-        return str(work / f"random-{seed}")
+        storage.write_parquet(str(self.work / f"random-{seed}" / "part-0.parquet"), table.take(pick))
+        return str(self.work / f"random-{seed}")
 
-    def tuned(name: str, data: str, seed: int, curriculum: str = "random") -> dict:
-        return train(
-            parse_config(
-                TrainConfig,
-                {
-                    "data": data,
-                    "model": model,
-                    "out_dir": str(work / "train" / name),
-                    "seed": seed,
-                    "lora": {"r": 16, "alpha": 32},
-                    "deepspeed": {"precision": "bf16", "zero_stage": 2},
-                    "optim": {"lr": 3e-4},
-                    "micro_batch_size": 8,
-                    "max_length": 96,
-                    "packing": args.packing,
-                    "max_steps": args.steps,
-                    "epochs": 100,
-                    "checkpoint_every": args.steps,
-                    "scaling": {"num_workers": 2},
-                    "curriculum": {"kind": curriculum, "difficulty_key": "difficulty"},
-                },
-            )
-        )
+    def tuned(self, name: str, data: str, seed: int, curriculum: str = "random") -> dict:
+        from instructscale.config import parse_config
+        from instructscale.train.config import TrainConfig
+        from instructscale.train.stage import train
 
-    base = scores("base", model)
-    base_few_shot = scores("base-few-shot", model, system=FEW_SHOT)
+        steps = self.args.steps
+        cfg = {"data": data, "model": self.model, "out_dir": str(self.work / "train" / name), "seed": seed}
+        cfg |= {
+            "lora": {"r": 16, "alpha": 32},
+            "deepspeed": {"precision": "bf16", "zero_stage": 2},
+            "optim": {"lr": 3e-4},
+        }
+        cfg |= {"micro_batch_size": 8, "max_length": 96, "packing": self.args.packing, "max_steps": steps}
+        cfg |= {"epochs": 100, "checkpoint_every": steps, "scaling": {"num_workers": 2}}
+        cfg |= {"curriculum": {"kind": curriculum, "difficulty_key": "difficulty"}}
+        return train(parse_config(TrainConfig, cfg))
+
+    def arm(self, name: str, data: str, seed: int, curriculum: str = "random") -> dict:
+        run = self.tuned(name, data, seed, curriculum)
+        return {"train": run, **self.scores(name, run["model"], rows=self.args.arm_eval_rows)}
+
+
+def run_arms(ws: Workspace) -> dict[str, list[dict]]:
+    """Each arm at each seed (a new subset, selector seed and training order)."""
     arms: dict[str, list[dict]] = {}
-    for seed in range(args.seeds):
-        budget = {"budget": {"fraction": args.fraction, "stratify_by": "task"}}
+    for seed in range(ws.args.seeds):
+        budget = {"budget": {"fraction": ws.args.fraction, "stratify_by": "task"}}
         data = {
-            "selected 10%": selection(f"sel-{seed}", seed, **budget),
-            "random 10%": random_subset(seed),
-            "full filtered pool": selection(f"full-{seed}", seed, budget={"fraction": 1.0}),
+            "selected 10%": ws.selection(f"sel-{seed}", seed, **budget),
+            "random 10%": ws.random_subset(seed),
+            "full filtered pool": ws.selection(f"full-{seed}", seed, budget={"fraction": 1.0}),
         }
         for arm, path in data.items():
-            run = tuned(f"{arm.split()[0]}-{seed}", path, seed)
-            arms.setdefault(arm, []).append(
-                {"train": run, **scores(f"{arm.split()[0]}-{seed}", run["model"], rows_=args.arm_eval_rows)}
-            )
-        run = tuned(f"curriculum-{seed}", data["selected 10%"], seed, "competence")
-        arms.setdefault("selected 10% + competence curriculum (IFD)", []).append(
-            {"train": run, **scores(f"curriculum-{seed}", run["model"], rows_=args.arm_eval_rows)}
-        )
+            arms.setdefault(arm, []).append(ws.arm(f"{arm.split()[0]}-{seed}", path, seed))
+        curriculum = ws.arm(f"curriculum-{seed}", data["selected 10%"], seed, "competence")
+        arms.setdefault("selected 10% + competence curriculum (IFD)", []).append(curriculum)
+    return arms
 
+
+def main() -> None:
+    from instructscale.evaluate import rouge_l
+
+    bench = Bench("real_model", __doc__, arguments)
+    ws = Workspace(bench)
+    base = ws.scores("base", ws.model)
+    base_few_shot = ws.scores("base-few-shot", ws.model, system=FEW_SHOT)
+    arms = run_arms(ws)
     best = arms["selected 10%"][0]["train"]["model"]  # the first selected arm, evaluated on every held-out row
-    tuned_full = scores("tuned", best)
-    general_base, general_tuned = (
-        scores("general-base", model, str(general)),
-        scores("general-tuned", best, str(general)),
-    )
-    result = summarise(
-        args, base, base_few_shot, tuned_full, arms, general_base, general_tuned, bootstrap_ci, t_interval, rouge_l
-    )
+    tuned_full = ws.scores("tuned", best)
+    general = (ws.scores("general-base", ws.model, ws.general), ws.scores("general-tuned", best, ws.general))
+    result = summarise(bench.args, base, base_few_shot, tuned_full, arms, *general, bootstrap_ci, t_interval, rouge_l)
     write_result("real_model", result)
 
 
@@ -275,6 +249,12 @@ def summarise(
     result["tuned_ci_above_few_shot_base"] = (
         result["tuned"]["exact_match_ci95"][0] > result["base_few_shot"]["exact_match_ci95"][1]
     )
+    show(result)
+    return result
+
+
+def show(result: dict) -> None:
+    arm_rows = result["arms"]
     models = [
         {
             "model": k,
@@ -300,7 +280,6 @@ def summarise(
         f"\ntuned exact-match CI entirely above the base's: {result['tuned_ci_above_base']} "
         f"(above the few-shot base's: {result['tuned_ci_above_few_shot_base']})"
     )
-    return result
 
 
 if __name__ == "__main__":

@@ -12,25 +12,80 @@ dedup scaling, near-dup recall, batched vs per-sample IFD):
 
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
-import time
-from pathlib import Path
 
-from _common import PeakRSS, print_table, with_zero_score, write_result
+from harness import Bench, PeakRSS, with_zero_score
+
+
+def arguments(p) -> None:
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--model-rows", type=int, default=4096)
+    p.add_argument("--scale", action="store_true", help="run the scale benchmark (selection_scale.py)")
+    p.add_argument("--sizes", default="100000,1000000", help="--scale: pool sizes, smallest first")
+    p.add_argument("--model", help="--scale: a second scorer model for the IFD comparison (e.g. SmolLM2)")
+    p.add_argument("--ifd-rows", type=int, default=512)
+    p.add_argument("--per-bin", type=int, default=250, help="--scale: planted pairs per 0.05 Jaccard bin")
+
+
+def measured(bench: Bench, step: str, workers: int, run, *args) -> None:
+    """One result row: ``run(*args)`` returns its fields (``rows`` processed); wall seconds and peak
+    PSS around it."""
+    with PeakRSS() as mem, bench.timed(step=step, workers=workers) as row:
+        row.update(run(*args))
+    row.update(rows_per_s=row["rows"] / row["seconds"], peak_gib=mem.gib)
+
+
+def cheap_features(pool: str, out: str, shipped, batch_size: int, workers: int) -> dict:
+    import ray
+    from ray.data import TaskPoolStrategy
+
+    from instructscale.select.features import text_features
+
+    ray.data.read_parquet(pool).repartition(target_num_rows_per_block=batch_size * 2).map_batches(
+        text_features,
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        fn_kwargs={"shipped": shipped},
+        compute=TaskPoolStrategy(size=workers),
+    ).write_parquet(out)
+    return {"rows": ray.data.read_parquet(out).count()}
+
+
+def dedup(rows, settings, n_rows: int) -> dict:
+    from instructscale.select.dedup import duplicate_pairs
+
+    return {"rows": n_rows, "pairs": duplicate_pairs(rows, settings, n_rows).materialize().count()}
+
+
+def model_scores(pool: str, shipped, rows: int, workers: int) -> dict:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from instructscale.select.features import text_features
+    from instructscale.select.scoring import ScorerActor
+
+    batch_size = shipped.load().scorers[0].batch_size
+    scored = (
+        ray.data.read_parquet(pool)
+        .limit(rows)
+        .repartition(target_num_rows_per_block=batch_size * 2)
+        .map_batches(text_features, batch_format="pyarrow", fn_kwargs={"shipped": shipped})
+        .map_batches(
+            ScorerActor,
+            fn_constructor_kwargs={"shipped": shipped, "index": 0},
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            num_cpus=1,
+            compute=ActorPoolStrategy(min_size=workers, max_size=workers),
+        )
+        .count()
+    )
+    return {"rows": scored}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--model-rows", type=int, default=4096)
-    parser.add_argument("--scale", action="store_true", help="run the scale benchmark (selection_scale.py)")
-    parser.add_argument("--sizes", default="100000,1000000", help="--scale: pool sizes, smallest first")
-    parser.add_argument("--model", help="--scale: a second scorer model for the IFD comparison (e.g. SmolLM2)")
-    parser.add_argument("--ifd-rows", type=int, default=512)
-    parser.add_argument("--per-bin", type=int, default=250, help="--scale: planted pairs per 0.05 Jaccard bin")
-    args = parser.parse_args()
+    bench = Bench("selection", __doc__, arguments)
+    args = bench.args
     if args.scale:
         import selection_scale
 
@@ -38,103 +93,35 @@ def main() -> None:
         return
 
     import ray
-    from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    from instructscale.demo.pool import DemoConfig, make_demo
     from instructscale.models.tiny import build_tiny_models
-    from instructscale.runtime import RayConfig, init_ray
+    from instructscale.process import Shipped
     from instructscale.select.config import SelectConfig
-    from instructscale.select.dedup import duplicate_pairs
-    from instructscale.select.features import text_features
-    from instructscale.select.scoring import ScorerActor
 
-    work = Path(tempfile.mkdtemp(prefix="bench-select-"))
-    student = build_tiny_models(work / "models")["student"]
-    init_ray(RayConfig(num_cpus=8))
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    make_demo(DemoConfig(out_dir=str(work / "data"), rows=args.rows, shards=8, eval_rows=0, malformed_jsonl_rows=0))
-    pool = str(work / "data" / "pool")
-    opts = SelectConfig(input=pool, out_dir=str(work / "select"), scorers=[{"kind": "model", "model": student}])
-    kwargs = {"cfg_json": opts.model_dump_json()}
-    results = []
-
+    student = build_tiny_models(bench.work / "models")["student"]
+    bench.ray()
+    pool, _ = bench.demo(args.rows, shards=8)
+    opts = SelectConfig(input=pool, out_dir=str(bench.work / "select"), scorers=[{"kind": "model", "model": student}])
+    shipped = Shipped.of(opts)
     for workers in (1, 2):
-        out = work / f"features-{workers}"
-        with PeakRSS() as mem:
-            t0 = time.time()
-            ray.data.read_parquet(pool).repartition(target_num_rows_per_block=opts.batch_size * 2).map_batches(
-                text_features,
-                batch_format="pyarrow",
-                batch_size=opts.batch_size,
-                fn_kwargs=kwargs,
-                compute=TaskPoolStrategy(size=workers),
-            ).write_parquet(str(out))
-            seconds = time.time() - t0
-        results.append(
-            {
-                "step": "cheap scorers + MinHash",
-                "workers": workers,
-                "rows": args.rows,
-                "seconds": seconds,
-                "rows_per_s": args.rows / seconds,
-                "peak_gib": mem.gib,
-            }
+        out = str(bench.work / f"features-{workers}")
+        measured(
+            bench, "cheap scorers + MinHash", workers, cheap_features, pool, out, shipped, opts.batch_size, workers
+        )
+    columns = ["id", "text_hash", "minhash", "shingles"]
+    rows = with_zero_score(ray.data.read_parquet(str(bench.work / "features-2")).select_columns(columns))
+    measured(bench, "dedup shuffle", 2, dedup, rows, opts.dedup, rows.count())
+    for workers in (1, 2):
+        measured(
+            bench, "model scorer (loss, IFD, embedding)", workers, model_scores, pool, shipped, args.model_rows, workers
         )
 
-    rows = ray.data.read_parquet(str(work / "features-2")).select_columns(["id", "text_hash", "minhash", "shingles"])
-    rows = with_zero_score(rows)
-    n_rows = rows.count()
-    with PeakRSS() as mem:
-        t0 = time.time()
-        pairs = duplicate_pairs(rows, opts.dedup, n_rows).materialize().count()
-        seconds = time.time() - t0
-    results.append(
-        {
-            "step": f"dedup shuffle ({pairs:,} pairs)",
-            "workers": 2,
-            "rows": n_rows,
-            "seconds": seconds,
-            "rows_per_s": n_rows / seconds,
-            "peak_gib": mem.gib,
-        }
-    )
-
-    s = opts.scorers[0]
-    for workers in (1, 2):
-        with PeakRSS() as mem:
-            t0 = time.time()
-            n = (
-                ray.data.read_parquet(pool)
-                .limit(args.model_rows)
-                .repartition(target_num_rows_per_block=s.batch_size * 2)
-                .map_batches(text_features, batch_format="pyarrow", fn_kwargs=kwargs)
-                .map_batches(
-                    ScorerActor,
-                    fn_constructor_kwargs={"cfg": opts.model_dump(mode="json"), "index": 0},
-                    batch_size=s.batch_size,
-                    batch_format="pyarrow",
-                    num_cpus=1,
-                    compute=ActorPoolStrategy(min_size=workers, max_size=workers),
-                )
-                .count()
-            )
-            seconds = time.time() - t0
-        results.append(
-            {
-                "step": "model scorer (loss, IFD, embedding)",
-                "workers": workers,
-                "rows": n,
-                "seconds": seconds,
-                "rows_per_s": n / seconds,
-                "peak_gib": mem.gib,
-            }
-        )
-
-    print_table(results, ["step", "workers", "rows", "seconds", "rows_per_s", "peak_gib"])
+    bench.table(["step", "workers", "rows", "pairs", "seconds", "rows_per_s", "peak_gib"])
+    results = bench.results
     cheap = results[1]["rows_per_s"] / results[0]["rows_per_s"]
     model = results[4]["rows_per_s"] / results[3]["rows_per_s"]
     print(f"\n2 vs 1 workers on {os.cpu_count()} cores: cheap scorers {cheap:.2f}x, model scorer {model:.2f}x")
-    write_result("selection", {"args": vars(args), "results": results, "scaling_cheap": cheap, "scaling_model": model})
+    bench.write(scaling_cheap=cheap, scaling_model=model)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@ Target: selected >= random of the same size, and >= the full pool.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 from pathlib import Path
 
-from _common import demo_workspace, print_table, write_result
+from harness import Bench
 
 # selector settings compared; the first is the platform's default and also gets the curriculum arms
 VARIANTS = {
@@ -45,137 +44,113 @@ def mean_tokens(data: str, tokenizer) -> float:
     return sum(len(tokenize(r, tokenizer, MAX_LENGTH).input_ids) for r in rows) / len(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=8000)
-    parser.add_argument("--eval-rows", type=int, default=400)
-    parser.add_argument(
+def arguments(p) -> None:
+    p.add_argument("--rows", type=int, default=8000)
+    p.add_argument("--eval-rows", type=int, default=400)
+    p.add_argument(
         "--steps", type=int, default=150, help="steps on the full pool; their tokens are every arm's training budget"
     )
-    parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument(
+    p.add_argument("--fraction", type=float, default=0.1)
+    p.add_argument(
         "--seeds",
         type=int,
         default=1,
         help="repeats (random subset, selector seed and training order vary); figures are means",
     )
-    parser.add_argument(
+    p.add_argument(
         "--probe-steps",
         type=int,
         default=0,
         help="score with a probe: the student briefly trained on the random subset "
         "(Cherry-LLM's 'pre-experienced' model); 0: the untrained student scores",
     )
-    args = parser.parse_args()
 
-    import numpy as np
-    import pyarrow.dataset as pads
-    from transformers import AutoTokenizer
 
-    from instructscale.config import parse_config
-    from instructscale.evaluate import EvalConfig, evaluate
-    from instructscale.models.tiny import build_tiny_models
-    from instructscale.select.config import SelectConfig
-    from instructscale.select.stage import select
-    from instructscale.storage import write_parquet
-    from instructscale.train.config import TrainConfig
-    from instructscale.train.stage import train
+class Workspace:
+    """The student, the pool, the token budget, and the steps every arm is made of."""
 
-    work, pool, held_out = demo_workspace("bench-effect-", args.rows, args.eval_rows)
-    student = build_tiny_models(work / "models")["student"]
+    def __init__(self, bench: Bench):
+        import pyarrow.dataset as pads
+        from transformers import AutoTokenizer
 
-    table = pads.dataset(pool, format="parquet").to_table()
-    k = int(args.fraction * table.num_rows)
+        from instructscale.models.tiny import build_tiny_models
 
-    def random_subset(seed: int) -> str:
-        pick = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=k, replace=False))
-        write_parquet(str(work / f"random-{seed}" / "part-0.parquet"), table.take(pick))
-        return str(work / f"random-{seed}")
+        self.args, self.work = bench.args, bench.work
+        bench.ray()
+        self.pool, self.held_out = bench.demo(self.args.rows, self.args.eval_rows)
+        self.student = build_tiny_models(self.work / "models")["student"]
+        self.table = pads.dataset(self.pool, format="parquet").to_table()
+        self.k = int(self.args.fraction * self.table.num_rows)
+        tokenizer = AutoTokenizer.from_pretrained(self.student)
+        self.row_tokens = functools.cache(lambda data: mean_tokens(data, tokenizer))  # each arm's data, once
+        self.token_budget = self.args.steps * MICRO_BATCH * WORKERS * self.row_tokens(self.pool)
+        self.features = self.work / "select-0-0" / "features"  # the first selection computes them, the rest reuse them
+        self.probe = self.student
 
-    tokenizer = AutoTokenizer.from_pretrained(student)
-    row_tokens = functools.cache(lambda data: mean_tokens(data, tokenizer))  # each arm's data, once
-    token_budget = args.steps * MICRO_BATCH * WORKERS * row_tokens(pool)
+    def random_subset(self, seed: int) -> str:
+        import numpy as np
 
-    def run(name: str, data: str, curriculum: str, seed: int, steps: int | None = None) -> dict:
-        steps = steps or round(token_budget / (MICRO_BATCH * WORKERS * row_tokens(data)))
-        cfg = parse_config(
-            TrainConfig,
-            {
-                "data": data,
-                "model": student,
-                "out_dir": str(work / f"train-{name}"),
-                "lora": None,
-                "seed": seed,
-                "max_steps": steps,
-                "epochs": 1000,
-                "micro_batch_size": MICRO_BATCH,
-                "max_length": MAX_LENGTH,
-                "optim": {"lr": 3e-3},
-                "checkpoint_every": steps,
-                "scaling": {"num_workers": WORKERS},
-                "curriculum": curriculum,
-            },
-        )
-        return train(cfg)
+        from instructscale.storage import write_parquet
 
-    def held_out_scores(model: str, name: str) -> dict:
-        ev = evaluate(
-            parse_config(
-                EvalConfig,
-                {
-                    "model": model,
-                    "data": held_out,
-                    "out_dir": str(work / f"eval-{name}"),
-                    "backend": {"kind": "hf"},
-                    "sampling": {"max_tokens": 24},
-                },
-            )
-        )
+        pick = np.sort(np.random.default_rng(seed).choice(self.table.num_rows, size=self.k, replace=False))
+        write_parquet(str(self.work / f"random-{seed}" / "part-0.parquet"), self.table.take(pick))
+        return str(self.work / f"random-{seed}")
+
+    def train(self, name: str, data: str, curriculum: str, seed: int, steps: int | None = None) -> dict:
+        from instructscale.config import parse_config
+        from instructscale.train.config import TrainConfig
+        from instructscale.train.stage import train
+
+        steps = steps or round(self.token_budget / (MICRO_BATCH * WORKERS * self.row_tokens(data)))
+        cfg = {"data": data, "model": self.student, "out_dir": str(self.work / f"train-{name}"), "lora": None}
+        cfg |= {"seed": seed, "max_steps": steps, "epochs": 1000, "micro_batch_size": MICRO_BATCH}
+        cfg |= {"max_length": MAX_LENGTH, "optim": {"lr": 3e-3}, "checkpoint_every": steps}
+        cfg |= {"scaling": {"num_workers": WORKERS}, "curriculum": curriculum}
+        return train(parse_config(TrainConfig, cfg))
+
+    def scores(self, model: str, name: str) -> dict:
+        from instructscale.config import parse_config
+        from instructscale.evaluate import EvalConfig, evaluate
+
+        cfg = {"model": model, "data": self.held_out, "out_dir": str(self.work / f"eval-{name}")}
+        ev = evaluate(parse_config(EvalConfig, {**cfg, "backend": {"kind": "hf"}, "sampling": {"max_tokens": 24}}))
         return {m: ev["overall"][m] for m in METRICS}
 
-    probe = run("probe", random_subset(0), "random", 0, args.probe_steps)["model"] if args.probe_steps else student
-    features = work / "select-0-0" / "features"  # the first selection computes them, the rest reuse them
+    def select(self, out: Path, seed: int, variant: dict, difficulty: str = "ifd") -> dict:
+        from instructscale.config import parse_config
+        from instructscale.select.config import SelectConfig
+        from instructscale.select.stage import select
 
-    def select_rows(out: Path, seed: int, variant: dict, difficulty: str = "ifd") -> dict:
+        filters = ["length", "repetition", "control_characters", "refusal", "reference_answer"]
+        cfg = {
+            "input": self.pool,
+            "out_dir": str(out),
+            "filters": filters,
+            "scorers": [{"kind": "model", "model": self.probe}],
+        }
+        cfg |= {"features_dir": str(self.features) if self.features.exists() else None}
+        cfg |= {"difficulty": {"source": difficulty}, "budget": {"budget": self.k, "stratify_by": "task"}}
         return select(
-            parse_config(
-                SelectConfig,
-                {
-                    "input": pool,
-                    "out_dir": str(out),
-                    "filters": ["length", "repetition", "control_characters", "refusal", "reference_answer"],
-                    "scorers": [{"kind": "model", "model": probe}],
-                    "features_dir": str(features) if features.exists() else None,
-                    "difficulty": {"source": difficulty},
-                    "budget": {"budget": k, "stratify_by": "task"},
-                    **variant,
-                    "selector": {"kind": variant["selector"], "seed": seed},
-                },
-            )
+            parse_config(SelectConfig, {**cfg, **variant, "selector": {"kind": variant["selector"], "seed": seed}})
         )
 
-    default = next(iter(VARIANTS))
-    runs: dict[str, list[dict]] = {"base student": [held_out_scores(student, "base") | {"steps": 0}]}
-    sels = {}
-    for seed in range(args.seeds):  # each repeat: new random subsets, selector seeds and training order
-        arms = [("full pool", pool, "random"), (f"random {k} rows", random_subset(seed), "random")]
-        for i, (name, selector) in enumerate(VARIANTS.items()):
-            sels[name] = select_rows(work / f"select-{seed}-{i}", seed, selector)
-            arms.append((f"selected {k}, {name}", str(work / f"select-{seed}-{i}" / "selected"), "random"))
-        for source in CURRICULA:  # the default's rows again, with each difficulty column
-            select_rows(work / f"select-{seed}-{source}", seed, VARIANTS[default], source)
-            arms.append(
-                (
-                    f"selected {k}, {default} + curriculum ({source})",
-                    str(work / f"select-{seed}-{source}" / "selected"),
-                    "competence",
-                )
-            )
-        for i, (name, data, curriculum) in enumerate(arms):
-            trained = run(f"{seed}-{i}", data, curriculum, seed)
-            runs.setdefault(name, []).append(
-                held_out_scores(trained["model"], f"{seed}-{i}") | {"steps": trained["steps"]}
-            )
+
+def seed_arms(ws: Workspace, seed: int, sels: dict) -> list[tuple[str, str, str]]:
+    """(name, data, curriculum) of every trained arm at ``seed``: new random subsets and selector seeds."""
+    default, k = next(iter(VARIANTS)), ws.k
+    arms = [("full pool", ws.pool, "random"), (f"random {k} rows", ws.random_subset(seed), "random")]
+    for i, (name, selector) in enumerate(VARIANTS.items()):
+        sels[name] = ws.select(ws.work / f"select-{seed}-{i}", seed, selector)
+        arms.append((f"selected {k}, {name}", str(ws.work / f"select-{seed}-{i}" / "selected"), "random"))
+    for source in CURRICULA:  # the default's rows again, with each difficulty column
+        out = ws.work / f"select-{seed}-{source}"
+        ws.select(out, seed, VARIANTS[default], source)
+        arms.append((f"selected {k}, {default} + curriculum ({source})", str(out / "selected"), "competence"))
+    return arms
+
+
+def summarise(runs: dict[str, list[dict]]) -> tuple[list[dict], dict]:
+    import numpy as np
 
     results = [
         {
@@ -187,7 +162,6 @@ def main() -> None:
         }
         for name, rs in runs.items()
     ]
-    print_table(results, ["arm", "steps", *METRICS, "loss_sd"])
     full, random_arm = results[1], results[2]
     verdict = {
         r["arm"]: {
@@ -197,18 +171,28 @@ def main() -> None:
         }
         for r in results[3:]
     }
+    return results, verdict
+
+
+def main() -> None:
+    bench = Bench("selection_effect", __doc__, arguments)
+    ws, args = Workspace(bench), bench.args
+    if args.probe_steps:
+        ws.probe = ws.train("probe", ws.random_subset(0), "random", 0, args.probe_steps)["model"]
+    runs: dict[str, list[dict]] = {"base student": [ws.scores(ws.student, "base") | {"steps": 0}]}
+    sels: dict = {}
+    for seed in range(args.seeds):  # each repeat: new random subsets, selector seeds and training order
+        for i, (name, data, curriculum) in enumerate(seed_arms(ws, seed, sels)):
+            trained = ws.train(f"{seed}-{i}", data, curriculum, seed)
+            runs.setdefault(name, []).append(ws.scores(trained["model"], f"{seed}-{i}") | {"steps": trained["steps"]})
+    results, verdict = summarise(runs)
+    bench.results = results
+    bench.table(["arm", "steps", *METRICS, "loss_sd"])
+    default = next(iter(VARIANTS))
     print(f"\nheld-out figures are means over {args.seeds} run(s); loss_sd: their standard deviation")
     print(f"selection ({default}): {sels[default]['removed']} removed, {sels[default]['selected']} selected")
     print("verdict on mean held-out loss:", json.dumps(verdict, indent=1))
-    write_result(
-        "selection_effect",
-        {
-            "args": vars(args),
-            "results": results,
-            "verdict": verdict,
-            "select": {name: m | {"config": None} for name, m in sels.items()},
-        },
-    )
+    bench.write(verdict=verdict, select={name: m | {"config": None} for name, m in sels.items()})
 
 
 if __name__ == "__main__":

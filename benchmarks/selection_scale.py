@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import PeakProcessRSS, print_table, with_zero_score, write_result
+from harness import PeakProcessRSS, print_table, with_zero_score, write_result
 
 
 def _stage(work: Path, rows: int) -> dict:

@@ -12,16 +12,13 @@ the engine's first load). Goal: object storage >= 0.8x local.
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from _common import print_table, write_result
+from harness import Bench
 
 
 def start_s3() -> tuple[subprocess.Popen, str]:
@@ -97,25 +94,21 @@ def stages(root: str, teacher: str, rows: int) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=100_000)
-    args = parser.parse_args()
+    bench = Bench("storage", __doc__, lambda p: p.add_argument("--rows", type=int, default=100_000))
     s3, bucket = start_s3()  # before Ray starts, so its workers inherit the endpoint
     try:
         from instructscale.models.tiny import build_tiny_models
-        from instructscale.runtime import RayConfig, init_ray
 
-        work = Path(tempfile.mkdtemp(prefix="bench-storage-"))
-        teacher = build_tiny_models(work / "models")["teacher"]
-        init_ray(RayConfig(num_cpus=8))
+        teacher = build_tiny_models(bench.work / "models")["teacher"]
+        bench.ray()
         runs = {}
         for round_ in (1, 2):
-            runs["local", round_] = stages(str(work / f"run{round_}"), teacher, args.rows)
-            runs["s3", round_] = stages(f"{bucket}/run{round_}", teacher, args.rows)
+            runs["local", round_] = stages(str(bench.work / f"run{round_}"), teacher, bench.args.rows)
+            runs["s3", round_] = stages(f"{bucket}/run{round_}", teacher, bench.args.rows)
         local, remote = runs["local", 2], runs["s3", 2]
     finally:
         s3.terminate()
-    results = []
+    results = bench.results
     for lo, re_ in zip(local, remote):
         results.append(
             {
@@ -128,13 +121,13 @@ def main() -> None:
                 "s3_s": re_["seconds"],
             }
         )
-    print_table(results, ["stage", "rows", "local_rows_per_s", "s3_rows_per_s", "s3_over_local", "local_s", "s3_s"])
+    bench.table(["stage", "rows", "local_rows_per_s", "s3_rows_per_s", "s3_over_local", "local_s", "s3_s"])
     total = sum(r["local_s"] for r in results) / sum(r["s3_s"] for r in results)
     print(
         f"\nall three stages: object storage at {total:.2f}x the local rows/s (goal >= 0.8) on {os.cpu_count()} cores"
     )
     first = {f"{arm}_first_run": r for (arm, round_), r in runs.items() if round_ == 1}
-    write_result("storage", {"args": vars(args), "results": results, "s3_over_local_total": total, **first})
+    bench.write(s3_over_local_total=total, **first)
 
 
 if __name__ == "__main__":

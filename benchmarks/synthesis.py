@@ -18,15 +18,13 @@ teacher   Self-Instruct (20 seed tasks, 2 rounds, target 60) and Evol-Instruct (
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from _common import print_table, write_result
+from harness import Bench, print_table
 
 SEEDS = Path(__file__).resolve().parents[1] / "configs" / "seed_tasks.jsonl"
 
@@ -43,46 +41,53 @@ def edit(text: str, rng: random.Random, vocab: list[str]) -> str:
     return " ".join(words)
 
 
-def novelty(args) -> None:
-    from rouge_score import rouge_scorer
-
-    from instructscale.generate.novelty import NoveltyIndex
-
-    rng = random.Random(0)
+def _candidates(args, rng: random.Random) -> tuple[list[str], list[str]]:
+    """(pool, candidates): half the candidates new, half light edits of pool instructions."""
     vocab = [f"w{i}" for i in range(5000)]
     pool = synthetic_instructions(args.existing, rng, vocab)
     fresh = synthetic_instructions(args.candidates // 2, rng, vocab)
     edited = [edit(rng.choice(pool), rng, vocab) for _ in range(args.candidates - len(fresh))]
-    candidates = [c for pair in zip(fresh, edited) for c in pair]
+    return pool, [c for pair in zip(fresh, edited) for c in pair]
+
+
+def _indexed(pool: list[str], candidates: list[str], threshold: float) -> tuple[list[bool], float, float]:
+    """The stage's prefiltered index: accepted per candidate, build seconds, check seconds."""
+    from instructscale.generate.novelty import NoveltyIndex
 
     t0 = time.perf_counter()
     index = NoveltyIndex()
     for text in pool:
         index.add(index.tokenize(text))
-    build_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    indexed = []
+    build_s, t0 = time.perf_counter() - t0, time.perf_counter()
+    accepted = []
     for text in candidates:
         tokens = index.tokenize(text)
-        if index.nearest(tokens, args.threshold)[1] is None:
+        accepted.append(index.nearest(tokens, threshold)[1] is None)
+        if accepted[-1]:
             index.add(tokens)
-            indexed.append(True)
-        else:
-            indexed.append(False)
-    indexed_s = time.perf_counter() - t0
+    return accepted, build_s, time.perf_counter() - t0
+
+
+def _all_pairs(pool: list[str], candidates: list[str], threshold: float) -> tuple[list[bool], float]:
+    """rouge-score against every instruction known so far: accepted per candidate, seconds."""
+    from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    known, brute = list(pool), []
-    t0 = time.perf_counter()
-    for text in candidates[: args.all_pairs]:
-        ok = all(scorer.score(k, text)["rougeL"].fmeasure < args.threshold for k in known)
-        brute.append(ok)
-        if ok:
+    known, accepted, t0 = list(pool), [], time.perf_counter()
+    for text in candidates:
+        accepted.append(all(scorer.score(k, text)["rougeL"].fmeasure < threshold for k in known))
+        if accepted[-1]:
             known.append(text)
-    brute_s = time.perf_counter() - t0
+    return accepted, time.perf_counter() - t0
 
+
+def novelty(bench: Bench) -> None:
+    args = bench.args
+    pool, candidates = _candidates(args, random.Random(0))
+    indexed, build_s, indexed_s = _indexed(pool, candidates, args.threshold)
+    brute, brute_s = _all_pairs(pool, candidates[: args.all_pairs], args.threshold)
     n_brute = len(brute)
-    rows = [
+    bench.results += [
         {"method": "all-pairs rouge-score", "candidates": n_brute, "seconds": brute_s, "rows_per_s": n_brute / brute_s},
         {
             "method": "prefiltered index",
@@ -91,46 +96,65 @@ def novelty(args) -> None:
             "rows_per_s": len(candidates) / indexed_s,
         },
     ]
-    print_table(rows, ["method", "candidates", "seconds", "rows_per_s"])
+    bench.table(["method", "candidates", "seconds", "rows_per_s"])
     same = indexed[:n_brute] == brute
-    speedup = rows[1]["rows_per_s"] / rows[0]["rows_per_s"]
+    speedup = bench.results[1]["rows_per_s"] / bench.results[0]["rows_per_s"]
     print(
         f"\n{args.existing:,} existing instructions (index built in {build_s:.1f} s); accepted "
         f"{sum(indexed)} of {len(candidates)}; same decisions on the first {n_brute}: {same}; "
         f"speed-up {speedup:.0f}x (goal >= 20)"
     )
-    write_result(
-        "synthesis_novelty",
-        {
-            "args": vars(args),
-            "results": rows,
-            "index_build_s": build_s,
-            "accepted": sum(indexed),
-            "same_accepted_set": same,
-            "speedup": speedup,
-        },
+    bench.write(
+        "synthesis_novelty", index_build_s=build_s, accepted=sum(indexed), same_accepted_set=same, speedup=speedup
     )
 
 
-def teacher(args) -> None:
+def _outcomes(name: str, rows: list[dict], meta: list[dict], seeds: list[str]) -> dict:
+    """Counts by round and outcome, with what each mode shows best: Self-Instruct's ROUGE-L spread
+    and its worst pair, Evol-Instruct's chains of operations."""
     from rouge_score import rouge_scorer
 
+    counts = Counter((mt.get("round"), r["reject_reason"] or "accepted") for r, mt in zip(rows, meta))
+    table = [{"round": k[0], "outcome": k[1], "rows": v} for k, v in sorted(counts.items(), key=str)]
+    print_table(table, ["round", "outcome", "rows"])
+    kept = [(r, mt) for r, mt in zip(rows, meta) if r["reject_reason"] is None]
+    if name != "self_instruct":
+        return {
+            "by_round": table,
+            "examples": [{"evolution": mt["evolution"], "instruction": r["instruction"]} for r, mt in kept][:10],
+        }
+    bins = Counter(min(int(mt["rouge_l"] * 10), 9) / 10 for mt in meta if "rouge_l" in mt)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    texts = seeds + [r["instruction"] for r, _ in kept]
+    worst = max(scorer.score(a, b)["rougeL"].fmeasure for i, a in enumerate(texts) for b in texts[i + 1 :])
+    histogram = {f"{b:.1f}-{b + 0.1:.1f}": bins[b] for b in sorted(bins)}
+    print("ROUGE-L of candidates vs the pool:", histogram)
+    print(f"largest ROUGE-L F between two of seeds + accepted: {worst:.3f} (must be < 0.7)")
+    examples = [r["instruction"] for r, _ in kept][:10]
+    return {
+        "by_round": table,
+        "rouge_l_histogram": histogram,
+        "max_rouge_l_seeds_and_output": worst,
+        "examples": examples,
+    }
+
+
+def teacher(bench: Bench) -> None:
     from instructscale.config import parse_config
     from instructscale.generate.config import GenerateConfig
     from instructscale.generate.stage import generate, read_generated
     from instructscale.pools.ingest import IngestConfig, PoolInput, ingest
     from instructscale.progress import setup_logging
-    from instructscale.runtime import RayConfig, init_ray
     from instructscale.schema import decode_metadata
 
-    work = Path(tempfile.mkdtemp(prefix="bench-synthesis-"))
+    work = bench.work
     print(f"work: {work}; log: {setup_logging(False, str(work / 'logs'))}")
-    init_ray(RayConfig(num_cpus=4))
+    bench.ray(num_cpus=4)
     ingest(IngestConfig(inputs=[PoolInput(path=str(SEEDS), format="seed_tasks")], out_dir=str(work / "seeds")))
     seeds = [json.loads(line)["instruction"] for line in SEEDS.read_text().splitlines()]
     common = {
         "input": str(work / "seeds" / "pool"),
-        "model": str(Path(args.model).resolve()),
+        "model": str(Path(bench.args.model).resolve()),
         "backend": "vllm",
         "replicas": {"batch_size": 16, "num_cpus": 2},
         "sampling": {"temperature": 0.7, "seed": 0, "max_tokens": 160},
@@ -142,41 +166,20 @@ def teacher(args) -> None:
         },
         "evolve": {"mode": "evolve", "evolve": {"rounds": 3}},
     }
-    out: dict = {"args": vars(args), "seeds": len(seeds)}
+    out: dict = {"seeds": len(seeds)}
     for name, extra in runs.items():
         t0 = time.time()
         cfg = parse_config(GenerateConfig, {**common, **extra, "out_dir": str(work / name)})
         m = generate(cfg)
         rows = read_generated(cfg.out_dir, include_rejected=True).to_pylist()
-        meta = [decode_metadata(r["metadata"]) for r in rows]
-        counts = Counter((mt.get("round"), r["reject_reason"] or "accepted") for r, mt in zip(rows, meta))
-        table = [{"round": k[0], "outcome": k[1], "rows": v} for k, v in sorted(counts.items(), key=str)]
         print(f"\n{name}: {m['rows']} rows kept, {time.time() - t0:.0f} s")
-        print_table(table, ["round", "outcome", "rows"])
-        result = {"seconds": time.time() - t0, "kept": m["rows"], "rejected": m["rejected"], "by_round": table}
-        if name == "self_instruct":
-            rouge = [mt["rouge_l"] for mt in meta if "rouge_l" in mt]
-            bins = Counter(min(int(x * 10), 9) / 10 for x in rouge)
-            result["rouge_l_histogram"] = {f"{b:.1f}-{b + 0.1:.1f}": bins[b] for b in sorted(bins)}
-            scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-            texts = seeds + [r["instruction"] for r in rows if r["reject_reason"] is None]
-            worst = max(scorer.score(a, b)["rougeL"].fmeasure for i, a in enumerate(texts) for b in texts[i + 1 :])
-            result["max_rouge_l_seeds_and_output"] = worst
-            result["examples"] = [r["instruction"] for r in rows if r["reject_reason"] is None][:10]
-            print("ROUGE-L of candidates vs the pool:", result["rouge_l_histogram"])
-            print(f"largest ROUGE-L F between two of seeds + accepted: {worst:.3f} (must be < 0.7)")
-        else:
-            result["examples"] = [
-                {"evolution": mt["evolution"], "instruction": r["instruction"]}
-                for r, mt in zip(rows, meta)
-                if r["reject_reason"] is None
-            ][:10]
-        out[name] = result
-    write_result("synthesis", out)
+        meta = [decode_metadata(r["metadata"]) for r in rows]
+        result = {"seconds": time.time() - t0, "kept": m["rows"], "rejected": m["rejected"]}
+        out[name] = {**result, **_outcomes(name, rows, meta, seeds)}
+    bench.write("synthesis", **out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(parser) -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("novelty")
     p.add_argument("--existing", type=int, default=50_000)
@@ -185,11 +188,12 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=0.7)
     p = sub.add_parser("teacher")
     p.add_argument("--model", required=True)
-    args = parser.parse_args()
-    if args.what == "novelty":
-        novelty(args)
-    else:
-        teacher(args)
+
+
+def main() -> None:
+    bench = Bench("synthesis", __doc__, arguments)
+    run = novelty if bench.args.what == "novelty" else teacher
+    run(bench)
 
 
 if __name__ == "__main__":

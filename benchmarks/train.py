@@ -20,15 +20,13 @@ in real tokens/s at equal threads.
 
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import pyarrow as pa
 
-from _common import print_table, write_result
+from harness import Bench
 
 COLUMNS = ["method", "threads", "real_tok_s", "padded_tok_s", "mfu_pct", "wall_s", "startup_s", "final_loss"]
 
@@ -169,86 +167,85 @@ def _rows(n: int) -> list[dict]:
     return list(iter_pool_rows(DemoConfig(out_dir="x"), 0, n))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a Hugging Face model directory (default: the tiny student, fp32)")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--micro-batch", type=int, help="rows per worker per step (default 16 tiny, 8 --model)")
-    parser.add_argument("--max-length", type=int, help="default 128 tiny, 96 --model")
-    parser.add_argument("--log-every", type=int, default=1, help="the stage's metric records, every N steps")
-    args = parser.parse_args()
+def arguments(p) -> None:
+    p.add_argument("--model", help="a Hugging Face model directory (default: the tiny student, fp32)")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--micro-batch", type=int, help="rows per worker per step (default 16 tiny, 8 --model)")
+    p.add_argument("--max-length", type=int, help="default 128 tiny, 96 --model")
+    p.add_argument("--log-every", type=int, default=1, help="the stage's metric records, every N steps")
 
-    from instructscale.config import parse_config
-    from instructscale.models.tiny import build_tiny_models
-    from instructscale.runtime import RayConfig, init_ray
-    from instructscale.schema import POOL_SCHEMA
-    from instructscale.storage import write_parquet
-    from instructscale.train.config import TrainConfig
 
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    real = args.model is not None
-    model = str(Path(args.model).resolve()) if real else build_tiny_models(work / "models")["student"]
-    micro, max_length = args.micro_batch or (8 if real else 16), args.max_length or (96 if real else 128)
-    rows = _rows(args.steps * micro * 8)  # dense sequences of max_length take several rows each
-    stage_rows = rows[: args.steps * micro * 2]  # 2 workers without repeating a row
-    write_parquet(str(work / "data" / "part-0.parquet"), pa.Table.from_pylist(stage_rows, schema=POOL_SCHEMA))
-    lora = (
-        {"r": 16, "alpha": 32}
-        if real
-        else {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-    )
+class Setup:
+    """The model, the rows and the training config every arm shares."""
 
-    def cfg_for(workers: int, packing: bool = True) -> TrainConfig:
+    def __init__(self, bench: Bench):
+        from instructscale.models.tiny import build_tiny_models
+        from instructscale.schema import POOL_SCHEMA
+        from instructscale.storage import write_parquet
+
+        args, self.work = bench.args, bench.work
+        self.real = args.model is not None
+        self.model = (
+            str(Path(args.model).resolve()) if self.real else build_tiny_models(self.work / "models")["student"]
+        )
+        self.micro = args.micro_batch or (8 if self.real else 16)
+        self.max_length = args.max_length or (96 if self.real else 128)
+        self.steps, self.log_every = args.steps, args.log_every
+        self.rows = _rows(args.steps * self.micro * 8)  # dense sequences of max_length take several rows each
+        stage_rows = self.rows[: args.steps * self.micro * 2]  # 2 workers without repeating a row
+        write_parquet(str(self.work / "data" / "part-0.parquet"), pa.Table.from_pylist(stage_rows, schema=POOL_SCHEMA))
+
+    def cfg(self, workers: int, packing: bool = True):
+        from instructscale.config import parse_config
+        from instructscale.train.config import TrainConfig
+
+        all_projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         return parse_config(
             TrainConfig,
             {
-                "data": str(work / "data"),
-                "model": model,
-                "out_dir": str(work / f"out-{workers}-{packing}"),
-                "micro_batch_size": micro,
-                "max_length": max_length,
-                "max_steps": args.steps,
-                "checkpoint_every": args.steps,
-                "log_every": args.log_every,
+                "data": str(self.work / "data"),
+                "model": self.model,
+                "out_dir": str(self.work / f"out-{workers}-{packing}"),
+                "micro_batch_size": self.micro,
+                "max_length": self.max_length,
+                "max_steps": self.steps,
+                "checkpoint_every": self.steps,
+                "log_every": self.log_every,
                 "packing": packing,
                 "scaling": {"num_workers": workers, "cpus_per_worker": 1},
-                "lora": lora,
-                "optim": {"lr": 3e-4 if real else 5e-3},
-                "deepspeed": {"zero_stage": 2, "precision": "bf16" if real else "fp32"},
+                "lora": {"r": 16, "alpha": 32} if self.real else {"target_modules": all_projections},
+                "optim": {"lr": 3e-4 if self.real else 5e-3},
+                "deepspeed": {"zero_stage": 2, "precision": "bf16" if self.real else "fp32"},
             },
         )
 
-    one_worker_rows = rows[: args.steps * micro]  # the rows rank 0 of one worker sees, in its order
+
+def run_arms(bench: Bench, setup: Setup) -> None:
+    one_worker_rows = setup.rows[: setup.steps * setup.micro]  # the rows rank 0 of one worker sees, in its order
     bare_arms = [  # method, rows, DeepSpeed, dense, threads
         ("bare DeepSpeed, stage batches", one_worker_rows, True, False, 1),
         ("bare PyTorch, stage batches", one_worker_rows, False, False, 1),
-        ("bare PyTorch, dense", rows, False, True, 1),
-        ("bare PyTorch, dense", rows, False, True, 2),
+        ("bare PyTorch, dense", setup.rows, False, True, 1),
+        ("bare PyTorch, dense", setup.rows, False, True, 2),
     ]
-    results = [
-        {"method": m, "threads": t, **bare(cfg_for(1), r, args.steps, deepspeed=ds, dense=dense, threads=t)}
-        for m, r, ds, dense, t in bare_arms
-    ]
-    init_ray(RayConfig(num_cpus=8))
-    import ray
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    for workers, packing in ((1, True), (2, True), (2, False)):
-        results.append(
-            {
-                "method": f"instructscale train, {workers} worker(s), packing {'on' if packing else 'off'}",
-                "threads": workers,
-                **stage(cfg_for(workers, packing)),
-            }
+    for m, rows, ds, dense, t in bare_arms:
+        bench.results.append(
+            {"method": m, "threads": t, **bare(setup.cfg(1), rows, setup.steps, deepspeed=ds, dense=dense, threads=t)}
         )
-    print_table(results, COLUMNS)
+    bench.ray()
+    for workers, packing in ((1, True), (2, True), (2, False)):
+        method = f"instructscale train, {workers} worker(s), packing {'on' if packing else 'off'}"
+        bench.results.append({"method": method, "threads": workers, **stage(setup.cfg(workers, packing))})
+
+
+def summarise(results: list[dict]) -> dict:
     by = {(r["method"], r["threads"]): r for r in results}
     ds, pt = by[("bare DeepSpeed, stage batches", 1)], by[("bare PyTorch, stage batches", 1)]
     dense1, dense2 = by[("bare PyTorch, dense", 1)], by[("bare PyTorch, dense", 2)]
     one = by[("instructscale train, 1 worker(s), packing on", 1)]
     two = by[("instructscale train, 2 worker(s), packing on", 2)]
     two_off = by[("instructscale train, 2 worker(s), packing off", 2)]
-    summary = {
+    return {
         "stage_real_tok_s": two["real_tok_s"],
         "bare_dense_tok_s": dense2["real_tok_s"],
         "stage_over_bare_dense": two["real_tok_s"] / dense2["real_tok_s"],
@@ -260,11 +257,19 @@ def main() -> None:
         "mfu_pct": two["mfu_pct"],
         "stage_startup_s": [one["startup_s"], two["startup_s"], two_off["startup_s"]],
     }
+
+
+def main() -> None:
+    bench = Bench("train", __doc__, arguments)
+    setup = Setup(bench)
+    run_arms(bench, setup)
+    bench.table(COLUMNS)
+    summary = summarise(bench.results)
     print()
     for key, value in summary.items():
         print(f"{key:28s} {value if isinstance(value, list) else round(value, 3)}")
     print(f"({os.cpu_count()} cores; goal: stage_over_bare_dense >= 0.8, start-up <= 15 s on the tiny model)")
-    write_result("train_real" if real else "train", {"args": vars(args), "model": model, "results": results, **summary})
+    bench.write("train_real" if setup.real else "train", model=setup.model, **summary)
 
 
 if __name__ == "__main__":

@@ -16,26 +16,24 @@ over the small one <= 1.3.
 
 from __future__ import annotations
 
-import argparse
 import resource
 import time
 
 import ray
 
-from _common import PeakProcessRSS, demo_workspace, print_table, write_result
+from harness import Bench, PeakProcessRSS
 
 COLUMNS = ["rows", "steps", "plan_s", "plan_task_gib", "way", "worker_gib", "rows_per_s"]
 
 
 @ray.remote(max_calls=1)  # a fresh process per call: ru_maxrss is this call's own peak
-def tokenize_share(cfg_json: dict, tokenizer_dir: str, rank: int, steps: int, way: str) -> dict:
+def tokenize_share(shipped, tokenizer_dir: str, rank: int, steps: int, way: str) -> dict:
     from transformers import AutoTokenizer
 
     from instructscale.tokens import tokenize
-    from instructscale.train.config import TrainConfig
     from instructscale.train.plan import use_system_allocator, worker_steps
 
-    cfg = TrainConfig.model_validate(cfg_json)
+    cfg = shipped.load()
     use_system_allocator()  # as the training loop does
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     t0, plan = time.time(), worker_steps(cfg, rank, 0, steps)
@@ -54,15 +52,17 @@ def tokenize_share(cfg_json: dict, tokenizer_dir: str, rank: int, steps: int, wa
     }
 
 
-def run_size(rows: int, student: str) -> list[dict]:
+def run_size(bench: Bench, rows: int, student: str) -> list[dict]:
+    from instructscale.process import Shipped
     from instructscale.train.config import TrainConfig
     from instructscale.train.plan import build_plan
 
-    work, pool, _ = demo_workspace("train-data-", rows, 50)
+    bench.ray()
+    pool, _ = bench.demo(rows, 50, folder=f"data-{rows}")
     cfg = TrainConfig(
         data=pool,
         model=student,
-        out_dir=str(work / "train"),
+        out_dir=str(bench.work / f"train-{rows}"),
         micro_batch_size=32,
         epochs=1,
         max_length=128,
@@ -82,9 +82,7 @@ def run_size(rows: int, student: str) -> list[dict]:
     )
     out = []
     for way in ("streamed", "up_front"):
-        results = ray.get(
-            [tokenize_share.remote(cfg.model_dump(mode="json"), student, r, info["steps"], way) for r in range(2)]
-        )
+        results = ray.get([tokenize_share.remote(Shipped.of(cfg), student, r, info["steps"], way) for r in range(2)])
         out.append(
             {
                 "rows": info["rows"],
@@ -101,23 +99,20 @@ def run_size(rows: int, student: str) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="20000,200000")
-    args = parser.parse_args()
-    import tempfile
-
     from instructscale.models.tiny import build_tiny_models
 
-    student = build_tiny_models(tempfile.mkdtemp(prefix="tiny-"), seed=0)["student"]
-    rows = [r for n in args.sizes.split(",") for r in run_size(int(n), student)]
-    print_table(rows, COLUMNS)
+    bench = Bench("train_data", __doc__, lambda p: p.add_argument("--sizes", default="20000,200000"))
+    student = build_tiny_models(bench.work / "models", seed=0)["student"]
+    rows = bench.results
+    rows += [r for n in bench.args.sizes.split(",") for r in run_size(bench, int(n), student)]
+    bench.table(COLUMNS)
     small, large = rows[:2], rows[2:]
     ratios = {
         f"{way}_worker_rss_large_over_small": big["worker_gib"] / little["worker_gib"]
         for way, little, big in zip(("streamed", "up_front"), small, large)
     }
     print("\n".join(f"{k}: {v:.2f}" for k, v in ratios.items()))
-    write_result("train_data", {"sizes": args.sizes, "rows": rows, **ratios})
+    bench.write(sizes=bench.args.sizes, rows=rows, **ratios)
 
 
 if __name__ == "__main__":

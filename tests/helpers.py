@@ -11,13 +11,13 @@ from pathlib import Path
 
 GENERATE_SCRIPT = """
 import sys
-from instructscale.config import load_config
 from instructscale.generate.config import GenerateConfig
 from instructscale.generate.stage import generate
+from instructscale.process import load
 from instructscale.runtime import RayConfig, init_ray
 if __name__ == "__main__":
     init_ray(RayConfig(num_cpus=2))
-    generate(load_config(GenerateConfig, sys.argv[1]))
+    generate(load(GenerateConfig, sys.argv[1]))
 """
 
 

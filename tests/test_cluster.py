@@ -171,6 +171,8 @@ def test_submit_demo_pipeline_to_a_local_head(local_head, tmp_path, capsys):
         "train.eval_every=2",
         "--set",
         "plugins=[tests/test_plugins.py]",  # shipped with the job, imported there by module name
+        "--set",
+        "keep_short.max_words=50",  # a stage that only that file defines, run between select and train
     ]
     assert main(args) == 0
     captured = capsys.readouterr()
@@ -178,7 +180,8 @@ def test_submit_demo_pipeline_to_a_local_head(local_head, tmp_path, capsys):
     assert "submitted demo-job" in out and "pipeline done" in out and "job demo-job: SUCCEEDED" in out
     assert "warning" not in captured.err, "one node: a local run_dir is fine"
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["stages"]) == {"models", "demo", "ingest", "select", "train"}
+    assert list(summary["stages"]) == ["models", "demo", "ingest", "select", "keep_short", "train"]
+    assert summary["stages"]["train"]["rows"] == summary["stages"]["keep_short"]["rows"] > 0
     assert summary["stages"]["train"]["steps"] == 2 and (run / "train" / "model" / "config.json").is_file()
 
     assert main(["status", "demo-job", "--address", local_head]) == 0

@@ -1,4 +1,5 @@
-"""Evaluation scorers on known cases, and the evaluation stage on the tiny student (HF backend)."""
+"""Evaluation scorers on known cases, the pairwise judge's parser and order swap, and the evaluation
+stage on the tiny student (HF backend)."""
 
 import json
 from pathlib import Path
@@ -7,9 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from instructscale.answers import rouge_l, token_f1
 from instructscale.config import parse_config
 from instructscale.demo.pool import DemoConfig, iter_eval_rows
-from instructscale.evaluate import EvalConfig, evaluate, rouge_l, token_f1
+from instructscale.evaluate import EvalConfig, evaluate
+from instructscale.judge import pair_prompts, parse_verdict, second_model_score, win_rate
 from instructscale.report import write_report
 from instructscale.schema import POOL_SCHEMA
 from instructscale.storage import write_parquet
@@ -51,6 +54,31 @@ def test_evaluate_stage_scores_per_task(ray_local, tiny_models, tmp_path):
     assert m["overall"]["loss"] == pytest.approx(sum(p["loss"] for p in preds) / 20)
     assert json.loads((tmp_path / "out" / "eval.json").read_text())["overall"] == m["overall"]
 
+    holdout = m["suites"]["holdout"]
+    assert holdout["exact_match_ci95"][0] <= holdout["exact_match"] <= holdout["exact_match_ci95"][1]
     summary = {"stages": {"evaluate": {"base": {k: v for k, v in m.items() if k != "config"}}}}
     report = Path(write_report(tmp_path, summary)).read_text()
-    assert "## Evaluation on the held-out split" in report and "| base | all | 20 |" in report
+    assert "## Evaluation" in report and "### holdout" in report and "| exact_match | " in report
+    assert (tmp_path / "eval-holdout.png").stat().st_size > 1000
+
+
+def test_the_pairwise_judge_parses_replies_and_cancels_position_bias():
+    assert [parse_verdict(t) for t in ("A", "b.", "Tie", "**B** is better", "Answer A", "neither", None)] == [
+        "A",
+        "B",
+        "tie",
+        "B",
+        "A",
+        None,
+        None,
+    ]
+    in_order, swapped = pair_prompts("Say hi.", "hello", "hi there", 1000)
+    assert "Answer A:\nhello\n\nAnswer B:\nhi there" in in_order[0]["content"]
+    assert "Answer A:\nhi there\n\nAnswer B:\nhello" in swapped[0]["content"]
+    # the second model wins in order (B) and swapped (A): 1; a judge that always says "A": 0.5 (a wash)
+    assert second_model_score("B", "A") == 1.0 and second_model_score("A", "A") == 0.5
+    assert second_model_score("tie", None) == 0.5 and second_model_score(None, None) is None
+    always_first = win_rate([second_model_score("A", "A")] * 20)
+    assert always_first["win_rate"] == 0.5 and always_first["verdict"] == "no detectable difference"
+    wins = win_rate([1.0] * 18 + [0.5, None])
+    assert wins["verdict"] == "better" and wins["judged"] == 19 and wins["unparsable"] == 1

@@ -16,6 +16,8 @@ SMALL = [
     "demo.malformed_jsonl_rows=40",
     "train.max_steps=4",
     "train.micro_batch_size=4",
+    "evaluate.suites=[{kind: ifbench, max_prompts: 6, sampling: {max_tokens: 16}}, {kind: general, max_prompts: 6}]",
+    "evaluate.judge={max_tokens: 4}",
 ]
 
 
@@ -70,11 +72,18 @@ def test_pipeline_demo_run_locally_then_on_s3(ray_local, bucket, tmp_path, capfd
     )
     ev = summary["stages"]["evaluate"]
     assert set(ev) == {"base", "tuned"} and ev["tuned"]["overall"]["rows"] == 50
+    assert set(ev["tuned"]["suites"]) == {"holdout", "ifbench", "general"}
+    ifbench = ev["tuned"]["suites"]["ifbench"]
+    assert ifbench["rows"] == 6 and len(ifbench["prompt_strict_ci95"]) == 2 and ifbench["instructions"] >= 6
+    paired = ev["tuned"]["vs_base"]["holdout"]["exact_match"]
+    assert paired["verdict"] in ("better", "worse", "no detectable difference") and len(paired["diff_ci95"]) == 2
+    assert set(ev["tuned"]["win_rate"]) == {"ifbench", "general"}  # the judged suites, judged by the teacher
+    assert (run / "evaluate" / "comparison.json").is_file() and (run / "eval-ifbench.png").is_file()
     assert set(summary["seconds"]) == {"models", "demo", "ingest", "generate", "select", "train", "evaluate"}
     assert summary["seconds"]["train"] >= tr["seconds"] > 0
     report = (run / "report.md").read_text()
     assert f"| generate | {summary['seconds']['generate']:.1f} |" in report
-    for section in ("## Ingest", "## Selection", "## Training", "## Evaluation on the held-out split"):
+    for section in ("## Ingest", "## Selection", "## Training", "## Evaluation", "### ifbench"):
         assert section in report
     assert (run / "training.png").is_file() and (run / "scores.png").is_file()
     assert main(args) == 0  # second run reuses every finished stage

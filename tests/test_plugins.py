@@ -1,7 +1,8 @@
 """Plug-ins of every kind, defined in this file, picked by name from a YAML config and applied by the
 pipeline where each kind runs: filters in Ray Data tasks, the scorer and the backend in Ray actors,
 the generation mode in the generation actor, the curriculum on the driver, the callback in Ray
-Train workers. Nothing under platform/ knows about them."""
+Train workers, and a stage of its own between selection and training. Nothing under platform/
+knows about them."""
 
 import json
 import os
@@ -14,10 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from instructscale import storage
 from instructscale.backends.base import Completion
 from instructscale.chat import user_turn
 from instructscale.cli import main
-from instructscale.config import ConfigError, parse_config
+from instructscale.config import ConfigError, StrictModel, parse_config
+from instructscale.lifecycle import StageConfig, commit_part, part_files
+from instructscale.pipeline import PipelineConfig
 from instructscale.plugins import (
     ActorScorerConfig,
     Backend,
@@ -32,6 +36,7 @@ from instructscale.plugins import (
     register,
 )
 from instructscale.select.config import SelectConfig
+from instructscale.stage import Stage, pipeline_stages
 
 ECHO = "echo: "
 
@@ -131,6 +136,49 @@ class TouchMarker(TrainCallback):
             Path(self.config.folder, f"rank-{rank}").write_text(str(os.getpid()))
 
 
+class KeepShortOptions(StrictModel):
+    max_words: int = 10
+
+
+class KeepShortConfig(KeepShortOptions, StageConfig):
+    input: str
+    out_dir: str
+
+
+@register("keep_short")
+class KeepShort(Stage[KeepShortConfig]):
+    """A stage of this file: keeps the rows whose output has at most ``max_words`` words."""
+
+    Config, Options = KeepShortConfig, KeepShortOptions
+    summary = "keep the rows with short outputs"
+    after = "select"
+    rebuilt = published = ("rows",)
+
+    def run(self, run):
+        table = storage.read_parquet(part_files(self.cfg.input))
+        short = [len((o or "").split()) <= self.cfg.max_words for o in table["output"].to_pylist()]
+        commit_part(run.uri("rows"), "part-0.parquet", table.filter(pa.array(short)))
+        return {"rows": sum(short), "dropped": len(short) - sum(short)}
+
+    @classmethod
+    def hand_on(cls, manifest, pipe):
+        pipe.pool = storage.join(cls.out_dir(pipe.run_dir), "rows")
+
+
+def test_a_stage_of_this_file_is_a_command_and_a_pipeline_step(ray_local, tmp_path, capsys):
+    order = [s.name for s in pipeline_stages()]  # other test files may register stages of their own
+    assert [n for n in order if n in ("select", "keep_short", "train")] == ["select", "keep_short", "train"]
+    rows = [{"id": f"r{i}", "instruction": "q", "output": " ".join(["w"] * i)} for i in range(1, 21)]
+    storage.write_parquet(str(tmp_path / "pool" / "part-0.parquet"), pa.Table.from_pylist(rows))
+    config = {"plugins": [__file__], "input": str(tmp_path / "pool"), "out_dir": str(tmp_path / "out"), "max_words": 5}
+    (tmp_path / "keep.yaml").write_text(yaml.safe_dump(config))
+    assert main(["keep_short", str(tmp_path / "keep.yaml")]) == 0  # a sub-command, with the lifecycle
+    assert json.loads(capsys.readouterr().out)["rows"] == 5
+    assert json.loads((tmp_path / "out" / "_manifest.json").read_text())["datasets"] == {"rows": 5}
+    with pytest.raises(ConfigError, match=r"keep_short: max_words: Input should be a valid integer"):
+        parse_config(PipelineConfig, {"keep_short": {"max_words": "many"}})
+
+
 def test_registry_errors_and_shorthands():
     assert RowFilter.registry.parse("no_sevens").kind == "no_sevens"
     with pytest.raises(ValueError, match="unknown filter 'nope'; registered: .*no_sevens.*list its module"):
@@ -169,6 +217,7 @@ def test_every_plugin_kind_runs_in_the_pipeline_from_yaml(ray_local, tmp_path, c
             "lora": None,
         },
         "evaluate": {"backend": "echo", "loss": False, "max_rows": 20},
+        "keep_short": {"max_words": 12},
     }
     path = tmp_path / "plugins.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -193,6 +242,9 @@ def test_every_plugin_kind_runs_in_the_pipeline_from_yaml(ray_local, tmp_path, c
     passed = [s for s, st in zip(scores["score"].to_pylist(), scores["status"].to_pylist()) if st == "not_selected"]
     assert sel["selected"] == len(picked) == 64 and max(picked) <= min(passed), "the selector took the lowest scores"
 
+    assert list(summary["stages"])[-4:] == ["select", "keep_short", "train", "evaluate"]
+    kept = summary["stages"]["keep_short"]
+    assert kept["rows"] + kept["dropped"] == 64 and summary["stages"]["train"]["rows"] == kept["rows"]
     history = summary["stages"]["train"]
     metrics = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
     means = [m["difficulty_mean"] for m in metrics]

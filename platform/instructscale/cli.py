@@ -10,35 +10,21 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from instructscale import __version__
 from instructscale.backends.base import GenerationError
-from instructscale.config import ConfigError, parse_config, read_yaml, set_dotted
+from instructscale.config import ConfigError, parse_config, parse_overrides, read_yaml, set_dotted
 from instructscale.process import prepare_for
 from instructscale.progress import setup_logging
 from instructscale.stage import Command, command, pipeline_stages
 
 
-def _overrides(pairs: list[str]) -> dict[str, Any]:
-    """``--set KEY=VALUE`` pairs, each value read as YAML. (argparse and YAML do this; a library
-    such as OmegaConf's dotlist would not give a plug-in named by a string its options, which
-    :func:`instructscale.config.set_dotted` does.)"""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set demo.rows=1000")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def _raw_config(args) -> dict:
     """The config as a mapping: the file (if any) with the ``--set`` overrides and flags applied."""
     data = read_yaml(args.config) if args.config else {}
-    for dotted, value in _overrides(args.set).items():
+    for dotted, value in parse_overrides(args.set).items():
         set_dotted(data, dotted, value)
     for flag in ("overwrite", *getattr(args, "flags", ())):
         if getattr(args, flag, False):
@@ -253,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cls in commands_in_order():
-        p = sub.add_parser(cls.cli_name or cls.name, help=cls.summary, description=cls.summary)
+        text = cls.summary.replace("%", "%%")  # argparse formats help with %
+        p = sub.add_parser(cls.cli_name or cls.name, help=text, description=text)
         _command_args(cls)(p)
         p.set_defaults(fn=run_command)
     for name, help_text, fn, add_args in TOOLS:

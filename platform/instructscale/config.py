@@ -87,6 +87,17 @@ def load_config(model: type[M], path: str | Path, overrides: dict[str, Any] | No
     return parse_config(model, data, str(path))
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as {dotted key: value}, each value read as YAML."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set demo.rows=1000")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     """``data["a"]["b"] = value`` for ``dotted == "a.b"``, creating sections on the way; a number
     indexes a list (``select.scorers.0.batch_size``), and a plug-in named by a string becomes a

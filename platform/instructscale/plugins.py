@@ -1,6 +1,6 @@
 """Plug-in contracts and their registries: extend instructscale by registering, not by editing.
 
-Seven small base classes, one per extension point; a class joins a registry with ``@register``:
+Eight small base classes, one per extension point; a class joins a registry with ``@register``:
 
 =================  ============================================  ==========================
 contract           what it does                                  runs in
@@ -13,6 +13,7 @@ contract           what it does                                  runs in
 ``Backend``        an inference engine for chat completions      generation/judge actors
 ``Curriculum``     the order of training rows, step by step      driver (the plan)
 ``TrainCallback``  hooks into the training loop                  Ray Train workers
+``EvalSuite``      prompts, and how a model's answers score      the evaluate stage
 =================  ============================================  ==========================
 
 A plug-in has a nested ``Config`` (a strict pydantic model); configs pick one by name, as a string
@@ -447,6 +448,47 @@ class TrainCallback(Plugin):
         """Called before step ``step`` (1-based) on every worker."""
 
 
+class SuiteConfig(PluginConfig):
+    max_prompts: int | None = Field(None, ge=1, description="the first N prompts only (a fixed subset)")
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=256, temperature=0.0))
+
+
+class EvalSuite(Plugin):
+    """Prompts a model answers, and how each answer scores (the evaluate stage).
+
+    ``prompts(data)`` gives the suite's rows: an ``id``, the ``conversation`` sent to the model, and
+    whatever ``score`` needs (``data``: the stage's held-out rows, for suites that use them).
+    ``score(row, response)`` gives the row's metric values (None: not scorable for that metric).
+    ``metrics`` names them, higher is better unless listed in ``lower_is_better`` (``descriptive``
+    ones have no better); a metric listed in ``weights`` is a ratio over units of the row (its
+    instructions), weighted by that score field. The stage reports each with its interval, and
+    between two models their paired difference. ``judged``:
+    the pairwise judge compares two models' answers to these prompts (a win rate).
+    ``model_scores(model, rows)`` adds per-row values that need the model itself (a loss)."""
+
+    registry: ClassVar[Registry] = Registry("eval suite", ("instructscale.suites",))
+    Config: ClassVar[type[PluginConfig]] = SuiteConfig
+    metrics: ClassVar[tuple[str, ...]] = ()
+    lower_is_better: ClassVar[tuple[str, ...]] = ()
+    descriptive: ClassVar[tuple[str, ...]] = ()  # compared, but neither better nor worse (answer length)
+    weights: ClassVar[dict[str, str]] = {}  # metric -> the score field weighting it (instructions per prompt)
+    judged: ClassVar[bool] = False
+
+    def prompts(self, data: str | None) -> list[dict]:
+        raise NotImplementedError
+
+    def score(self, row: dict, response: str | None) -> dict[str, float | None]:
+        raise NotImplementedError
+
+    def model_scores(self, model: str, rows: list[dict]) -> dict[str, dict[str, float | None]]:
+        """Per row id, values computed with the model (not its answers); none by default."""
+        return {}
+
+    def counts(self, scored: list[dict]) -> dict[str, int]:
+        """Counts the report states beside the metrics (e.g. unscorable instructions)."""
+        return {}
+
+
 FilterSpec = spec(RowFilter)
 ScorerSpec = spec(Scorer)
 SelectorSpec = spec(Selector)
@@ -454,3 +496,4 @@ ModeSpec = spec(GenerationMode)
 BackendSpec = spec(Backend)
 CurriculumSpec = spec(Curriculum)
 CallbackSpec = spec(TrainCallback)
+SuiteSpec = spec(EvalSuite)

@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from instructscale import storage
+from instructscale.config import parse_config, read_yaml, set_dotted
 from instructscale.plugins import load_plugins, resolve_entry
 
 M = TypeVar("M", bound=BaseModel)
@@ -39,6 +40,16 @@ def prepare(plugins: Iterable[str] = (), storage_settings: Any = None, secrets: 
 def prepare_for(data: Mapping[str, Any]) -> None:
     """:func:`prepare` for the ``plugins`` and ``storage`` a raw config mapping names."""
     prepare(data.get("plugins") or (), data.get("storage"))
+
+
+def load(model: type[M], path: str, overrides: Mapping[str, Any] | None = None) -> M:
+    """A YAML config for this process: its plug-ins imported (and ``overrides``, dotted keys,
+    applied), then parsed; what the CLI does for a command's config."""
+    data = read_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    prepare_for(data)
+    return parse_config(model, data, str(path))
 
 
 def secret_values(names: Iterable[str | None]) -> dict[str, str]:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from instructscale import storage
 from instructscale.config import StrictModel
 from instructscale.lifecycle import StageConfig, StageRun
+from instructscale.markdown import markdown_table
 from instructscale.plugins import Registry
 from instructscale.process import prepare
 from instructscale.runtime import check_output_location
@@ -122,8 +123,9 @@ class Stage(Command[C]):
     # -- in a pipeline
 
     @classmethod
-    def out_dir(cls, pipe: Pipe) -> str:
-        return pipe.dir(cls.folder or cls.name)
+    def out_dir(cls, run: str) -> str:
+        """Its output directory under a pipeline's run directory."""
+        return storage.join(run, cls.folder or cls.name)
 
     @classmethod
     def wiring(cls, pipe: Pipe) -> dict[str, Any]:
@@ -137,7 +139,7 @@ class Stage(Command[C]):
     @classmethod
     def in_pipeline(cls, options: StrictModel, pipe: Pipe) -> dict:
         """Run as a pipeline step; returns the summary's entry for this stage."""
-        cfg = cls.Config(**options.model_dump(), **cls.wiring(pipe), out_dir=cls.out_dir(pipe), **pipe.common)
+        cfg = cls.Config(**options.model_dump(), **cls.wiring(pipe), out_dir=cls.out_dir(pipe.run_dir), **pipe.common)
         manifest = cls(cfg).execute()
         cls.hand_on(manifest, pipe)
         return without_internal(manifest)
@@ -146,6 +148,13 @@ class Stage(Command[C]):
     def describe(cls, entry: dict) -> list[str]:
         """Lines for the pipeline's closing summary."""
         return []
+
+    @classmethod
+    def report(cls, entry: dict, run: str) -> list[str]:
+        """Markdown lines for the run report (``run``: the run directory, where plots may go); by
+        default the entry's plain values as a table."""
+        values = [{"key": k, "value": v} for k, v in entry.items() if isinstance(v, (int, float, str))]
+        return [f"## {cls.name}", "", markdown_table(values, ["key", "value"]), ""]
 
 
 def without_internal(manifest: dict, *keys: str) -> dict:

@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field
 
 import instructscale
 from instructscale import storage
-from instructscale.config import ConfigError, StrictModel, parse_config, read_yaml, set_dotted
+from instructscale.config import ConfigError, StrictModel, parse_config, parse_overrides, read_yaml, set_dotted
 from instructscale.process import prepare_for
 from instructscale.stage import command
 
@@ -80,13 +79,11 @@ def job_spec(
     if not Path(path).is_file():
         raise ConfigError(f"config: {path} not found")
     spec = JobSpec.load(path) if is_job_spec(path) else JobSpec(config=path)
-    sets = {}
-    for pair in overrides:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
-        sets[key] = yaml.safe_load(value)
-    update = {"set": {**spec.set, **sets}, "pip": [*spec.pip, *pip], "env": {**spec.env, **(env or {})}}
+    update = {
+        "set": {**spec.set, **parse_overrides(list(overrides))},
+        "pip": [*spec.pip, *pip],
+        "env": {**spec.env, **(env or {})},
+    }
     return spec.model_copy(update={**update, **({"command": stage} if stage else {})})
 
 

@@ -252,7 +252,7 @@ class Demo(Stage[DemoConfig]):
 
     @classmethod
     def hand_on(cls, manifest: dict, pipe: Pipe) -> None:
-        data = cls.out_dir(pipe)
+        data = cls.out_dir(pipe.run_dir)
         pipe.inputs.append(PoolInput(path=storage.join(data, "pool"), format="parquet"))
         if manifest["side_jsonl_rows"]:
             pipe.inputs.append(PoolInput(path=storage.join(data, "side.jsonl"), format="alpaca", source="demo/side"))

@@ -328,7 +328,7 @@ class Generate(Stage[GenerateConfig]):
 
     @classmethod
     def hand_on(cls, manifest: dict, pipe: Pipe) -> None:
-        pipe.pool = storage.join(cls.out_dir(pipe), ROWS)
+        pipe.pool = storage.join(cls.out_dir(pipe.run_dir), ROWS)
 
     @classmethod
     def describe(cls, entry: dict) -> list[str]:
@@ -338,6 +338,16 @@ class Generate(Stage[GenerateConfig]):
                 f"generate   {entry['rows']:,} rows, {rejected:,} rejected {entry['rejected']}, "
                 f"{entry['this_run']['tokens']:,} teacher tokens this run"
             )
+        ]
+
+    @classmethod
+    def report(cls, entry: dict, run: str) -> list[str]:
+        return [
+            "## Teacher generation",
+            "",
+            f"{entry['rows']:,} rows; rejected: {entry['rejected'] or 'none'}; "
+            f"{entry['this_run']['tokens']:,} teacher tokens this run.",
+            "",
         ]
 
 

@@ -18,6 +18,7 @@ from ray.data import Dataset
 from instructscale import storage
 from instructscale.config import ConfigError, StrictModel
 from instructscale.lifecycle import StageConfig, StageRun, commit_file, commit_part, part_name
+from instructscale.markdown import markdown_table
 from instructscale.plugins import register
 from instructscale.pools.datasource import FORMATS, PoolDatasource
 from instructscale.pools.records import ColumnMap, RecordLimits
@@ -243,12 +244,24 @@ class Ingest(Stage[IngestConfig]):
 
     @classmethod
     def hand_on(cls, manifest: dict, pipe: Pipe) -> None:
-        pipe.pool = storage.join(cls.out_dir(pipe), "pool")
+        pipe.pool = storage.join(cls.out_dir(pipe.run_dir), "pool")
 
     @classmethod
     def describe(cls, entry: dict) -> list[str]:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(entry["quarantine_reasons"].items())) or "none"
         return [f"ingest     {entry['rows']:,} rows, {entry['quarantined']:,} quarantined ({reasons})"]
+
+    @classmethod
+    def report(cls, entry: dict, run: str) -> list[str]:
+        reasons = [{"reason": k, "rows": v} for k, v in sorted(entry["quarantine_reasons"].items())]
+        return [
+            "## Ingest",
+            "",
+            f"{entry['rows']:,} rows kept, {entry['quarantined']:,} quarantined.",
+            "",
+            markdown_table(reasons, ["reason", "rows"]),
+            "",
+        ]
 
 
 def ingest(cfg: IngestConfig) -> dict:

@@ -27,6 +27,7 @@ import ray
 from instructscale import storage
 from instructscale.config import ConfigError
 from instructscale.lifecycle import StageRun, commit_part, commit_records, part_files, part_name, require_dataset
+from instructscale.markdown import markdown_table, pyplot, save_figure
 from instructscale.plugins import EMBEDDING, RowFilter, Scorer, Selector, register, secret_envs
 from instructscale.process import Shipped, secret_values
 from instructscale.progress import Progress
@@ -187,7 +188,7 @@ class Select(Stage[SelectConfig]):
 
     @classmethod
     def hand_on(cls, manifest: dict, pipe: Pipe) -> None:
-        pipe.pool = storage.join(cls.out_dir(pipe), decide.SELECTED)
+        pipe.pool = storage.join(cls.out_dir(pipe.run_dir), decide.SELECTED)
 
     @classmethod
     def describe(cls, entry: dict) -> list[str]:
@@ -198,6 +199,42 @@ class Select(Stage[SelectConfig]):
                 f"{entry['not_selected']:,} over budget)"
             )
         ]
+
+    @classmethod
+    def report(cls, entry: dict, run: str) -> list[str]:
+        removed = [{"filter": k, "rows removed": v} for k, v in entry["removed"].items()]
+        removed.append({"filter": "over budget (eligible, not selected)", "rows removed": entry["not_selected"]})
+        strata = [{"stratum": k, "selected": v} for k, v in entry["selected_by_stratum"].items()]
+        parts = [
+            "## Selection",
+            "",
+            f"{entry['selected']:,} of {entry['input_rows']:,} rows selected "
+            f"(budget {entry['budget']:,}, {entry['eligible']:,} eligible).",
+            "",
+            markdown_table(removed, ["filter", "rows removed"]),
+            "",
+            markdown_table(strata, ["stratum", "selected"]),
+            "",
+        ]
+        plot = _score_plot(storage.join(cls.out_dir(run), decide.SCORES), storage.join(run, "scores.png"))
+        return parts + ([f"![score distributions]({plot})", ""] if plot else [])
+
+
+def _score_plot(scores: str, uri: str) -> str | None:
+    """Histograms of IFD and loss by selection status (when the rows have them); the plot's name."""
+    files = part_files(scores) if storage.exists(scores) else []
+    if not files or not {"ifd", "loss"} <= set(storage.parquet_schema(files[0]).names):
+        return None
+    t = storage.read_parquet(files, columns=["status", "ifd", "loss"])
+    fig, axes = pyplot().subplots(1, 2, figsize=(9, 3.2))
+    for ax, col in zip(axes, ("ifd", "loss")):
+        for status in ("selected", "not_selected", "removed"):
+            vals = [v for v, s in zip(t[col].to_pylist(), t["status"].to_pylist()) if s == status and v is not None]
+            if vals:
+                ax.hist(vals, bins=40, alpha=0.6, label=f"{status} ({len(vals)})")
+        ax.set_title(f"{col} by selection status")
+        ax.legend(fontsize=7)
+    return save_figure(fig, uri)
 
 
 def _counts_summary(counts: Counter, budget: int, by_stratum: Counter) -> dict:

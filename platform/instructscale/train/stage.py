@@ -22,6 +22,7 @@ from ray.train.torch import TorchTrainer
 from instructscale import storage
 from instructscale.config import ConfigError
 from instructscale.lifecycle import MANIFEST, STARTED, StageRun, require_dataset
+from instructscale.markdown import pyplot, save_figure
 from instructscale.plugins import register
 from instructscale.process import Shipped
 from instructscale.progress import Progress
@@ -169,6 +170,34 @@ class Train(Stage[TrainConfig]):
                 f"{efficiency_text(entry.get('efficiency'))}{entry['seconds']:.0f} s"
             )
         ]
+
+    @classmethod
+    def report(cls, entry: dict, run: str) -> list[str]:
+        parts = [
+            "## Training",
+            "",
+            f"{entry['steps']} steps on {entry['rows']:,} rows, final train loss "
+            f"{entry['final_loss']:.4f}, held-out loss {entry.get('eval_loss') or float('nan'):.4f}, "
+            f"{efficiency_text(entry.get('efficiency'))}{entry['seconds']:.0f} s. Model: `{entry['model']}`.",
+            "",
+        ]
+        plot = _training_plot(storage.join(cls.out_dir(run), METRICS), storage.join(run, "training.png"))
+        return parts + ([f"![training curves]({plot})", ""] if plot else [])
+
+
+def _training_plot(metrics: str, uri: str) -> str | None:
+    """Train and held-out loss by step; the plot's name (None without metrics)."""
+    history = read_history(metrics)
+    if not history:
+        return None
+    fig, ax = pyplot().subplots(figsize=(6, 3.2))
+    ax.plot([r["step"] for r in history], [r["loss"] for r in history], label="train loss")
+    evals = [r for r in history if "eval_loss" in r]
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], marker="o", label="held-out loss")
+    ax.set_xlabel("step")
+    ax.legend()
+    return save_figure(fig, uri)
 
 
 def _fit(cfg: TrainConfig, run: StageRun, steps: int):

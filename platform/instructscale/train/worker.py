@@ -308,14 +308,13 @@ def train_loop(config: dict) -> None:
     callbacks = [TrainCallback.registry.build(c) for c in cfg.callbacks]
     reporter, nonfinite = _Reporter(cfg, rank, steps), _NonFinite(cfg.max_nonfinite_steps)
 
-    t_last, tokens_since, padded_since, losses = time.time(), 0, 0, []
+    window = _Window(world, flops, peak)
     for step in range(start, steps):
         for callback in callbacks:
             callback.on_step_start(step + 1, rank, cfg.out_dir)
         difficulty_mean, rows = batches.next(step)
         result = _train_step(engine, rows, cfg, tokenizer.pad_token_id)
-        losses += result.losses
-        tokens_since, padded_since = tokens_since + result.tokens, padded_since + result.padded
+        window.add(result)
         done = step + 1
         nonfinite.update(result.skipped, done)
         final = done == steps
@@ -323,28 +322,13 @@ def train_loop(config: dict) -> None:
         checkpoint = done % cfg.checkpoint_every == 0 or final
         if done % cfg.log_every and not checkpoint and not evaluate:
             continue
-        loss_sum, tokens_all, padded_all, no_response = _all_reduce(
-            [
-                sum(losses) / len(losses) if losses else math.nan,
-                float(tokens_since),
-                float(padded_since),
-                float(batches.no_response),
-            ]
-        )
-        elapsed = time.time() - t_last
         metrics = {
             "step": done,
-            "loss": loss_sum / world,
-            "tokens": int(tokens_all),
-            "seconds": elapsed,
-            "tokens_per_s": tokens_all / elapsed,
-            **_efficiency(tokens_all, padded_all, elapsed, flops, peak),
-            "time": time.time(),
+            **window.metrics(batches.no_response),
             "lr": engine.get_lr()[0],
             "resumed_from": start,
             "difficulty_mean": difficulty_mean,
             "skipped_nonfinite_steps": nonfinite.total,
-            "rows_without_response_tokens": int(no_response),
         }
         if evaluate:
             metrics["eval_loss"] = eval_loss(engine, held_out, tokenizer.pad_token_id, cfg.micro_batch_size)
@@ -354,8 +338,40 @@ def train_loop(config: dict) -> None:
         if checkpoint:
             reporter.flush()
             _save_checkpoint(engine, cfg, tokenizer, done, metrics, final)
-        t_last, tokens_since, padded_since, losses = time.time(), 0, 0, []
+        window.reset()
     reporter.close()
+
+
+class _Window:
+    """What the steps since the last metrics record add up to, over every worker."""
+
+    def __init__(self, world: int, flops_per_token: float, peak_tflops: float):
+        self.world, self.flops, self.peak = world, flops_per_token, peak_tflops
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0, self.tokens, self.padded, self.losses = time.time(), 0, 0, []
+
+    def add(self, step: _Step) -> None:
+        self.losses += step.losses
+        self.tokens, self.padded = self.tokens + step.tokens, self.padded + step.padded
+
+    def metrics(self, no_response: int) -> dict:
+        """Mean loss, tokens and their rates since the last record (reduced over the workers)."""
+        mean = sum(self.losses) / len(self.losses) if self.losses else math.nan
+        loss_sum, tokens, padded, no_response = _all_reduce(
+            [mean, float(self.tokens), float(self.padded), float(no_response)]
+        )
+        elapsed = time.time() - self.t0
+        return {
+            "loss": loss_sum / self.world,
+            "tokens": int(tokens),
+            "seconds": elapsed,
+            "tokens_per_s": tokens / elapsed,
+            **_efficiency(tokens, padded, elapsed, self.flops, self.peak),
+            "time": time.time(),
+            "rows_without_response_tokens": int(no_response),
+        }
 
 
 def _efficiency(tokens: float, padded: float, seconds: float, per_token: float, peak_tflops: float) -> dict:

@@ -1,16 +1,72 @@
-"""Helpers shared by the benchmark scripts: peak memory sampling, tables and JSON results."""
+"""What every benchmark shares: its arguments, a scratch workspace, an embedded Ray, timed rows, a
+printed table and the JSON it writes to ``benchmarks/results/NAME.json`` (``$BENCH_OUT`` elsewhere);
+plus peak-memory samplers. A benchmark file is then its measurement only::
+
+    bench = Bench("pool", __doc__, lambda p: p.add_argument("--rows", type=int, default=1000))
+    bench.ray()
+    with bench.timed(method="ingest", rows=bench.args.rows):
+        ...
+    bench.table(["method", "rows", "seconds"])
+    bench.write(ratio=...)
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
+
+
+class Bench:
+    """One run of a benchmark: parsed arguments, a scratch workspace and the result rows."""
+
+    def __init__(self, name: str, doc: str, arguments: Callable[[argparse.ArgumentParser], None] | None = None):
+        parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if arguments:
+            arguments(parser)
+        self.name, self.args = name, parser.parse_args()
+        self.work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        self.results: list[dict] = []
+
+    def ray(self, num_cpus: int = 8) -> None:
+        """Start (or join) the embedded Ray cluster, quietly."""
+        import ray
+
+        from instructscale.runtime import RayConfig, init_ray
+
+        init_ray(RayConfig(num_cpus=num_cpus))
+        ray.data.DataContext.get_current().enable_progress_bars = False
+
+    def demo(self, rows: int, eval_rows: int = 0, shards: int = 2, folder: str = "data") -> tuple[str, str]:
+        """The demo pool and held-out split in ``folder`` of the workspace: (pool URI, held-out URI)."""
+        from instructscale.demo.pool import DemoConfig, make_demo
+
+        data = self.work / folder
+        make_demo(DemoConfig(out_dir=str(data), rows=rows, eval_rows=eval_rows, shards=shards, malformed_jsonl_rows=0))
+        return str(data / "pool"), str(data / "eval")
+
+    @contextlib.contextmanager
+    def timed(self, **row) -> Iterator[dict]:
+        """A result row: the block fills it in, its wall seconds are added, and it joins the results."""
+        t0 = time.time()
+        yield row
+        row.setdefault("seconds", time.time() - t0)
+        self.results.append(row)
+
+    def table(self, columns: list[str], rows: list[dict] | None = None) -> None:
+        print_table(self.results if rows is None else rows, columns)
+
+    def write(self, name: str | None = None, **payload) -> Path:
+        """``{"args", "results", **payload}`` as ``results/NAME.json``."""
+        return write_result(name or self.name, {"args": vars(self.args), "results": self.results, **payload})
 
 
 class _Sampler:
@@ -110,21 +166,6 @@ def write_result(name: str, payload: dict) -> Path:
     out.write_text(json.dumps(payload, indent=2))
     print(f"\nwrote {out}")
     return out
-
-
-def demo_workspace(prefix: str, rows: int, eval_rows: int) -> tuple[Path, str, str]:
-    """A scratch directory with the demo's pool and held-out split, and an embedded Ray started:
-    (work dir, pool URI, held-out URI)."""
-    import ray
-
-    from instructscale.demo.pool import DemoConfig, make_demo
-    from instructscale.runtime import RayConfig, init_ray
-
-    work = Path(tempfile.mkdtemp(prefix=prefix))
-    init_ray(RayConfig(num_cpus=8))
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    make_demo(DemoConfig(out_dir=str(work / "data"), rows=rows, eval_rows=eval_rows, shards=2, malformed_jsonl_rows=0))
-    return work, str(work / "data" / "pool"), str(work / "data" / "eval")
 
 
 def with_zero_score(ds):
