@@ -5,7 +5,8 @@
    ``hash_shuffle`` (aggregator actors), ``shuffle_v2`` (task-based hash shuffle, Ray's default and
    the one instructscale.runtime pins: it honours num_partitions) and ``sort_shuffle_pull_based``.
 2. Anti-join: generation's resume (the pool rows whose id is not a parent_id of a finished part)
-   with Ray's own ``Dataset.join(join_type="left_anti")`` against shuffle.anti_join, same inputs.
+   with Ray's own ``Dataset.join(join_type="left_anti")`` (which needs ``pip install polars``) against
+   shuffle.anti_join, same inputs.
     python benchmarks/ray_data_shuffle.py --rows 2000 100000 --repeats 3
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import zlib
 
 from harness import Bench
 
@@ -77,8 +79,8 @@ def anti_joins(bench: Bench, files: list[str], rows: int) -> dict:
 
     def pool_and_done():
         ds = ray.data.read_parquet(files)
-        done = ds.filter(lambda r: hash(r["id"]) % 2 == 0).select_columns(["id"]).rename_columns({"id": "parent_id"})
-        return ds, done
+        done = ds.filter(lambda r: zlib.crc32(r["id"].encode()) % 2 == 0).select_columns(["id"])
+        return ds, done.rename_columns({"id": "parent_id"})
 
     def run(way: str) -> None:
         ds, done = pool_and_done()
@@ -86,7 +88,8 @@ def anti_joins(bench: Bench, files: list[str], rows: int) -> dict:
             left = anti_join(ds, done, key="id", right_key="parent_id", schema=schema, partitions=partitions)
         else:
             left = ds.join(done, "left_anti", partitions, on=("id",), right_on=("parent_id",))
-        expected = sum(hash(i) % 2 != 0 for i in ray.data.read_parquet(files, columns=["id"]).to_pandas()["id"])
+        ids = ray.data.read_parquet(files, columns=["id"]).to_pandas()["id"]
+        expected = sum(zlib.crc32(i.encode()) % 2 != 0 for i in ids)
         assert left.count() == expected
 
     row = {"rows": rows, "partitions": partitions}

@@ -6,7 +6,7 @@ curriculum add, measured over seeds. Reported as measured, whatever it shows.
    per task family, with the same answer extraction; the base model also with a few-shot system
    prompt that shows the answer format (so the gain is not only the format);
 2. a general check that tuning did not break the model: ROUGE-L against reference answers on 30
-   general instructions (benchmarks/data/general_instructions.jsonl), base vs tuned;
+   general instructions (the package's assets/general_instructions.jsonl), base vs tuned;
 3. arms at the same steps (and so the same rows seen): selected 10% (the platform's default: filters,
    verifier, dedup, then a random draw per task), random 10% of the raw pool, and the full filtered
    pool; then the selected arm with the competence curriculum on the IFD difficulty. Each arm runs
@@ -18,7 +18,6 @@ curriculum add, measured over seeds. Reported as measured, whatever it shows.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from harness import Bench, print_table, write_result
@@ -29,26 +28,7 @@ FEW_SHOT = (
     "Q: Sort the numbers in ascending order.\n\n5, 1, 3\nA: 1, 3, 5\n"
     "Q: Convert 3 km to m.\nA: 3000 m"
 )
-DATA = Path(__file__).parent / "data" / "general_instructions.jsonl"
-
-
-def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0) -> list[float]:
-    import numpy as np
-
-    v = np.asarray(values, dtype=float)
-    means = np.random.default_rng(seed).choice(v, size=(n, len(v)), replace=True).mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
-def t_interval(values: list[float]) -> list[float]:
-    import numpy as np
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return [float(v.mean())] * 2
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-    return [float(v.mean() - half), float(v.mean() + half)]
+DATA = Path(__file__).resolve().parents[1] / "platform" / "instructscale" / "assets" / "general_instructions.jsonl"
 
 
 def arguments(p) -> None:
@@ -166,7 +146,7 @@ def run_arms(ws: Workspace) -> dict[str, list[dict]]:
 
 
 def main() -> None:
-    from instructscale.evaluate import rouge_l
+    from instructscale.answers import rouge_l
 
     bench = Bench("real_model", __doc__, arguments)
     ws = Workspace(bench)
@@ -176,7 +156,7 @@ def main() -> None:
     best = arms["selected 10%"][0]["train"]["model"]  # the first selected arm, evaluated on every held-out row
     tuned_full = ws.scores("tuned", best)
     general = (ws.scores("general-base", ws.model, ws.general), ws.scores("general-tuned", best, ws.general))
-    result = summarise(bench.args, base, base_few_shot, tuned_full, arms, *general, bootstrap_ci, t_interval, rouge_l)
+    result = summarise(bench.args, base, base_few_shot, tuned_full, arms, *general, rouge_l)
     write_result("real_model", result)
 
 
@@ -203,14 +183,14 @@ def _general_table(rows: list[dict]):
     )
 
 
-def summarise(
-    args, base, few_shot, tuned, arms, general_base, general_tuned, bootstrap_ci, t_interval, rouge_l
-) -> dict:
+def summarise(args, base, few_shot, tuned, arms, general_base, general_tuned, rouge_l) -> dict:
+    from instructscale.stats import mean_ci, t_interval
+
     def em(s: dict) -> dict:
         by_group = {g: round(m["exact_match"], 4) for g, m in s["by_group"].items()}
         return {
             "exact_match": s["overall"]["exact_match"],
-            "exact_match_ci95": bootstrap_ci(s["em_rows"]),
+            "exact_match_ci95": mean_ci(s["em_rows"])[1],
             "loss": s["overall"]["loss"],
             "by_group": by_group,
             "rows": s["overall"]["rows"],

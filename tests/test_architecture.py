@@ -76,3 +76,12 @@ def test_job_specifications_name_a_command_and_a_config_that_parses(spec):
     job = JobSpec.load(str(ROOT / "jobs" / spec))
     cls = command(job.command)
     assert load_config(cls.Config, job.config, job.set)
+
+
+def test_the_docs_list_every_command_of_the_table():
+    from instructscale.cli import commands_in_order
+
+    doc = (ROOT / "docs" / "architecture.md").read_text().split("| command | module |", 1)[1].split("\n\n", 1)[0]
+    documented = [line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")]
+    builtin = [c.name for c in commands_in_order() if c.__module__.startswith("instructscale.")]
+    assert documented == builtin

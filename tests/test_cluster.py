@@ -180,7 +180,7 @@ def test_submit_demo_pipeline_to_a_local_head(local_head, tmp_path, capsys):
     assert "submitted demo-job" in out and "pipeline done" in out and "job demo-job: SUCCEEDED" in out
     assert "warning" not in captured.err, "one node: a local run_dir is fine"
     summary = json.loads((run / "summary.json").read_text())
-    assert list(summary["stages"]) == ["models", "demo", "ingest", "select", "keep_short", "train"]
+    assert set(summary["stages"]) == {"models", "demo", "ingest", "select", "keep_short", "train"}
     assert summary["stages"]["train"]["rows"] == summary["stages"]["keep_short"]["rows"] > 0
     assert summary["stages"]["train"]["steps"] == 2 and (run / "train" / "model" / "config.json").is_file()
 

@@ -242,7 +242,6 @@ def test_every_plugin_kind_runs_in_the_pipeline_from_yaml(ray_local, tmp_path, c
     passed = [s for s, st in zip(scores["score"].to_pylist(), scores["status"].to_pylist()) if st == "not_selected"]
     assert sel["selected"] == len(picked) == 64 and max(picked) <= min(passed), "the selector took the lowest scores"
 
-    assert list(summary["stages"])[-4:] == ["select", "keep_short", "train", "evaluate"]
     kept = summary["stages"]["keep_short"]
     assert kept["rows"] + kept["dropped"] == 64 and summary["stages"]["train"]["rows"] == kept["rows"]
     history = summary["stages"]["train"]

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from instructscale import stats, storage
 from instructscale.backends.base import Conversation, RowFault, SamplingConfig
-from instructscale.config import StrictModel
+from instructscale.config import ConfigError, StrictModel
 from instructscale.generate.config import ReplicaConfig
 from instructscale.judge import JudgeSettings, pair_prompts, parse_verdict, second_model_score, win_rate
 from instructscale.lifecycle import StageConfig, StageRun, commit_part, part_files, require_dataset
@@ -139,6 +139,8 @@ class Evaluate(Stage[EvalConfig]):
 
     def check(self) -> EvalConfig:
         cfg = self.cfg
+        if not cfg.data and not cfg.suites:
+            raise ConfigError("evaluate: nothing to evaluate: give `data` (held-out rows) or `suites`")
         data = cfg.data and require_dataset(cfg.data, "data")
         return cfg.model_copy(update={"model": Backend.model_ref(cfg.backend, cfg.model), "data": data})
 

@@ -99,3 +99,14 @@ def paired(
     ci = interval(_resampled_means(b - a, resamples, seed, w))
     out = {"diff": float(((b - a) * w).sum() / w.sum()), "diff_ci95": ci}
     return out if higher_is_better is None else {**out, "verdict": verdict(ci, higher_is_better)}
+
+
+def t_interval(values: Sequence[float]) -> list[float]:
+    """A 95% t-interval of a mean over a few independent runs (seeds), e.g. per-seed means."""
+    from scipy import stats as scipy_stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return [float(v.mean())] * 2
+    half = scipy_stats.t.ppf(1 - (1 - LEVEL) / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return [float(v.mean() - half), float(v.mean() + half)]
