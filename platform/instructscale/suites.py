@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io
 import json
-from functools import cache
 from importlib import resources
 from typing import Literal
 
@@ -156,14 +156,22 @@ def ifbench_data(name: str) -> str:
     return str(resources.files("ifbench").joinpath("data", name))
 
 
-@cache
+@functools.cache
 def checker_registry(name: str) -> dict:
-    """if-verifiable's checkers; nltk's attempts to download its data (offline: they fail) are silenced."""
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        if name == "ifbench":
-            from if_verifiable.ifbench.instructions_registry import INSTRUCTION_DICT
-        else:
-            from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+    """if-verifiable's checkers. Importing them makes nltk fetch its data; offline that fails, and
+    its messages (to the stderr nltk bound when it was first imported) are silenced."""
+    import nltk
+
+    download, quiet = nltk.download, io.StringIO()
+    nltk.download = functools.partial(download, print_error_to=quiet)
+    try:
+        with contextlib.redirect_stderr(quiet), contextlib.redirect_stdout(quiet):
+            if name == "ifbench":
+                from if_verifiable.ifbench.instructions_registry import INSTRUCTION_DICT
+            else:
+                from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+    finally:
+        nltk.download = download
     return INSTRUCTION_DICT
 
 

