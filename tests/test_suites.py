@@ -55,3 +55,18 @@ def test_general_and_holdout_score_known_answers():
     holdout = EvalSuite.registry.build(EvalSuite.registry.parse("holdout"))
     row = {"answer": "42", "reference": "The answer is 42."}
     assert holdout.score(row, "42.") == {"exact_match": 1.0, "token_f1": 0.4, "rouge_l": 0.4}
+
+
+def test_a_bad_line_of_a_suites_jsonl_is_named(tmp_path):
+    import pytest
+
+    from instructscale.config import ConfigError
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"key": 1, "prompt": "Say hi.", "instruction_id_list": []}\n{"key": 2, "prompt": "x"\n')
+    suite = EvalSuite.registry.build(EvalSuite.registry.parse({"kind": "instructions", "path": str(path)}))
+    with pytest.raises(ConfigError, match=r"mine.jsonl:2: not valid JSON"):
+        suite.prompts(None)
+    path.write_text('{"key": 1, "prompt": "Say hi."}\n')
+    with pytest.raises(ConfigError, match=r"mine.jsonl:1: missing \['instruction_id_list'\]"):
+        suite.prompts(None)

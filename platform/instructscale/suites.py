@@ -34,6 +34,24 @@ def _first(rows: list[dict], limit: int | None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
+def read_jsonl(path: str, required: tuple[str, ...]) -> list[dict]:
+    """A suite's JSONL rows; a line that is not a JSON object with the ``required`` keys is a
+    ConfigError naming the file and the line (an evaluation set is fixed: no row is skipped)."""
+    rows = []
+    for number, line in enumerate(storage.read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        missing = [k for k in required if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise ConfigError(f"{path}:{number}: missing {missing}")
+        rows.append(row)
+    return rows
+
+
 @register("holdout")
 class Holdout(EvalSuite):
     """The held-out task rows: exact match against the checkable answer (``metadata.answer``, else
@@ -109,11 +127,9 @@ class Instructions(EvalSuite):
     judged = True
     Config = InstructionsConfig
 
-    def _rows(self) -> list[dict]:
-        return [json.loads(line) for line in storage.read_text(self.config.path).splitlines() if line.strip()]
-
     def prompts(self, data: str | None) -> list[dict]:
-        rows = _first(self._rows(), self.config.max_prompts)
+        required = ("key", "prompt", "instruction_id_list")
+        rows = _first(read_jsonl(self.config.path, required), self.config.max_prompts)
         return [{"id": str(r["key"]), "conversation": [{"role": "user", "content": r["prompt"]}], **r} for r in rows]
 
     def score(self, row: dict, response: str | None) -> dict:
@@ -226,7 +242,7 @@ class General(EvalSuite):
         )
 
     def prompts(self, data: str | None) -> list[dict]:
-        rows = [json.loads(line) for line in storage.read_text(self.config.path).splitlines() if line.strip()]
+        rows = read_jsonl(self.config.path, ("instruction",))
         return [
             {
                 "id": f"general-{i}",
