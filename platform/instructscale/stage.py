@@ -78,9 +78,6 @@ class Pipe:
     pool: str | None = None  # the rows the next stage reads
     model: str | None = None  # the trained model
 
-    def dir(self, *parts: str) -> str:
-        return storage.join(self.run_dir, *parts)
-
 
 class Stage(Command[C]):
     """A command with the lifecycle: identity -> skip if done -> check -> start -> run -> publish.
