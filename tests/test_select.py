@@ -233,7 +233,7 @@ def test_decontamination_drops_rows_sharing_a_13_gram_with_an_eval_set(tmp_path)
 def test_ifd_and_losses_match_a_hand_computation(tiny_models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    scorer = ModelScorer(ModelScorer.Config(model=tiny_models["student"], max_length=128))
+    scorer = ModelScorer(ModelScorer.Config(model=tiny_models["student"], max_length=128, dtype="float32"))
     scorer.setup()
     rows = [
         row(0, "Reverse the letters of the word.", "elppa", inp="apple"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -136,6 +137,17 @@ def cmd_import_gguf(args) -> None:
     print(json.dumps(_checked(import_gguf(args.file, args.out, args.dtype)), indent=2))
 
 
+def cmd_peak(args) -> None:
+    from instructscale.hardware import measure_all
+
+    for row in measure_all(args.threads or sorted({1, os.cpu_count() or 1})):
+        print(f"{row['key']}: {row['tflops']:.3f} TFLOP/s")
+
+
+def _peak_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, action="append", help="CPU threads to measure with (default: 1 and all)")
+
+
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("config", nargs=None if required else "?", help="YAML config file")
     p.add_argument(
@@ -222,6 +234,7 @@ TOOLS: list[tuple[str, str, Callable, Callable[[argparse.ArgumentParser], None]]
         _model_args("file", "the .gguf file"),
     ),
     ("check-model", "load a model in an engine and generate a few tokens", cmd_check_model, _check_model_args),
+    ("peak", "measure and cache this machine's matmul peak (the yardstick of MFU figures)", cmd_peak, _peak_args),
 ]
 
 

@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from instructscale import storage
 from instructscale.chat import conversation, prompt_text
 from instructscale.config import ConfigError
+from instructscale.hardware import fast_dtype
 from instructscale.plugins import EMBEDDING, ActorScorerConfig, Backend, BackendSpec, PluginConfig, Scorer, register
 
 MICRO_BATCH = 16  # rows per forward pass, grouped by length
@@ -35,21 +36,15 @@ _SCORE = re.compile(r"score\s*[:=]?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 def response_losses(model, examples: list, pad_id: int):
     """Mean NLL over each example's response tokens, and mean-pooled last hidden states."""
-    import torch
-
-    from instructscale.tokens import IGNORE, collate
+    from instructscale.losses import response_nll
+    from instructscale.tokens import collate
 
     batch = collate(examples, pad_id)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    logits = out.logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
-    mask = (labels != IGNORE).float()
-    losses = (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
-    hidden = out.hidden_states[-1].float()
-    attn = batch["attention_mask"].unsqueeze(-1).float()
-    pooled = (hidden * attn).sum(1) / attn.sum(1)
-    return [float(v) if m > 0 else math.nan for v, m in zip(losses, mask.sum(1))], pooled
+    nll, mask, out = response_nll(model, batch, output_hidden_states=True)
+    counts = mask.sum(1)
+    attn = batch["attention_mask"].unsqueeze(-1)
+    pooled = (out.hidden_states[-1].float() * attn).sum(1) / attn.sum(1)
+    return [float(s / n) if n > 0 else math.nan for s, n in zip(nll.sum(1), counts)], pooled
 
 
 @register("model")
@@ -78,11 +73,16 @@ class ModelScorer(Scorer):
             None, description="scorer model (dir, URI or hub id); default: the pipeline's student"
         )
         max_length: int = Field(256, ge=8)
+        unconditioned: bool = Field(
+            True, description="also the response's loss without its instruction, and IFD (twice the work)"
+        )
         batch_size: int = Field(64, ge=1)
         max_replicas: int = Field(2, ge=1)
         num_cpus: float = Field(1, gt=0)
-        dtype: Literal["float32", "bfloat16"] = Field(
-            "float32", description="bfloat16 is several times faster on CPUs with AMX and on GPUs"
+        dtype: Literal["float32", "bfloat16"] | None = Field(
+            None,
+            description="None: bfloat16 on GPUs and on CPUs that compute it natively (several times "
+            "faster), else float32",
         )
 
     def checked(self) -> PluginConfig:
@@ -99,7 +99,7 @@ class ModelScorer(Scorer):
         path = storage.local_dir(self.config.model)
         device = "cuda" if self.config.num_gpus else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        dtype = getattr(torch, self.config.dtype)
+        dtype = getattr(torch, self.config.dtype or fast_dtype(device))
         self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         self.torch = torch
 
@@ -127,7 +127,9 @@ class ModelScorer(Scorer):
         try:
             with self.torch.no_grad():
                 loss_c, emb = response_losses(self.lm, [c for c, _ in examples], pad)
-                loss_u, _ = response_losses(self.lm, [u for _, u in examples], pad)
+                loss_u = [None] * len(examples)
+                if self.config.unconditioned:
+                    loss_u, _ = response_losses(self.lm, [u for _, u in examples], pad)
             return [(lc, lu, e.tolist()) for lc, lu, e in zip(loss_c, loss_u, emb)]
         except Exception as err:
             if len(examples) == 1:
@@ -153,7 +155,7 @@ class ModelScorer(Scorer):
             cols["loss"].append(lc)
             cols["loss_uncond"].append(lu)
             cols["ppl"].append(math.exp(min(lc, 50.0)) if ok else None)
-            cols["ifd"].append(lc / lu if ok and lu > 0 else None)
+            cols["ifd"].append(lc / lu if ok and lu else None)
             cols[EMBEDDING].append(e)
             cols["model_error"].append(None if ok else result)
         return cols

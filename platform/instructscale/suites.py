@@ -100,7 +100,7 @@ class Holdout(EvalSuite):
 
         if not self.config.loss:
             return {}
-        scorer = ModelScorer(ModelScorer.Config(model=model, max_length=256))
+        scorer = ModelScorer(ModelScorer.Config(model=model, max_length=256, unconditioned=False))
         scorer.setup()
         losses = scorer.score([r["row"] for r in rows])["loss"]
         return {r["id"]: {"loss": v} for r, v in zip(rows, losses)}

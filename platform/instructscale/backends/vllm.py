@@ -15,6 +15,7 @@ from pydantic import Field
 
 from instructscale.backends.base import Completion, Conversation, SamplingConfig, count_prompt_tokens, prompt_too_long
 from instructscale.config import StrictModel
+from instructscale.hardware import fast_dtype
 from instructscale.plugins import Backend, PluginConfig, register
 
 
@@ -30,7 +31,10 @@ class VllmConfig(StrictModel):
     OPERATIONAL: ClassVar[frozenset[str]] = frozenset(
         {"tensor_parallel_size", "gpu_memory_utilization", "kv_cache_gb", "enforce_eager", "engine_process"}
     )
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = Field(
+        None,
+        description="None: the model's own on GPU; on CPU bfloat16 where the CPU computes it natively, else float32",
+    )
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     kv_cache_gb: float = Field(1.0, gt=0, description="CPU only: VLLM_CPU_KVCACHE_SPACE")
@@ -57,7 +61,7 @@ def make_llm(model: str, cfg: VllmConfig | None = None):
     return LLM(
         **({} if cuda else _whole_prefills(model, cfg.max_model_len)),
         model=model,
-        dtype=cfg.dtype or ("auto" if cuda else "float32"),
+        dtype=cfg.dtype or ("auto" if cuda else fast_dtype()),
         tensor_parallel_size=cfg.tensor_parallel_size,
         gpu_memory_utilization=cfg.gpu_memory_utilization or (0.85 if cuda else 0.3),
         max_model_len=cfg.max_model_len,

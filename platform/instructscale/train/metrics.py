@@ -44,7 +44,8 @@ def read_history(uri: str) -> list[dict]:
 def efficiency(history: list[dict]) -> dict | None:
     """Throughput over the logged steps after the first (which pays for lazy initialisation; all
     of them when only one was logged): the rows' tokens and the padded positions per second, the
-    share of padding, and model FLOPs utilisation against the workers' matmul peak."""
+    share of padding, and model FLOPs utilisation against the workers' matmul peak (with where
+    that figure came from)."""
     steady = [r for r in history[1:] if "padded_tokens" in r] or [r for r in history if "padded_tokens" in r]
     if not steady:
         return None
@@ -59,6 +60,7 @@ def efficiency(history: list[dict]) -> dict | None:
         "model_tflops_per_s": round(tflops, 4),
         "peak_tflops": round(peak, 3),
         "mfu_pct": round(100 * tflops / peak, 2),
+        "peak_source": steady[-1].get("peak_source", "unknown"),
     }
 
 

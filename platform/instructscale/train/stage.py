@@ -181,6 +181,8 @@ class Train(Stage[TrainConfig]):
             f"{efficiency_text(entry.get('efficiency'))}{entry['seconds']:.0f} s. Model: `{entry['model']}`.",
             "",
         ]
+        if eff := entry.get("efficiency"):
+            parts += [f"MFU is against a matmul peak {eff['peak_source']}.", ""]
         plot = _training_plot(storage.join(cls.out_dir(run), METRICS), storage.join(run, "training.png"))
         return parts + ([f"![training curves]({plot})", ""] if plot else [])
 

@@ -17,12 +17,14 @@ import torch
 import torch.distributed as dist
 
 from instructscale import storage
+from instructscale.hardware import peak_tflops
+from instructscale.losses import mean_response_loss
 from instructscale.plugins import TrainCallback
 from instructscale.tokens import IGNORE, Example, collate, group_by_length, packed_batch, tokenize
 from instructscale.train.config import TrainConfig
 from instructscale.train.data import TEXT_COLUMNS, read_training_columns
 from instructscale.train.deepspeed_config import build_deepspeed_config
-from instructscale.train.flops import flops_per_token, matmul_peak_tflops
+from instructscale.train.flops import flops_per_token
 from instructscale.train.metrics import METRICS, MetricsLog
 from instructscale.train.plan import use_system_allocator, worker_steps
 from instructscale.train.tracking import Tracker
@@ -85,7 +87,7 @@ def eval_loss(engine, examples: list[Example], pad_id: int, micro_batch: int) ->
         for k in range(0, len(examples), micro_batch):
             batch = collate(examples[k : k + micro_batch], pad_id)
             n = float((batch["labels"][:, 1:] != IGNORE).sum())
-            loss_sum, n_sum = loss_sum + engine(**_on_device(batch)).loss.item() * n, n_sum + n
+            loss_sum, n_sum = loss_sum + mean_response_loss(engine, _on_device(batch)).item() * n, n_sum + n
     engine.train()
     loss_sum, n_sum = _all_reduce([loss_sum, n_sum])
     return loss_sum / max(n_sum, 1.0)
@@ -155,7 +157,7 @@ def _train_step(engine, rows: list[Example], cfg: TrainConfig, pad_id: int) -> _
     for k in range(cfg.grad_accum):
         micro = rows[k :: cfg.grad_accum]  # each micro-batch packs its own rows: none is ever empty
         batch = packed_batch(micro, pad_id, cfg.pack_length) if cfg.packing else collate(micro, pad_id)
-        loss = engine(**_on_device(batch), use_cache=False).loss  # no cache: transformers then sees packed rows
+        loss = mean_response_loss(engine, _on_device(batch), use_cache=False)  # no cache: packed rows stay apart
         if not _finite_everywhere(loss):
             loss, out.skipped = torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0, True
         engine.backward(loss)
@@ -230,11 +232,14 @@ def _engine(cfg: TrainConfig, model_path: str, steps: int):
     return engine, flops
 
 
-def _peak_tflops(cfg: TrainConfig) -> float:
-    """Every worker's matmul peak at the training precision, summed (``peak_tflops`` per worker
-    when set, else measured here with the worker's threads or GPU, as benchmarks/peak.py does)."""
-    mine = cfg.peak_tflops or matmul_peak_tflops(_dtype(cfg), _device())
-    return _all_reduce([mine])[0]
+def _peak_tflops(cfg: TrainConfig) -> tuple[float, str]:
+    """Every worker's matmul peak at the training precision, summed, and where it came from:
+    ``peak_tflops`` per worker when set, else this machine's figure for the worker's threads or GPU
+    (:func:`instructscale.hardware.peak_tflops`: cached, or measured now)."""
+    mine, source = (
+        (cfg.peak_tflops, "train.peak_tflops") if cfg.peak_tflops else peak_tflops(_dtype(cfg), str(_device()))
+    )
+    return _all_reduce([mine])[0], source
 
 
 class _NonFinite:
@@ -345,8 +350,8 @@ def train_loop(config: dict) -> None:
 class _Window:
     """What the steps since the last metrics record add up to, over every worker."""
 
-    def __init__(self, world: int, flops_per_token: float, peak_tflops: float):
-        self.world, self.flops, self.peak = world, flops_per_token, peak_tflops
+    def __init__(self, world: int, flops_per_token: float, peak: tuple[float, str]):
+        self.world, self.flops, (self.peak, self.peak_source) = world, flops_per_token, peak
         self.reset()
 
     def reset(self) -> None:
@@ -369,6 +374,7 @@ class _Window:
             "seconds": elapsed,
             "tokens_per_s": tokens / elapsed,
             **_efficiency(tokens, padded, elapsed, self.flops, self.peak),
+            "peak_source": self.peak_source,
             "time": time.time(),
             "rows_without_response_tokens": int(no_response),
         }
