@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -50,3 +52,29 @@ def test_efficiency_leaves_out_the_first_logged_step_and_weights_by_time():
     assert eff["real_tokens_per_s"] == 75.0 and eff["padded_tokens_per_s"] == 100.0
     assert eff["padding_pct"] == 25.0 and eff["model_tflops_per_s"] == 0.15 and eff["mfu_pct"] == 7.5
     assert efficiency([]) is None
+
+
+def test_the_peak_is_measured_once_per_machine_and_precision_then_cached(tmp_path, monkeypatch):
+    from instructscale import hardware, storage
+
+    monkeypatch.setenv(storage.ENV_CACHE_DIR, str(tmp_path))
+    monkeypatch.setattr(hardware, "SECONDS", 0.1)
+    first, source = hardware.peak_tflops(torch.float32)
+    assert first > 0 and source.startswith("measured at start-up")
+    again, source = hardware.peak_tflops(torch.float32)
+    assert again == pytest.approx(first, rel=1e-3) and "cached" in source and "this run at start-up" in source
+    _, source = hardware.peak_tflops(torch.bfloat16)  # another precision: another figure
+    assert source.startswith("measured at start-up")
+    keys = json.loads((tmp_path / "peak_tflops.json").read_text())
+    assert {hardware.machine_key(torch.float32), hardware.machine_key(torch.bfloat16)} == set(keys)
+    assert f"{torch.get_num_threads()} threads" in hardware.machine_key(torch.float32)
+
+
+def test_models_run_in_bf16_by_default_only_where_the_cpu_computes_it_natively(monkeypatch):
+    from instructscale import hardware
+
+    for native, dtype in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert hardware.fast_dtype("cpu") == dtype
+    assert hardware.fast_dtype("cuda") == "bfloat16"

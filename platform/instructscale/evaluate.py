@@ -77,11 +77,13 @@ class EvalConfig(EvalOptions, StageConfig):
 
 @ray.remote(max_calls=1)  # the engine's memory goes with the process
 def _answer(shipped: Shipped, model: str, requests: list[tuple[list[Conversation], SamplingConfig]], judge: bool):
-    """Every request's answers from one engine: (text, None) per conversation, or (None, reason)."""
-    cfg = shipped.load()
+    """Every request's answers from one engine: (text, None) per conversation, or (None, reason);
+    and the seconds the engine took to load and each request took."""
+    cfg, t0 = shipped.load(), time.time()
     backend = Backend.load(cfg.judge.backend if judge else cfg.backend, model)
-    out = []
+    out, seconds = [], {"engine": time.time() - t0, "requests": []}
     for conversations, sampling in requests:
+        t = time.time()
         reasons = backend.check(conversations, sampling)
         served = [i for i, reason in enumerate(reasons) if reason is None]
         results = backend.generate([conversations[i] for i in served], sampling) if served else []
@@ -89,10 +91,11 @@ def _answer(shipped: Shipped, model: str, requests: list[tuple[list[Conversation
         for i, result in zip(served, results):
             answers[i] = (None, result.reason) if isinstance(result, RowFault) else (result[0].text, None)
         out.append(answers)
-    return out
+        seconds["requests"].append(time.time() - t)
+    return out, seconds
 
 
-def answer(cfg: EvalConfig, model: str, requests: list, judge: bool = False) -> list:
+def answer(cfg: EvalConfig, model: str, requests: list, judge: bool = False) -> tuple[list, dict]:
     """:func:`_answer` in a Ray task with the engine's resources (API keys shipped, never logged)."""
     shipped = Shipped.of(cfg, secret_values(secret_envs(cfg)))
     resources = {"num_cpus": cfg.replicas.num_cpus, "num_gpus": cfg.replicas.num_gpus}
@@ -148,11 +151,12 @@ class Evaluate(Stage[EvalConfig]):
         cfg, t0 = self.cfg, time.time()
         suites = cfg.suite_plugins()
         rows = [suite.prompts(cfg.data) for suite in suites]
-        answers = answer(
+        answers, seconds = answer(
             cfg, cfg.model, [([r["conversation"] for r in rs], s.config.sampling) for s, rs in zip(suites, rows)]
         )
-        results = {}
-        for suite, suite_rows, answered in zip(suites, rows, answers):
+        results, by_suite = {}, {}
+        for suite, suite_rows, answered, generating in zip(suites, rows, answers, seconds["requests"]):
+            t_suite = time.time()
             extra = suite.model_scores(cfg.model, suite_rows)
             records = [_record(suite, r, a, extra) for r, a in zip(suite_rows, answered)]
             commit_part(run.uri(PREDICTIONS, suite.name), "part-00000.parquet", pa.Table.from_pylist(records))
@@ -160,11 +164,14 @@ class Evaluate(Stage[EvalConfig]):
             results[suite.name] = summarize(suite, records) | (
                 {"by_group": _by_group(suite, records)} if "group" in records[0] else {}
             )
+            by_suite[suite.name] = round(generating + time.time() - t_suite, 2)
         summary = {
             "model": cfg.model,
             "suites": results,
             **_holdout_view(results),
             "seconds": round(time.time() - t0, 2),
+            "seconds_by_suite": by_suite,  # answering and scoring, without the engine's start-up
+            "engine_seconds": round(seconds["engine"], 2),
         }
         storage.write_json(run.uri("eval.json"), summary)
         log.info(
@@ -320,7 +327,9 @@ def compare(cfg: EvalConfig, base_dir: str, tuned_dir: str, teacher: str) -> dic
             judged.append((suite.name, base, tuned))
     out: dict = {"vs_base": vs}
     if judged and cfg.judge:
+        t0 = time.time()
         out["win_rate"] = judge(cfg, judged, cfg.judge.model or teacher)
+        out["judge_seconds"] = round(time.time() - t0, 2)
     return out
 
 
@@ -336,7 +345,7 @@ def judge(cfg: EvalConfig, judged: list[tuple[str, dict, dict]], model: str) -> 
         ]
         requests.append(([c for pair in pairs for c in pair], sampling))
         spans.append((name, len(ids)))
-    replies = answer(cfg, Backend.model_ref(cfg.judge.backend, model), requests, judge=True)
+    replies, _ = answer(cfg, Backend.model_ref(cfg.judge.backend, model), requests, judge=True)
     out = {}
     for (name, n), got in zip(spans, replies):
         verdicts = [parse_verdict(text) for text, _ in got]

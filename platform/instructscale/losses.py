@@ -24,6 +24,21 @@ def response_nll(model, batch: dict[str, torch.Tensor], **kwargs) -> tuple[torch
     return nll * mask, mask, out
 
 
+def row_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed NLL, response tokens, mean-pooled last hidden state) per row of a right-padded batch,
+    for a plain transformers model: each row's own response positions go through the output head
+    (in a padded batch, the union of every row's positions would be up to twice as many)."""
+    targets = batch["labels"][:, 1:]
+    where = targets != IGNORE
+    none = torch.zeros(0, dtype=torch.long, device=targets.device)
+    hidden = model(input_ids=batch["input_ids"], logits_to_keep=none, output_hidden_states=True).hidden_states[-1]
+    logits = model.get_output_embeddings()(hidden[:, :-1][where]).float()
+    nll = torch.nn.functional.cross_entropy(logits, targets[where], reduction="none")
+    sums = torch.zeros(len(targets), device=nll.device).index_add_(0, where.nonzero()[:, 0], nll)
+    attn = batch["attention_mask"].unsqueeze(-1)
+    return sums, where.sum(1), (hidden.float() * attn).sum(1) / attn.sum(1)
+
+
 def mean_response_loss(model, batch: dict[str, torch.Tensor], **kwargs) -> torch.Tensor:
     """Mean NLL over every response token of the batch (as transformers' loss with ``labels``)."""
     nll, mask, _ = response_nll(model, batch, **kwargs)

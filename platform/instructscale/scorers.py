@@ -36,15 +36,11 @@ _SCORE = re.compile(r"score\s*[:=]?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 def response_losses(model, examples: list, pad_id: int):
     """Mean NLL over each example's response tokens, and mean-pooled last hidden states."""
-    from instructscale.losses import response_nll
+    from instructscale.losses import row_losses
     from instructscale.tokens import collate
 
-    batch = collate(examples, pad_id)
-    nll, mask, out = response_nll(model, batch, output_hidden_states=True)
-    counts = mask.sum(1)
-    attn = batch["attention_mask"].unsqueeze(-1)
-    pooled = (out.hidden_states[-1].float() * attn).sum(1) / attn.sum(1)
-    return [float(s / n) if n > 0 else math.nan for s, n in zip(nll.sum(1), counts)], pooled
+    sums, counts, pooled = row_losses(model, collate(examples, pad_id))
+    return [float(s / n) if n > 0 else math.nan for s, n in zip(sums, counts)], pooled
 
 
 @register("model")

@@ -11,6 +11,7 @@ in transformers and vLLM. A second call with the same settings returns at once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import io
 import json
@@ -89,8 +90,7 @@ def import_gguf(
     holds this file's conversion with this dtype)."""
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such GGUF file")
-    stat = os.stat(path)
-    source = {"gguf": os.path.abspath(path), "bytes": stat.st_size, "dtype": dtype}
+    source = {"gguf": _fingerprint(path), "dtype": dtype}
     done = storage.read_json_if_exists(storage.join(out, MARKER))
     if done and done.get("source") == source:
         return {**done, "path": storage.normalize(out), "cached": True}
@@ -105,6 +105,14 @@ def import_gguf(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {**info, "path": storage.normalize(out), "cached": False}
+
+
+def _fingerprint(path: str) -> str:
+    """The file's name, size and a digest of its first MiB: the same file installed in another
+    environment (another clone's venv) is the same conversion."""
+    with open(path, "rb") as f:
+        head = hashlib.sha256(f.read(2**20)).hexdigest()[:16]
+    return f"{os.path.basename(path)}:{os.path.getsize(path)}:{head}"
 
 
 def _convert(path: str, out: str, dtype: str) -> int:
