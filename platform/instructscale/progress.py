@@ -74,13 +74,27 @@ def name_the_accelerator() -> None:
         os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _no_library_progress_bars() -> None:
+    """Hugging Face's progress bars (loading and writing weights) off, also where those libraries
+    were imported before this ran (they read the setting at import)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+
+
 def setup_logging(is_verbose: bool, log_dir: str | None = None) -> str | None:
     """Console: instructscale's warnings (everything with ``-v``); file ``log_dir/instructscale.log``:
     everything at INFO and above. Returns the log file's path."""
     global _verbose
     _verbose = is_verbose
     if not is_verbose:
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' save/load bars
+        _no_library_progress_bars()
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_instructscale", False):

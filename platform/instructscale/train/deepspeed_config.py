@@ -50,6 +50,14 @@ def _scheduler(opts: TrainOptions, total_steps: int) -> dict | None:
     }
 
 
+def _adam_params(opts: TrainOptions) -> dict:
+    """AdamW's settings. Without optimizer offload it is PyTorch's own (``torch_adam``): DeepSpeed's
+    fused CPU Adam would be compiled on a machine's first run, and for LoRA's few weights it saves
+    nothing; with offload DeepSpeed's CPU Adam is the point of offloading."""
+    params = {"lr": opts.optim.lr, "weight_decay": opts.optim.weight_decay}
+    return params if opts.deepspeed.offload_optimizer else {**params, "torch_adam": True}
+
+
 def build_deepspeed_config(opts: TrainOptions, total_steps: int) -> dict:
     ds = opts.deepspeed
     zero: dict = {"stage": ds.zero_stage}
@@ -63,7 +71,7 @@ def build_deepspeed_config(opts: TrainOptions, total_steps: int) -> dict:
         "gradient_accumulation_steps": opts.grad_accum,
         "gradient_clipping": ds.gradient_clipping,
         "zero_optimization": zero,
-        "optimizer": {"type": "AdamW", "params": {"lr": opts.optim.lr, "weight_decay": opts.optim.weight_decay}},
+        "optimizer": {"type": "AdamW", "params": _adam_params(opts)},
         "bf16": {"enabled": ds.precision == "bf16"},
         "fp16": {"enabled": ds.precision == "fp16"},
         "steps_per_print": 10**9,
