@@ -273,6 +273,13 @@ def test_ifd_and_losses_match_a_hand_computation(tiny_models):
         assert got["ppl"][i] == pytest.approx(math.exp(cond), rel=1e-4)
     assert len(got["embedding"][0]) == model.config.hidden_size
 
+    cfg = ModelScorer.Config(model=tiny_models["student"], max_length=128, dtype="float32", unconditioned=False)
+    cond_only = ModelScorer(cfg)
+    cond_only.setup()
+    alone = cond_only.score(rows)
+    assert alone["loss"][:3] == pytest.approx(got["loss"][:3], rel=1e-5)
+    assert alone["loss_uncond"] == [None] * 4 and alone["ifd"] == [None] * 4
+
 
 def test_selectors_budgets_quotas_and_diversity():
     assert selectors.allocate(10, {"a": 50, "b": 30, "c": 20}, None) == {"a": 5, "b": 3, "c": 2}

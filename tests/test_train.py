@@ -204,3 +204,13 @@ def test_bad_training_configs_are_named(tmp_path, tiny_models, capsys):
     ]
     assert main(args) == 2
     assert "train_batch_size=64 conflicts with the run's batch geometry (2)" in capsys.readouterr().err
+
+
+def test_adamw_is_pytorchs_unless_the_optimizer_is_offloaded():
+    """No DeepSpeed op to compile for a plain run; ZeRO-Offload keeps DeepSpeed's CPU Adam."""
+    from instructscale.train.config import TrainOptions
+    from instructscale.train.deepspeed_config import build_deepspeed_config
+
+    plain = build_deepspeed_config(TrainOptions(), 10)["optimizer"]
+    offloaded = build_deepspeed_config(TrainOptions(deepspeed={"offload_optimizer": True}), 10)["optimizer"]
+    assert plain["params"]["torch_adam"] is True and "torch_adam" not in offloaded["params"]
