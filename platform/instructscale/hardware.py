@@ -44,19 +44,19 @@ def _cpu_name() -> str:
     return f"{model} [{flags}] x{os.cpu_count()}"
 
 
-def machine_key(dtype: torch.dtype, device: str = "cpu", threads: int | None = None) -> str:
+def machine_key(dtype: torch.dtype, device: str = "cpu") -> str:
     """What a peak figure is valid for: the processor, the precision and (on CPU) the threads."""
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(torch.device(device))} {str(dtype)[6:]}"
-    return f"{_cpu_name()} {str(dtype)[6:]} {threads or torch.get_num_threads()} threads"
+    return f"{_cpu_name()} {str(dtype)[6:]} {torch.get_num_threads()} threads"
 
 
-def _cache() -> str:
-    return str(storage.cache_root() / "peak_tflops.json")
+def _cache() -> Path:
+    return storage.cache_root() / "peak_tflops.json"
 
 
 def _read_cache() -> dict:
-    path = Path(_cache())
+    path = _cache()
     try:
         return json.loads(path.read_text()) if path.exists() else {}
     except json.JSONDecodeError:
@@ -81,10 +81,9 @@ def measure(dtype: torch.dtype, device: str = "cpu", by: str = "instructscale pe
         return tflops
     cache[key] = {"tflops": round(tflops, 4), "measured": time.strftime("%Y-%m-%d %H:%M"), "by": by}
     path = _cache()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(cache, f, indent=2, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cache, indent=2, sort_keys=True))
     os.replace(tmp, path)
     return tflops
 
@@ -100,5 +99,6 @@ def measure_all(threads: list[int]) -> list[dict]:
         rows += [{"key": machine_key(d), "tflops": measure(d)} for d in dtypes]
     torch.set_num_threads(before)
     for i in range(torch.cuda.device_count()):
-        rows += [{"key": machine_key(d, f"cuda:{i}"), "tflops": measure(d, f"cuda:{i}")} for d in dtypes]
+        for d in (torch.bfloat16, torch.float32):
+            rows.append({"key": machine_key(d, f"cuda:{i}"), "tflops": measure(d, f"cuda:{i}")})
     return rows

@@ -1,27 +1,13 @@
 """Response-token losses without the other positions' logits, for training, scoring and evaluation:
 the output head and the softmax over the vocabulary run only at positions that predict a response
 token (for SmolLM2-135M, with a 49k vocabulary, the head on every position is a fifth of the
-forward FLOPs and most of its memory traffic). Works through PEFT and DeepSpeed wrappers: it only
-passes transformers' ``logits_to_keep``."""
+forward FLOPs and most of its memory traffic)."""
 
 from __future__ import annotations
 
 import torch
 
 from instructscale.tokens import IGNORE
-
-
-def response_nll(model, batch: dict[str, torch.Tensor], **kwargs) -> tuple[torch.Tensor, torch.Tensor, object]:
-    """(NLL per kept position, its mask, the model output) for a collated batch with ``labels``:
-    both ``[rows, K]``, K the positions where any row predicts a response token."""
-    targets = batch["labels"][:, 1:]
-    keep = (targets != IGNORE).any(0).nonzero()[:, 0]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    out = model(**inputs, logits_to_keep=keep, **kwargs)
-    picked = targets[:, keep.to(targets.device)]
-    nll = torch.nn.functional.cross_entropy(out.logits.float().transpose(1, 2), picked.clamp(min=0), reduction="none")
-    mask = picked != IGNORE
-    return nll * mask, mask, out
 
 
 def row_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,6 +26,12 @@ def row_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tor
 
 
 def mean_response_loss(model, batch: dict[str, torch.Tensor], **kwargs) -> torch.Tensor:
-    """Mean NLL over every response token of the batch (as transformers' loss with ``labels``)."""
-    nll, mask, _ = response_nll(model, batch, **kwargs)
-    return nll.sum() / mask.sum()
+    """Mean NLL over every response token of the batch (as transformers' loss with ``labels``),
+    through any wrapper (PEFT, DeepSpeed): logits only at the positions where some row predicts a
+    response token, chosen with transformers' ``logits_to_keep``."""
+    targets = batch["labels"][:, 1:]
+    keep = (targets != IGNORE).any(0).nonzero()[:, 0]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, logits_to_keep=keep, **kwargs).logits.float()
+    picked = targets[:, keep]
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), picked, ignore_index=IGNORE)
