@@ -13,8 +13,12 @@ from instructscale.plugins import BackendSpec, GenerationMode, ModeSpec
 
 
 class ReplicaConfig(ActorPool):
-    """The teacher actor pool: it autoscales between min and max replicas; resources are per replica."""
+    """The teacher replicas: started once per stage run and kept for all its passes; resources are
+    per replica. The stage starts ``max_replicas`` and runs on those that started within
+    ``start_timeout_s`` (a cluster may first have to add nodes), at least ``min_replicas``."""
 
+    OPERATIONAL: ClassVar[frozenset[str]] = ActorPool.OPERATIONAL | {"start_timeout_s"}
+    start_timeout_s: float = Field(900, gt=0, description="seconds to wait for the replicas to load")
     batch_size: int = Field(256, ge=1, description="rows per actor call, written as one output part")
     num_cpus: float = Field(1, ge=0, description="per replica; on CPU also the engine's thread count")
     num_gpus: float = Field(0, ge=0, description="per replica; set to tensor_parallel_size on GPUs")

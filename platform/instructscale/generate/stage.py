@@ -9,7 +9,6 @@ gather in one process), so a crashed run resumes without regenerating or duplica
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import logging
@@ -24,130 +23,23 @@ import ray
 from ray.data.expressions import col
 
 from instructscale import storage
-from instructscale.backends.base import GenerationError, RowFault, SamplingConfig
-from instructscale.backends.faults import Attempts, FaultGuard, is_row_fault
+from instructscale.backends.base import GenerationError, SamplingConfig
+from instructscale.backends.faults import is_row_fault
 from instructscale.generate.config import GenerateConfig, GenerateOptions
-from instructscale.lifecycle import StageRun, commit_part, commit_records, part_files, part_name, require_dataset
-from instructscale.plugins import Backend, GenerationMode, register, secret_envs
-from instructscale.process import Shipped, secret_values
+from instructscale.generate.engines import ATTEMPTS, FAULT_IDS, GEN_SCHEMA, ROWS, EnginePool, Job, part_stats
+from instructscale.lifecycle import StageRun, commit_part, commit_records, part_files, require_dataset
+from instructscale.plugins import Backend, GenerationMode, register
 from instructscale.progress import Progress
-from instructscale.runtime import ModelThread
 from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA, decode_metadata
 from instructscale.shuffle import anti_join
 from instructscale.stage import Pipe, Stage
 
 log = logging.getLogger(__name__)
 
-GEN_SCHEMA = pa.schema(
-    [
-        *list(POOL_SCHEMA),
-        pa.field("parent_id", pa.string()),
-        pa.field("sample_idx", pa.int32()),
-        pa.field("gen_model", pa.string()),
-        pa.field("gen_tokens", pa.int32()),
-        pa.field("gen_logprob", pa.float32()),
-        pa.field("finish_reason", pa.string()),
-        pa.field("reject_reason", pa.string()),
-    ]
-)
-ROWS = "rows"
 WORK = "work"  # a multi-pass mode's intermediate datasets, removed when the stage publishes
-ATTEMPTS = "_attempts"  # crash markers (generate/faults.py), removed when the stage publishes
 WRITER = "_writer.json"  # the token of the run that may commit parts, removed when the stage publishes
-FAULT_IDS = 20  # row ids a fault summary names
 MIN_ROWS_FOR_CAP = 100  # the faulty-row cap is judged once this many inputs are done
 RESUME_ROWS_PER_PARTITION = 500_000  # input rows per partition of the resume anti-join
-
-
-class GenerationActor:
-    """One replica: loads the backend once (on its own `ModelThread`), then turns batches of rows
-    into committed output parts. Rows the engine cannot serve are kept with a ``reject_reason``."""
-
-    def __init__(self, shipped: Shipped[GenerateConfig], writer: tuple[str, str], step: str = ""):
-        t0 = time.time()
-        self.writer = writer  # (the run's writer file, this run's token): see ``_commit``
-        self.cfg = shipped.load()
-        self.mode = GenerationMode.registry.build(self.cfg.mode, self.cfg, step)
-        self.thread = ModelThread()
-        self.backend = self.thread.run(self._build)
-        self.guard = FaultGuard(self._generate, self._rebuild, Attempts(storage.join(self.cfg.out_dir, ATTEMPTS)))
-        self.rows_uri = storage.join(self.cfg.out_dir, ROWS)
-        self.load_s = time.time() - t0  # reported once, with this replica's first batch
-
-    def _build(self) -> Backend:
-        return Backend.load(self.cfg.backend, self.cfg.model)
-
-    def _rebuild(self) -> None:
-        """After an engine exception: keep the engine if it still answers a probe, else build it anew."""
-        probe = SamplingConfig(max_tokens=1, temperature=0.0, seed=0)
-        try:
-            self.thread.run(self.backend.generate, [[{"role": "user", "content": "Hi"}]], probe)
-            return
-        except Exception:  # the engine is unusable: rebuild it
-            log.warning("generate: the engine failed a probe after an error; rebuilding it")
-        self.backend = None
-        gc.collect()
-        self.backend = self.thread.run(self._build)
-
-    def _generate(self, prompts: list) -> list:
-        return self.thread.run(self.backend.generate, prompts, self.cfg.sampling)
-
-    def _answer(self, rows: list[dict]) -> list[dict]:
-        """Output rows for ``rows``: the mode's, or the row with the reason it could not be served."""
-        ask = [r for r in rows if self.mode.needs_teacher(r)]
-        prompts = self.mode.prompts(ask)
-        reasons = self.thread.run(self.backend.check, prompts, self.cfg.sampling) if ask else []
-        served = [i for i, reason in enumerate(reasons) if reason is None]
-        results = dict(zip(served, self.guard.run([ask[i]["id"] for i in served], [prompts[i] for i in served])))
-        asked = {r["id"] for r in ask}
-        out = [self.mode.output_row(r, None, 0) for r in rows if r["id"] not in asked]
-        for i, row in enumerate(ask):
-            result = results.get(i, RowFault(reasons[i] or ""))
-            if isinstance(result, RowFault):
-                out.append({**self.mode.output_row(row, None, 0), "reject_reason": result.reason})
-            else:
-                out += self.mode.outputs(row, result)
-        return out
-
-    def _commit(self, name: str, table: pa.Table) -> None:
-        """Commit a part, unless a newer run owns the output (a replica that outlived its killed
-        driver must not add rows the rerun is already generating: its parts would duplicate them)."""
-        uri, token = self.writer
-        if storage.read_json(uri)["token"] != token:
-            raise GenerationError(f"generate: a newer run owns {self.cfg.out_dir}; this replica stops")
-        commit_part(self.rows_uri, name, table, **part_stats(table))
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        t0 = time.time()
-        rows = batch.to_pylist()
-        out_rows = self._answer(rows)
-        self._commit(part_name([r["id"] for r in rows]), pa.Table.from_pylist(out_rows, schema=GEN_SCHEMA))
-        reasons = [r["reject_reason"] for r in out_rows if r["reject_reason"]]
-        faults = [r["parent_id"] for r in out_rows if is_row_fault(r["reject_reason"])]
-        load_s, self.load_s = self.load_s, 0.0
-        return pa.table(
-            {
-                "inputs": [len(rows)],
-                "rows": [len(out_rows) - len(reasons)],
-                "tokens": [sum(r["gen_tokens"] or 0 for r in out_rows)],
-                "rejected": [json.dumps(Counter(reason.split(":", 1)[0] for reason in reasons))],
-                "faults": [len(faults)],
-                "fault_ids": [json.dumps(faults[:FAULT_IDS])],
-                "load_s": [load_s],
-                "busy_s": [time.time() - t0],
-            }
-        )
-
-
-def part_stats(table: pa.Table) -> dict:
-    """What a part's commit record says about its rows, so that totals never reread the rows."""
-    reasons = [r for r in table["reject_reason"].to_pylist() if r]
-    return {
-        "inputs": len(pc.unique(table["parent_id"])),
-        "usable": table.num_rows - len(reasons),
-        "rejected": dict(Counter(r.split(":", 1)[0] for r in reasons)),
-        "faults": sum(is_row_fault(r) for r in reasons),
-    }
 
 
 def _root_message(err: BaseException) -> str:
@@ -190,7 +82,7 @@ class _Tally:
         self.rejected: Counter = Counter()
         self.fault_ids: list[str] = []
         self.load_s: list[float] = []
-        self.busy_s = 0.0
+        self.busy_s = self.engine_s = 0.0
 
     def add(self, rec: dict) -> None:
         self.inputs, self.rows, self.tokens = (
@@ -202,8 +94,7 @@ class _Tally:
         self.faults += rec["faults"]
         self.fault_ids += json.loads(rec["fault_ids"])[: FAULT_IDS - len(self.fault_ids)]
         self.busy_s += rec["busy_s"]
-        if rec["load_s"]:
-            self.load_s.append(rec["load_s"])
+        self.engine_s += rec["engine_s"]
         if self.inputs >= MIN_ROWS_FOR_CAP:
             self.check()
 
@@ -228,6 +119,7 @@ class _Tally:
             "tokens_per_s": round(self.tokens / elapsed, 2) if elapsed else None,
             "replica_load_s": [round(x, 2) for x in self.load_s],
             "replica_busy_s": round(self.busy_s, 2),
+            "engine_s": round(self.engine_s, 2),
             "rejected": dict(self.rejected),
             "faults": self.faults,
         }
@@ -256,23 +148,14 @@ def _pool(cfg: GenerateConfig) -> ray.data.Dataset:
     return ds
 
 
-def _run_replicas(
-    cfg: GenerateConfig, writer: tuple[str, str], tally: _Tally, label: str = "generate", step: str = ""
-) -> _Tally:
+def _run_pass(engines: EnginePool, cfg: GenerateConfig, tally: _Tally, job: Job, label: str = "generate") -> _Tally:
+    """One pass of the replicas over ``cfg.input``'s rows still to do, into ``job.out_dir``."""
     ctx = ray.data.DataContext.get_current()  # captured by the datasets below: a job-level
     raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True  # error surfaces as is
-    # API keys travel with the shipped config (never in the config, a log or the runtime env)
-    shipped = Shipped.of(cfg, secret_values(secret_envs(cfg)))
-    results = _pool(cfg).map_batches(
-        GenerationActor,
-        fn_constructor_kwargs={"shipped": shipped, "writer": writer, "step": step},
-        batch_format="pyarrow",
-        **cfg.replicas.map_batches_args(),
-    )
     progress = Progress(label, unit="inputs")
     rows0, rejected0, tokens0, t0 = tally.rows, sum(tally.rejected.values()), tally.tokens, time.time()
     try:
-        for rec in results.iter_rows():
+        for rec in engines.run(_pool(cfg), job):
             tally.add(rec)
             progress.update(rec["inputs"], f"{(tally.tokens - tokens0) / max(time.time() - t0, 1e-9):,.0f} tokens/s")
     except GenerationError as err:
@@ -312,11 +195,16 @@ class Generate(Stage[GenerateConfig]):
         storage.write_json(writer[0], {"token": writer[1]})
         tally, resumed = _Tally(cfg.max_faulty_fraction), 0
         mode = GenerationMode.registry.build(cfg.mode, cfg)
-        if mode.multi_pass:
-            mode.drive(StagePasses(cfg, run, tally, writer))
-        else:
-            resumed = _resumed_inputs(run.uri(ROWS))
-            _run_replicas(cfg, writer, tally)
+        engines = EnginePool(cfg, writer)
+        tally.load_s = engines.load_s
+        try:
+            if mode.multi_pass:
+                mode.drive(StagePasses(cfg, run, tally, engines))
+            else:
+                resumed = _resumed_inputs(run.uri(ROWS))
+                _run_pass(engines, cfg, tally, Job(cfg.out_dir))
+        finally:
+            engines.close()
         summary = _totals(run, tally, mode.multi_pass)
         for name in (ATTEMPTS, WORK, WRITER):
             storage.remove(run.uri(name))
@@ -380,8 +268,8 @@ class StagePasses:
     the stage), and the stage's output rows. ``work/`` is keyed by the run's identity, so a changed
     config starts over."""
 
-    def __init__(self, cfg: GenerateConfig, run: StageRun, tally: _Tally, writer: tuple[str, str]):
-        self.cfg, self.tally, self.writer = cfg, tally, writer
+    def __init__(self, cfg: GenerateConfig, run: StageRun, tally: _Tally, engines: EnginePool):
+        self.cfg, self.tally, self.engines = cfg, tally, engines
         self.input, self.out_dir, self.rows = cfg.input, run.out, run.uri(ROWS)
         self._work = run.uri(WORK, hashlib.sha1(json.dumps(run.identity, sort_keys=True).encode()).hexdigest()[:12])
 
@@ -393,9 +281,8 @@ class StagePasses:
     ) -> str:
         if not part_files(input_uri):  # an earlier pass left nothing to do
             return storage.join(out_dir, ROWS)
-        update = {"input": input_uri, "out_dir": out_dir, **({"sampling": sampling} if sampling else {})}
-        cfg = self.cfg.model_copy(update=update)
-        _run_replicas(cfg, self.writer, self.tally, f"generate {label}", step)
+        cfg = self.cfg.model_copy(update={"input": input_uri, "out_dir": out_dir})
+        _run_pass(self.engines, cfg, self.tally, Job(out_dir, step, sampling), f"generate {label}")
         storage.remove(storage.join(out_dir, ATTEMPTS))
         return storage.join(out_dir, ROWS)
 

@@ -1,0 +1,243 @@
+"""Teacher engines that outlive a pass: one pool of Ray actors per stage run.
+
+Each replica loads its backend once; every pass of the stage (the single pass of ``distill``, or
+Self-Instruct's rounds and Evol-Instruct's rewrite, answer and judge passes) streams its input through
+Ray Data into resource-free feeder actors, each bound to one replica. A replica turns a batch of rows
+into one committed output part and returns a one-row record of what happened. A replica whose process
+dies is restarted by Ray and retries its call (crash markers then isolate the row: ``backends/faults``).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from instructscale import storage
+from instructscale.backends.base import GenerationError, RowFault, SamplingConfig
+from instructscale.backends.faults import Attempts, FaultGuard, is_row_fault
+from instructscale.generate.config import GenerateConfig
+from instructscale.lifecycle import commit_part, part_name
+from instructscale.plugins import Backend, GenerationMode, secret_envs
+from instructscale.process import Shipped, secret_values
+from instructscale.runtime import ModelThread
+from instructscale.schema import POOL_SCHEMA
+
+log = logging.getLogger(__name__)
+
+GEN_SCHEMA = pa.schema(
+    [
+        *list(POOL_SCHEMA),
+        pa.field("parent_id", pa.string()),
+        pa.field("sample_idx", pa.int32()),
+        pa.field("gen_model", pa.string()),
+        pa.field("gen_tokens", pa.int32()),
+        pa.field("gen_logprob", pa.float32()),
+        pa.field("finish_reason", pa.string()),
+        pa.field("reject_reason", pa.string()),
+    ]
+)
+ROWS = "rows"
+ATTEMPTS = "_attempts"  # crash markers (backends/faults.py), removed when the stage publishes
+FAULT_IDS = 20  # row ids a fault summary names
+
+
+@dataclass(frozen=True)
+class Job:
+    """One pass as the replicas see it: where its parts go, which step of the mode it serves, and its
+    decoding settings (None: the stage's)."""
+
+    out_dir: str
+    step: str = ""
+    sampling: SamplingConfig | None = None
+
+
+class Engine:
+    """One replica: the backend on its own `ModelThread`, serving every pass of the stage.
+    Rows the engine cannot serve are kept with a ``reject_reason``."""
+
+    def __init__(self, shipped: Shipped[GenerateConfig], writer: tuple[str, str]):
+        t0 = time.time()
+        self.writer = writer  # (the run's writer file, this run's token): see ``_commit``
+        self.cfg = shipped.load()
+        self.thread = ModelThread()
+        self.backend = self.thread.run(self._build)
+        self._modes: dict[tuple[str, str], GenerationMode] = {}
+        self.load_s = time.time() - t0
+
+    def ready(self) -> float:
+        """Seconds this replica took to load."""
+        return self.load_s
+
+    def _build(self) -> Backend:
+        return Backend.load(self.cfg.backend, self.cfg.model)
+
+    def _rebuild(self) -> None:
+        """After an engine exception: keep the engine if it still answers a probe, else build it anew."""
+        probe = SamplingConfig(max_tokens=1, temperature=0.0, seed=0)
+        try:
+            self.thread.run(self.backend.generate, [[{"role": "user", "content": "Hi"}]], probe)
+            return
+        except Exception:  # the engine is unusable: rebuild it
+            log.warning("generate: the engine failed a probe after an error; rebuilding it")
+        self.backend = None
+        gc.collect()
+        self.backend = self.thread.run(self._build)
+
+    def _mode(self, job: Job) -> GenerationMode:
+        sampling = job.sampling or self.cfg.sampling
+        key = (job.step, sampling.model_dump_json())
+        if key not in self._modes:
+            options = self.cfg.model_copy(update={"sampling": sampling, "out_dir": job.out_dir})
+            self._modes[key] = GenerationMode.registry.build(self.cfg.mode, options, job.step)
+        return self._modes[key]
+
+    def process(self, batch: pa.Table, job: Job) -> pa.Table:
+        """Answer ``batch``, commit its output part under ``job.out_dir``; a one-row record."""
+        t0 = time.time()
+        rows = batch.to_pylist()
+        out_rows, engine_s = self._answer(rows, job)
+        self._commit(job, part_name([r["id"] for r in rows]), pa.Table.from_pylist(out_rows, schema=GEN_SCHEMA))
+        reasons = [r["reject_reason"] for r in out_rows if r["reject_reason"]]
+        faults = [r["parent_id"] for r in out_rows if is_row_fault(r["reject_reason"])]
+        return pa.table(
+            {
+                "inputs": [len(rows)],
+                "rows": [len(out_rows) - len(reasons)],
+                "tokens": [sum(r["gen_tokens"] or 0 for r in out_rows)],
+                "rejected": [json.dumps(Counter(reason.split(":", 1)[0] for reason in reasons))],
+                "faults": [len(faults)],
+                "fault_ids": [json.dumps(faults[:FAULT_IDS])],
+                "engine_s": [engine_s],
+                "busy_s": [time.time() - t0],
+            }
+        )
+
+    def _answer(self, rows: list[dict], job: Job) -> tuple[list[dict], float]:
+        """Output rows for ``rows`` (the mode's, or the row with the reason it could not be served),
+        and the seconds spent inside engine calls."""
+        mode, sampling = self._mode(job), job.sampling or self.cfg.sampling
+        ask = [r for r in rows if mode.needs_teacher(r)]
+        prompts = mode.prompts(ask)
+        reasons = self.thread.run(self.backend.check, prompts, sampling) if ask else []
+        served = [i for i, reason in enumerate(reasons) if reason is None]
+        guard = FaultGuard(
+            lambda batch: self.thread.run(self.backend.generate, batch, sampling),
+            self._rebuild,
+            Attempts(storage.join(job.out_dir, ATTEMPTS)),
+        )
+        t0 = time.time()
+        results = dict(zip(served, guard.run([ask[i]["id"] for i in served], [prompts[i] for i in served])))
+        engine_s = time.time() - t0
+        asked = {r["id"] for r in ask}
+        out = [mode.output_row(r, None, 0) for r in rows if r["id"] not in asked]
+        for i, row in enumerate(ask):
+            result = results.get(i, RowFault(reasons[i] or ""))
+            if isinstance(result, RowFault):
+                out.append({**mode.output_row(row, None, 0), "reject_reason": result.reason})
+            else:
+                out += mode.outputs(row, result)
+        return out, engine_s
+
+    def _commit(self, job: Job, name: str, table: pa.Table) -> None:
+        """Commit a part, unless a newer run owns the output (a replica that outlived its killed
+        driver must not add rows the rerun is already generating: its parts would duplicate them)."""
+        uri, token = self.writer
+        if storage.read_json(uri)["token"] != token:
+            raise GenerationError(f"generate: a newer run owns {self.cfg.out_dir}; this replica stops")
+        commit_part(storage.join(job.out_dir, ROWS), name, table, **part_stats(table))
+
+
+def part_stats(table: pa.Table) -> dict:
+    """What a part's commit record says about its rows, so that totals never reread the rows."""
+    reasons = [r for r in table["reject_reason"].to_pylist() if r]
+    return {
+        "inputs": len(pc.unique(table["parent_id"])),
+        "usable": table.num_rows - len(reasons),
+        "rejected": dict(Counter(r.split(":", 1)[0] for r in reasons)),
+        "faults": sum(is_row_fault(r) for r in reasons),
+    }
+
+
+@ray.remote(num_cpus=0)
+class _Lease:
+    """Hands each feeder of a pass its own replica."""
+
+    def __init__(self) -> None:
+        self.count = -1
+
+    def next(self) -> int:
+        self.count += 1
+        return self.count
+
+
+class _Feeder:
+    """A pass's Ray Data actor: no resources of its own, it hands batches to one replica."""
+
+    def __init__(self, engines: list, lease, job: Job):
+        self.engine = engines[ray.get(lease.next.remote()) % len(engines)]
+        self.job = job
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return ray.get(self.engine.process.remote(batch, self.job))
+
+
+class EnginePool:
+    """The stage's replicas: started once, waited for, fed by every pass, killed at the end."""
+
+    def __init__(self, cfg: GenerateConfig, writer: tuple[str, str]):
+        self.cfg, replicas = cfg, cfg.replicas
+        # API keys travel with the shipped config (never in the config, a log or the runtime env)
+        shipped = Shipped.of(cfg, secret_values(secret_envs(cfg)))
+        actor = ray.remote(Engine).options(
+            num_cpus=replicas.num_cpus, num_gpus=replicas.num_gpus, max_restarts=-1, max_task_retries=-1
+        )
+        engines = [actor.remote(shipped, writer) for _ in range(replicas.max_replicas)]
+        self.engines, self.load_s = self._started(engines)
+
+    def _started(self, engines: list) -> tuple[list, list[float]]:
+        """The replicas that started within ``replicas.start_timeout_s`` (at least ``min_replicas``)."""
+        replicas = self.cfg.replicas
+        pending = {e.ready.remote(): e for e in engines}
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=replicas.start_timeout_s)
+        try:
+            load_s = ray.get(ready)
+        except GenerationError as err:
+            raise GenerationError(str(err).split("\n", 1)[0]) from None
+        started = [pending[ref] for ref in ready]
+        for engine in set(engines) - set(started):
+            ray.kill(engine)
+        if len(started) < replicas.min_replicas:
+            raise GenerationError(
+                f"generate: {len(started)} of {len(engines)} teacher replicas started within "
+                f"{replicas.start_timeout_s:.0f} s (min_replicas {replicas.min_replicas}); each asks for "
+                f"{replicas.num_cpus} CPUs and {replicas.num_gpus} GPUs: does the cluster have (or can it add) "
+                "nodes that size?"
+            )
+        if len(started) < len(engines):
+            log.warning("generate: %d of %d replicas started; running on those", len(started), len(engines))
+        return started, load_s
+
+    def run(self, ds: ray.data.Dataset, job: Job) -> Iterator[dict]:
+        """One pass: the records of ``ds``'s batches, as the replicas finish them."""
+        results = ds.map_batches(
+            _Feeder,
+            fn_constructor_kwargs={"engines": self.engines, "lease": _Lease.remote(), "job": job},
+            batch_size=self.cfg.replicas.batch_size,
+            batch_format="pyarrow",
+            concurrency=len(self.engines),
+            num_cpus=0,
+        )
+        return results.iter_rows()
+
+    def close(self) -> None:
+        for engine in self.engines:
+            ray.kill(engine)
