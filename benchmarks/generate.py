@@ -6,8 +6,13 @@ default engine-core subprocess, and in-process as the stage runs it on CPU),
 its actor, on a Ray cluster already started); "gen" timings are generation alone (for the stage: the
 replica's time inside its batch calls).
 
-Targets: stage >= 0.9x raw vLLM, and >= 10x the HF loop.
-    python benchmarks/generate.py --rows 8192
+On a 2-core machine one engine call varies by +-10% from run to run, so the stage and the raw
+in-process engine run --repeats times, alternating, and the ratios compare their medians.
+
+Targets: stage >= 0.95x raw vLLM generating, >= 0.9x wall; >= 10x the one-prompt HF loop; on SmolLM2
+(--teacher smollm2) >= 1.5x the HF loop with 64 prompts per call.
+    python benchmarks/generate.py --rows 2048                                # -> generate.json
+    python benchmarks/generate.py --rows 1024 --teacher smollm2 --max-tokens 64   # -> generate_smollm2.json
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -55,9 +61,23 @@ def arguments(p) -> None:
         "longer than the teacher's context), and compare rows/s (goal >= 0.9x)",
     )
     p.add_argument("--poison-only", action="store_true", help="skip the raw vLLM and HF arms")
+    p.add_argument("--repeats", type=int, default=3, help="runs of the stage and the raw in-process engine")
+    p.add_argument(
+        "--teacher", default="tiny", help="tiny (built here), smollm2 (the catalogue's SmolLM2-135M) or a model dir"
+    )
     p.add_argument("--raw", help=argparse.SUPPRESS)  # internal: run the raw arm on this prompts file
-    p.add_argument("--teacher", help=argparse.SUPPRESS)
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+
+
+def _teacher(name: str, work: Path) -> str:
+    from instructscale.models.catalog import fetch_model
+    from instructscale.models.tiny import build_tiny_models
+
+    if name == "tiny":
+        return build_tiny_models(work / "models")["teacher"]
+    if name == "smollm2":
+        return fetch_model("smollm2-135m-instruct")["path"]
+    return name
 
 
 class Setup:
@@ -67,13 +87,12 @@ class Setup:
         from instructscale.backends.base import SamplingConfig
         from instructscale.demo.pool import DemoConfig, iter_pool_rows
         from instructscale.generate.config import GenerateConfig
-        from instructscale.models.tiny import build_tiny_models
         from instructscale.plugins import GenerationMode
         from instructscale.schema import POOL_SCHEMA
         from instructscale.storage import write_parquet
 
         args, work = bench.args, bench.work
-        self.teacher = build_tiny_models(work / "models")["teacher"]
+        self.teacher = _teacher(args.teacher, work)
         self.rows = list(iter_pool_rows(DemoConfig(out_dir="x"), 0, args.rows))
         write_parquet(str(work / "pool" / "part-0.parquet"), pa.Table.from_pylist(self.rows, schema=POOL_SCHEMA))
         self.sampling = SamplingConfig(max_tokens=args.max_tokens, temperature=0.0, seed=0)
@@ -88,52 +107,49 @@ class Setup:
         self.prompts = GenerationMode.registry.build(self.cfg.mode, self.cfg).prompts(self.rows)
 
 
-def raw_arms(bench: Bench, setup: Setup) -> None:
-    """(2) raw vLLM, each in a fresh process as a user's script would run it (imports and engine load
+def raw_arm(bench: Bench, setup: Setup, engine_process: bool) -> None:
+    """(2) raw vLLM in a fresh process, as a user's script would run it (imports and engine load
     count in its wall time, as actor start-up does for the stage): with vLLM's default engine-core
-    subprocess, and in-process, the setting the stage's replicas use on CPU."""
+    subprocess, or in-process, the setting the stage's replicas use on CPU."""
     prompts_file = bench.work / "prompts.json"
-    prompts_file.write_text(json.dumps(setup.prompts))
-    for label, engine_process in (("raw vllm.LLM, engine subprocess", True), ("raw vllm.LLM, in-process", False)):
-        cmd = [sys.executable, __file__, "--raw", str(prompts_file), "--teacher", setup.teacher]
-        cmd += ["--max-tokens", str(bench.args.max_tokens), *([] if engine_process else ["--in-process"])]
-        with bench.timed(method=label, rows=len(setup.rows)) as row:
-            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-            row["tokens"], row["gen_s"] = json.loads(out.split(RAW_RESULT)[-1].splitlines()[0])
+    if not prompts_file.exists():
+        prompts_file.write_text(json.dumps(setup.prompts))
+    label = "raw vllm.LLM, " + ("engine subprocess" if engine_process else "in-process")
+    cmd = [sys.executable, __file__, "--raw", str(prompts_file), "--teacher", setup.teacher]
+    cmd += ["--max-tokens", str(bench.args.max_tokens), *([] if engine_process else ["--in-process"])]
+    with bench.timed(method=label, rows=len(setup.rows)) as row:
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+        row["tokens"], row["gen_s"] = json.loads(out.split(RAW_RESULT)[-1].splitlines()[0])
 
 
-def stage_arms(bench: Bench, setup: Setup) -> None:
-    """(1) the stage: Ray Data actor pool around the same engine (and, with --poison, on a pool with
-    a share of rows far beyond the teacher's context, then clean again for the spread)."""
-    import ray
-
+def stage_arm(bench: Bench, label: str, cfg) -> None:
+    """(1) the stage: Ray Data feeding the same engine in a replica actor."""
     from instructscale.generate.stage import generate
+
+    bench.ray()
+    with bench.timed(method=label) as row:
+        m = generate(cfg)
+    run = m["this_run"]  # gen_s: the replica's whole time in its batch calls (engine_s: inside the engine alone)
+    row.update(rows=m["inputs"], tokens=run["tokens"], gen_s=run["replica_busy_s"], engine_s=run["engine_s"])
+    row["faults"] = m["faults"]
+
+
+def poison_arms(bench: Bench, setup: Setup) -> None:
+    """The stage on the pool, on the same pool with a share of rows far beyond the teacher's
+    context, then clean again for the spread."""
     from instructscale.schema import POOL_SCHEMA
     from instructscale.storage import write_parquet
 
-    bench.ray()
     cfg, work, share = setup.cfg, bench.work, bench.args.poison
-    arms = [("instructscale generate", cfg)]
-    if share:
-        bad = set(range(0, len(setup.rows), max(1, round(1 / share))))
-        poisoned = [
-            dict(r, instruction="Summarise: " + "word " * 8000) if i in bad else r for i, r in enumerate(setup.rows)
-        ]
-        write_parquet(str(work / "poisoned" / "part-0.parquet"), pa.Table.from_pylist(poisoned, schema=POOL_SCHEMA))
-        arms += [
-            (
-                f"instructscale generate, {len(bad)} poison rows ({share:.1%})",
-                cfg.model_copy(update={"input": str(work / "poisoned"), "out_dir": str(work / "out-poisoned")}),
-            ),
-            ("instructscale generate (again)", cfg.model_copy(update={"out_dir": str(work / "out-again")})),
-        ]
-    for label, arm_cfg in arms:
-        with bench.timed(method=label) as row:
-            m = generate(arm_cfg)
-        row.update(
-            rows=m["inputs"], tokens=m["this_run"]["tokens"], gen_s=m["this_run"]["replica_busy_s"], faults=m["faults"]
-        )
-    ray.shutdown()
+    bad = set(range(0, len(setup.rows), max(1, round(1 / share))))
+    poisoned = [
+        dict(r, instruction="Summarise: " + "word " * 8000) if i in bad else r for i, r in enumerate(setup.rows)
+    ]
+    write_parquet(str(work / "poisoned" / "part-0.parquet"), pa.Table.from_pylist(poisoned, schema=POOL_SCHEMA))
+    stage_arm(bench, "poison: clean", cfg.model_copy(update={"out_dir": str(work / "out-clean")}))
+    poisoned_cfg = cfg.model_copy(update={"input": str(work / "poisoned"), "out_dir": str(work / "out-poisoned")})
+    stage_arm(bench, f"poison: {len(bad)} poison rows ({share:.1%})", poisoned_cfg)
+    stage_arm(bench, "poison: clean again", cfg.model_copy(update={"out_dir": str(work / "out-again")}))
 
 
 def hf_arms(bench: Bench, setup: Setup) -> None:
@@ -152,16 +168,29 @@ def hf_arms(bench: Bench, setup: Setup) -> None:
             row["gen_s"] = time.time() - t_loaded
 
 
-def poison_ratio(by_method: dict, results: list[dict], share: float) -> float:
-    stage = by_method["instructscale generate"]
-    poisoned = results[[r["method"] for r in results].index("instructscale generate") + 1]
-    clean = (stage["wall_rows_per_s"] + by_method["instructscale generate (again)"]["wall_rows_per_s"]) / 2
-    ratio = poisoned["wall_rows_per_s"] / clean
+def poison_ratio(results: list[dict], share: float) -> float:
+    clean, poisoned, again = [r for r in results if r["method"].startswith("poison: ")]
+    ratio = poisoned["wall_rows_per_s"] / ((clean["wall_rows_per_s"] + again["wall_rows_per_s"]) / 2)
     print(
         f"\nstage with {share:.1%} poison rows / without (mean of the runs before and after): {ratio:.2f}x rows/s "
         f"wall ({poisoned['faults']} rows rejected as too long; goal >= 0.9)"
     )
     return ratio
+
+
+def medians(results: list[dict]) -> dict[str, dict]:
+    """Per method, the run with the median wall rows/s, its generating tokens/s replaced by the median."""
+    by_method: dict[str, list[dict]] = {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append(r)
+    out = {}
+    for method, runs in by_method.items():
+        runs = sorted(runs, key=lambda r: r["wall_rows_per_s"])
+        median = dict(runs[len(runs) // 2], runs=len(runs))
+        median["wall_rows_per_s"] = statistics.median(r["wall_rows_per_s"] for r in runs)
+        median["gen_tokens_per_s"] = statistics.median(r["gen_tokens_per_s"] for r in runs)
+        out[method] = median
+    return out
 
 
 def main() -> None:
@@ -171,20 +200,33 @@ def main() -> None:
         return raw_vllm(args)
     setup = Setup(bench)
     if not args.poison_only:
-        raw_arms(bench, setup)
-    stage_arms(bench, setup)
-    if not args.poison_only:
+        raw_arm(bench, setup, engine_process=True)
+        for i in range(args.repeats):  # alternating, so that drift on the machine hits both alike
+            raw_arm(bench, setup, engine_process=False)
+            stage_arm(
+                bench, "instructscale generate", setup.cfg.model_copy(update={"out_dir": str(bench.work / f"out-{i}")})
+            )
         hf_arms(bench, setup)
+    if args.poison:
+        poison_arms(bench, setup)
     for r in bench.results:
         r["wall_rows_per_s"] = r["rows"] / r["seconds"]
         r["gen_tokens_per_s"] = r["tokens"] / r["gen_s"]
-    by_method = {r["method"]: r for r in bench.results}
+    columns = ["method", "rows", "tokens", "seconds", "gen_s", "wall_rows_per_s", "gen_tokens_per_s", "faults"]
     print()
-    bench.table(["method", "rows", "tokens", "seconds", "gen_s", "wall_rows_per_s", "gen_tokens_per_s", "faults"])
-    ratios = {} if args.poison_only else comparisons(by_method, by_method["instructscale generate"])
+    bench.table(columns)
+    by_method = medians(bench.results)
+    ratios = {}
+    if not args.poison_only:
+        print("\nmedians:")
+        bench.table(["runs", *columns], list(by_method.values()))
+        ratios = comparisons(by_method, by_method["instructscale generate"])
     if args.poison:
-        ratios["poison_over_clean_wall"] = poison_ratio(by_method, bench.results, args.poison)
-    bench.write("generate_poison" if args.poison_only else "generate", ratios=ratios)
+        ratios["poison_over_clean_wall"] = poison_ratio(bench.results, args.poison)
+    name = (
+        "generate_poison" if args.poison_only else "generate" + ("" if args.teacher == "tiny" else f"_{args.teacher}")
+    )
+    bench.write(name, medians=by_method, ratios=ratios)
 
 
 def comparisons(by_method: dict, stage: dict) -> dict:
@@ -201,11 +243,11 @@ def comparisons(by_method: dict, stage: dict) -> dict:
     print(f"\nraw vLLM in-process / engine subprocess: {ratios['raw_vllm_inproc_vs_subprocess_wall']:.2f}x rows/s wall")
     print(
         f"stage / best raw vLLM ({raw['method']}): {ratios['stage_vs_raw_vllm_wall']:.2f}x rows/s wall, "
-        f"{ratios['stage_vs_raw_vllm_gen']:.2f}x tokens/s generating (target >= 0.9)"
+        f"{ratios['stage_vs_raw_vllm_gen']:.2f}x tokens/s generating (targets >= 0.9, >= 0.95)"
     )
     print(
         f"stage / HF loop:  {ratios['stage_vs_hf_plain_wall']:.1f}x (1 prompt/call), "
-        f"{ratios['stage_vs_hf_batched_wall']:.1f}x (64 prompts/call) rows/s wall (target >= 10)"
+        f"{ratios['stage_vs_hf_batched_wall']:.1f}x (64 prompts/call) rows/s wall (targets >= 10, >= 1.5 on SmolLM2)"
     )
     return ratios
 

@@ -9,11 +9,12 @@ novelty   Self-Instruct's novelty filter at scale: candidates checked in order a
 teacher   Self-Instruct (20 seed tasks, 2 rounds, target 60) and Evol-Instruct (3 rounds over the
           seeds' instructions) with a real teacher on the vLLM backend: counts by round and reject
           reason, the ROUGE-L distribution of the candidates against the pool, and the largest
-          ROUGE-L F between any two of seeds + accepted tasks (must stay < 0.7).
+          ROUGE-L F between any two of seeds + accepted tasks (must stay < 0.7); each mode's
+          seconds against the seconds spent inside engine calls (goal: <= 1.5x).
           -> benchmarks/results/synthesis.json
 
     python benchmarks/synthesis.py novelty --existing 50000
-    python benchmarks/synthesis.py teacher --model runs/smollm2/models/teacher
+    python benchmarks/synthesis.py teacher --model ~/.cache/instructscale/models/smollm2-135m-instruct
 """
 
 from __future__ import annotations
@@ -174,7 +175,16 @@ def teacher(bench: Bench) -> None:
         rows = read_generated(cfg.out_dir, include_rejected=True).to_pylist()
         print(f"\n{name}: {m['rows']} rows kept, {time.time() - t0:.0f} s")
         meta = [decode_metadata(r["metadata"]) for r in rows]
-        result = {"seconds": time.time() - t0, "kept": m["rows"], "rejected": m["rejected"]}
+        seconds, engine_s = time.time() - t0, m["this_run"]["engine_s"]
+        print(f"{name}: {seconds:.0f} s, {engine_s:.0f} s inside engine calls: {seconds / engine_s:.2f}x (goal <= 1.5)")
+        result = {
+            "seconds": seconds,
+            "engine_seconds": engine_s,
+            "seconds_over_engine": seconds / engine_s,
+            "replica_load_s": m["this_run"]["replica_load_s"],
+            "kept": m["rows"],
+            "rejected": m["rejected"],
+        }
         out[name] = {**result, **_outcomes(name, rows, meta, seeds)}
     bench.write("synthesis", **out)
 

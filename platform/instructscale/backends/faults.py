@@ -3,6 +3,9 @@
 - An exception from the engine on a batch is isolated by bisection: the batch is split in halves
   until the failing rows are found; they get ``engine_error: <type>: <message>`` and the rest is
   answered. After every exception the engine is probed, and rebuilt when it no longer answers.
+- An error that is not the row's: when ``give_up_after`` single rows in a row fail with the same
+  error, the engine, not a row, is broken; the guard raises a GenerationError naming it instead of
+  bisecting on (a systematic error would otherwise cost about two engine calls per row).
 - A row that kills the replica's process (segfault, OOM, ``os._exit``) cannot be caught: attempt
   markers on the output's storage survive the process. A batch whose marker shows two attempts is
   run row by row, each row with a marker of its own; a row whose marker shows two attempts is
@@ -60,8 +63,10 @@ class FaultGuard:
         call: Callable[[list[Conversation]], list[Result]],
         rebuild: Callable[[], None],
         attempts: Attempts | None = None,
+        give_up_after: int = 3,
     ):
-        self.call, self.rebuild, self.attempts = call, rebuild, attempts
+        self.call, self.rebuild, self.attempts, self.give_up_after = call, rebuild, attempts, give_up_after
+        self._streak: tuple[str, int] = ("", 0)  # the last single-row error and how many rows in a row had it
 
     def run(self, ids: list[str], prompts: list[Conversation]) -> list[Result]:
         if not prompts:
@@ -88,12 +93,26 @@ class FaultGuard:
 
     def _bisect(self, prompts: list[Conversation]) -> list[Result]:
         try:
-            return self.call(prompts)
+            results = self.call(prompts)
         except GenerationError:
             raise  # the endpoint or the model as a whole: no row would succeed
         except Exception as err:
-            self.rebuild()
             if len(prompts) == 1:
-                return [RowFault(f"engine_error: {type(err).__name__}: {str(err)[:300]}")]
+                return [self._row_error(f"{type(err).__name__}: {str(err)[:300]}")]
+            self.rebuild()
             mid = len(prompts) // 2
             return self._bisect(prompts[:mid]) + self._bisect(prompts[mid:])
+        self._streak = ("", 0)
+        return results
+
+    def _row_error(self, error: str) -> RowFault:
+        """One row's error; the same error on ``give_up_after`` rows in a row stops the guard."""
+        last, count = self._streak
+        self._streak = (error, count + 1 if error == last else 1)
+        if self._streak[1] >= self.give_up_after:
+            raise GenerationError(
+                f"generate: the engine failed {self._streak[1]} rows in a row, each alone, with the same error: "
+                f"{error}. This is the engine or its settings, not the rows (max_same_row_errors)"
+            )
+        self.rebuild()
+        return RowFault(f"engine_error: {error}")

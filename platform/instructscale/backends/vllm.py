@@ -45,6 +45,11 @@ class VllmConfig(StrictModel):
         description="run vLLM's engine core in its own process (vLLM's default; None: on GPU only). "
         "On CPU the extra process costs start-up time and throughput",
     )
+    enable_prefix_caching: bool | None = Field(
+        None,
+        description="reuse the KV cache of prompt prefixes that requests share (templates, in-context "
+        "examples, judge instructions); None: vLLM's default, on (benchmarks/prefix_caching.py)",
+    )
     seed: int = 0
 
 
@@ -66,6 +71,7 @@ def make_llm(model: str, cfg: VllmConfig | None = None):
         gpu_memory_utilization=cfg.gpu_memory_utilization or (0.85 if cuda else 0.3),
         max_model_len=cfg.max_model_len,
         enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else not cuda,
+        **({} if cfg.enable_prefix_caching is None else {"enable_prefix_caching": cfg.enable_prefix_caching}),
         seed=cfg.seed,
     )
 

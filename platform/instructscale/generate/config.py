@@ -43,6 +43,12 @@ class GenerateOptions(StrictModel):
         description="fail the job when more rows than this share cannot be served (too long, "
         "engine error or crash, HTTP 4xx), not the rows a mode rejects by design",
     )
+    max_same_row_errors: int = Field(
+        3,
+        ge=1,
+        description="stop when this many rows in a row, each sent alone, fail with the same engine error: "
+        "the engine is broken, not the rows (a row-specific error still costs one row)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -71,4 +77,4 @@ class GenerateConfig(GenerateOptions, StageConfig):
     out_dir: str
     model: str = Field(description="teacher: local directory, URI, hub id, or the endpoint's model name")
 
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"replicas", "max_faulty_fraction"})
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"replicas", "max_faulty_fraction", "max_same_row_errors"})

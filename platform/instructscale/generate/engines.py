@@ -2,13 +2,15 @@
 
 Each replica loads its backend once; every pass of the stage (the single pass of ``distill``, or
 Self-Instruct's rounds and Evol-Instruct's rewrite, answer and judge passes) streams its input through
-Ray Data into resource-free feeder actors, each bound to one replica. A replica turns a batch of rows
+Ray Data into resource-free feeding tasks (pooled workers: a pass starts no process), which hand each
+batch to an idle replica. A replica turns a batch of rows
 into one committed output part and returns a one-row record of what happened. A replica whose process
 dies is restarted by Ray and retries its call (crash markers then isolate the row: ``backends/faults``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -133,6 +135,7 @@ class Engine:
             lambda batch: self.thread.run(self.backend.generate, batch, sampling),
             self._rebuild,
             Attempts(storage.join(job.out_dir, ATTEMPTS)),
+            self.cfg.max_same_row_errors,
         )
         t0 = time.time()
         results = dict(zip(served, guard.run([ask[i]["id"] for i in served], [prompts[i] for i in served])))
@@ -168,26 +171,28 @@ def part_stats(table: pa.Table) -> dict:
 
 
 @ray.remote(num_cpus=0)
-class _Lease:
-    """Hands each feeder of a pass its own replica."""
+class _Dispatcher:
+    """Hands idle replicas to the feeding tasks of every pass, first free first."""
 
-    def __init__(self) -> None:
-        self.count = -1
+    def __init__(self, replicas: int):
+        self.free: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(replicas):
+            self.free.put_nowait(i)
 
-    def next(self) -> int:
-        self.count += 1
-        return self.count
+    async def acquire(self) -> int:
+        return await self.free.get()
+
+    async def release(self, replica: int) -> None:
+        self.free.put_nowait(replica)
 
 
-class _Feeder:
-    """A pass's Ray Data actor: no resources of its own, it hands batches to one replica."""
-
-    def __init__(self, engines: list, lease, job: Job):
-        self.engine = engines[ray.get(lease.next.remote()) % len(engines)]
-        self.job = job
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return ray.get(self.engine.process.remote(batch, self.job))
+def _feed(batch: pa.Table, engines: list, dispatcher, job: Job) -> pa.Table:
+    """A pass's Ray Data task (no resources of its own, a pooled worker): one batch to an idle replica."""
+    replica = ray.get(dispatcher.acquire.remote())
+    try:
+        return ray.get(engines[replica].process.remote(batch, job))
+    finally:
+        dispatcher.release.remote(replica)
 
 
 class EnginePool:
@@ -202,6 +207,7 @@ class EnginePool:
         )
         engines = [actor.remote(shipped, writer) for _ in range(replicas.max_replicas)]
         self.engines, self.load_s = self._started(engines)
+        self.dispatcher = _Dispatcher.remote(len(self.engines))
 
     def _started(self, engines: list) -> tuple[list, list[float]]:
         """The replicas that started within ``replicas.start_timeout_s`` (at least ``min_replicas``)."""
@@ -229,15 +235,15 @@ class EnginePool:
     def run(self, ds: ray.data.Dataset, job: Job) -> Iterator[dict]:
         """One pass: the records of ``ds``'s batches, as the replicas finish them."""
         results = ds.map_batches(
-            _Feeder,
-            fn_constructor_kwargs={"engines": self.engines, "lease": _Lease.remote(), "job": job},
+            _feed,
+            fn_kwargs={"engines": self.engines, "dispatcher": self.dispatcher, "job": job},
             batch_size=self.cfg.replicas.batch_size,
             batch_format="pyarrow",
-            concurrency=len(self.engines),
+            compute=ray.data.TaskPoolStrategy(size=len(self.engines)),
             num_cpus=0,
         )
         return results.iter_rows()
 
     def close(self) -> None:
-        for engine in self.engines:
-            ray.kill(engine)
+        for actor in (*self.engines, self.dispatcher):
+            ray.kill(actor)
