@@ -3,9 +3,9 @@
 Each replica loads its backend once; every pass of the stage (the single pass of ``distill``, or
 Self-Instruct's rounds and Evol-Instruct's rewrite, answer and judge passes) streams its input through
 Ray Data into resource-free feeding tasks (pooled workers: a pass starts no process), which hand each
-batch to an idle replica. A replica turns a batch of rows
-into one committed output part and returns a one-row record of what happened. A replica whose process
-dies is restarted by Ray and retries its call (crash markers then isolate the row: ``backends/faults``).
+batch to an idle replica. A replica turns a batch of rows into one committed output part and returns
+a one-row record of what happened. A replica whose process dies is restarted by Ray and retries its
+call (crash markers then isolate the row: ``backends/faults``).
 """
 
 from __future__ import annotations
