@@ -49,7 +49,10 @@ def init_ray(cfg: RayConfig) -> None:
                 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             # as many worker processes may start at once as there are logical CPUs (Ray's default, the
             # physical cores, makes the raylet warn about every busy stage on a small machine)
+            # "local": a new cluster even when another one on this machine (a `ray start` head)
+            # wrote its address where a bare ray.init() would look for one and join it
             ray.init(
+                address="local",
                 num_cpus=cfg.num_cpus,
                 object_store_memory=store,
                 include_dashboard=False,
