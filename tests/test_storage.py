@@ -116,6 +116,25 @@ def test_output_of_an_older_version_names_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="another instructscale version .* --overwrite"):
         StageRun("s", str(tmp_path), {"x": 1}).finished()
     assert StageRun("s", str(tmp_path), {"x": 1}, overwrite=True).finished() is None
+    v3 = {"config": {"x": 1}, "schema_version": 3}  # before reasoning and loss_weight: still read
+    storage.write_json(str(tmp_path / "_manifest.json"), v3)
+    assert StageRun("s", str(tmp_path), {"x": 1}).finished() == v3
+
+
+def test_schema_3_rows_read_as_schema_4_rows_without_reasoning(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from instructscale.schema import POOL_SCHEMA
+
+    v3_message = pa.struct([(f.name, f.type) for f in POOL_SCHEMA.field("messages").type.value_type][:5])
+    v3 = pa.schema([pa.field("messages", pa.list_(v3_message)) if f.name == "messages" else f for f in POOL_SCHEMA])
+    row = {c: "x" for c in ("id", "instruction", "input", "output", "source", "metadata")}
+    pq.write_table(
+        pa.Table.from_pylist([{**row, "messages": [{"role": "user", "content": "hi"}]}], v3), tmp_path / "p.parquet"
+    )
+    message = storage.read_parquet([str(tmp_path / "p.parquet")], schema=POOL_SCHEMA).to_pylist()[0]["messages"][0]
+    assert (message["content"], message["reasoning"], message["loss_weight"]) == ("hi", None, None)
 
 
 def test_plain_directories_and_files_are_readable_inputs(tmp_path):

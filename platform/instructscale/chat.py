@@ -5,11 +5,17 @@ knows tools. When it does not (SmolLM2's, the tiny models'), the documented fall
 schemas join the system message inside ``<tools>...</tools>``, an assistant's tool calls are written
 into its content as ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` (Hermes style), and tool
 results stay turns of role ``tool``; null content becomes "".
+
+An assistant turn's ``reasoning`` goes to the template under the key it reads (``reasoning_content``,
+as Qwen3's, or ``thinking``). A template that reads neither gets it inline, before the turn's text:
+``<think>\n{reasoning}\n</think>\n\n{text}``. Prompts for an inference engine leave earlier turns'
+reasoning out.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 Conversation = list[dict]
 TOOLS_PREAMBLE = "You can call these tools; to call one, answer with <tool_call>{...}</tool_call>:\n<tools>\n"
@@ -70,9 +76,35 @@ def supports_tools(tokenizer) -> bool:
     return "tools" in template and "tool_calls" in template
 
 
-def plain_turns(turns: Conversation, tools: str | None = None) -> Conversation:
-    """The fallback rendering: role and text only, tool calls in the text, tools in the system message."""
+def reasoning_key(tokenizer) -> str | None:
+    """The message key under which the tokenizer's chat template reads a turn's reasoning, if any."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if "reasoning_content" in template:
+        return "reasoning_content"
+    return "thinking" if re.search(r"message(\.|\[['\"])thinking\b", template) else None
+
+
+def inline_reasoning(reasoning: str, text: str) -> str:
+    """The documented fallback: reasoning in ``<think>`` tags before the turn's text."""
+    return f"<think>\n{reasoning}\n</think>\n\n{text}"
+
+
+def _with_reasoning(out: dict, m: dict, key: str | None) -> dict:
+    if not m.get("reasoning"):
+        return out
+    if key:
+        return {**out, key: m["reasoning"]}
+    return {**out, "content": inline_reasoning(m["reasoning"], out["content"])}
+
+
+def plain_turns(
+    turns: Conversation, tools: str | None = None, reasoning: bool = False, key: str | None = None
+) -> Conversation:
+    """The fallback rendering: role and text only, tool calls in the text, tools in the system
+    message; with ``reasoning``, each turn's reasoning under ``key`` (None: inline)."""
     out = [{"role": m["role"], "content": message_text(m)} for m in turns]
+    if reasoning:
+        out = [_with_reasoning(o, m, key) for o, m in zip(out, turns)]
     if tools:
         block = TOOLS_PREAMBLE + tools + "\n</tools>"
         if out and out[0]["role"] == "system":
@@ -82,8 +114,9 @@ def plain_turns(turns: Conversation, tools: str | None = None) -> Conversation:
     return out
 
 
-def openai_turns(turns: Conversation) -> Conversation:
-    """Canonical turns as the OpenAI message format that tool-aware chat templates expect."""
+def openai_turns(turns: Conversation, key: str | None = None) -> Conversation:
+    """Canonical turns as the OpenAI message format that tool-aware chat templates expect, each
+    turn's reasoning under ``key`` (None: inline)."""
     out = []
     for m in turns:
         message = {"role": m["role"], "content": m.get("content") or ""}
@@ -96,10 +129,10 @@ def openai_turns(turns: Conversation) -> Conversation:
                 }
                 for c in m["tool_calls"]
             ]
-        for key in ("tool_call_id", "name"):
-            if m.get(key):
-                message[key] = m[key]
-        out.append(message)
+        for name in ("tool_call_id", "name"):
+            if m.get(name):
+                message[name] = m[name]
+        out.append(_with_reasoning(message, m, key))
     return out
 
 
@@ -112,10 +145,11 @@ def _arguments(text: str | None):
 
 def template_turns(turns: Conversation, tools: str | None, tokenizer) -> tuple[Conversation, list | None]:
     """``(turns, tools)`` to hand to ``tokenizer.apply_chat_template``: structured when the template
-    knows tools, the plain fallback otherwise."""
+    knows tools, the plain fallback otherwise; reasoning where the template reads it, else inline."""
+    key = reasoning_key(tokenizer)
     if supports_tools(tokenizer):
-        return openai_turns(turns), json.loads(tools) if tools else None
-    return plain_turns(turns, tools), None
+        return openai_turns(turns, key), json.loads(tools) if tools else None
+    return plain_turns(turns, tools, reasoning=True, key=key), None
 
 
 def engine_turns(turns: Conversation, tools: str | None = None) -> Conversation:

@@ -27,7 +27,8 @@ from instructscale.plugins import resolve_entry
 from instructscale.redact import redact
 from instructscale.storage import StorageConfig
 
-SCHEMA_VERSION = 3  # of manifests and canonical rows (3: tool calls); bump when either changes incompatibly
+SCHEMA_VERSION = 4  # of manifests and canonical rows (3: tool calls, 4: reasoning, loss_weight)
+READABLE_VERSIONS = (3, 4)  # a schema-3 row reads as a schema-4 row without reasoning or loss weights
 MANIFEST = "_manifest.json"
 STARTED = "_started.json"
 COMMITS = "_commits"
@@ -138,7 +139,7 @@ class StageRun:
         if manifest is None or self.overwrite:
             return None
         version = manifest.get("schema_version", 1)
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ConfigError(
                 f"{self.out}: written by another instructscale version (schema {version}, this one "
                 f"reads {SCHEMA_VERSION}); rerun with --overwrite or use another output directory"

@@ -2,8 +2,10 @@
 
 `metadata` is a JSON-encoded object (task family, difficulty, reference answer, ...): Arrow
 structs need one fixed set of keys, and pools from different sources never agree on one. Messages
-carry OpenAI-style tool calls (``arguments`` a JSON string), ``tool_call_id`` and ``name``; ``tools``
-holds the row's tool JSON schemas as a JSON list.
+carry OpenAI-style tool calls (``arguments`` a JSON string), ``tool_call_id`` and ``name``, an
+assistant turn's ``reasoning`` and a turn's ``loss_weight`` (null: the role's default, assistant
+turns trained); ``tools`` holds the row's tool JSON schemas as a JSON list. Rows written before
+``reasoning`` and ``loss_weight`` existed (schema 3) read as rows with both null.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ MESSAGE_TYPE = pa.struct(
         ("tool_calls", pa.list_(TOOL_CALL_TYPE)),
         ("tool_call_id", pa.string()),
         ("name", pa.string()),
+        ("reasoning", pa.string()),
+        ("loss_weight", pa.float64()),
     ]
 )
 

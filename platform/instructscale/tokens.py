@@ -3,7 +3,11 @@ masked to the assistant's turns, micro-batch collation and packing.
 
 A turn's tokens are found by rendering the conversation up to it: the text the template adds for
 assistant turn ``i`` (from the prompt ending with turn ``i-1`` plus the generation prompt, to the
-conversation ending with turn ``i``) is trained; system, user and tool turns are not."""
+conversation ending with turn ``i``) is trained; system, user and tool turns are not, nor an
+assistant turn whose ``loss_weight`` is 0. A template that drops earlier turns' reasoning (Qwen3's)
+renders such a turn without it in the full conversation: its trained span is then the rest of the
+turn. Reasoning is trained by default; without it, the reasoning text is masked (tags around it
+stay trained)."""
 
 from __future__ import annotations
 
@@ -27,10 +31,18 @@ class Example:
     position_ids: list[int] | None = None  # set on packed sequences: restarts at 0 for every row
 
 
-def tokenize(row: dict, tokenizer, max_length: int, train_on: Literal["assistant", "last"] = "assistant") -> Example:
-    """Token ids of the row's templated conversation; labels are -100 except on its assistant turns
-    (``train_on="last"``: on the final one only)."""
-    return tokenize_turns(conversation(row), tokenizer, max_length, row.get("id"), row.get("tools"), train_on)
+def tokenize(
+    row: dict,
+    tokenizer,
+    max_length: int,
+    train_on: Literal["assistant", "last"] = "assistant",
+    reasoning: bool = True,
+) -> Example:
+    """Token ids of the row's templated conversation; labels are -100 except on its trained assistant
+    turns (``train_on="last"``: on the final one only, whatever its loss weight)."""
+    return tokenize_turns(
+        conversation(row), tokenizer, max_length, row.get("id"), row.get("tools"), train_on, reasoning
+    )
 
 
 def _render(tokenizer, turns: Conversation, tools, generation_prompt: bool) -> str:
@@ -39,20 +51,56 @@ def _render(tokenizer, turns: Conversation, tools, generation_prompt: bool) -> s
 
 
 def trained_spans(
-    turns: Conversation, tools: str | None, tokenizer, train_on: str = "assistant", row_id: str | None = None
+    turns: Conversation,
+    tools: str | None,
+    tokenizer,
+    train_on: str = "assistant",
+    row_id: str | None = None,
+    reasoning: bool = True,
 ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of the turns to train on."""
     rendered, schemas = template_turns(turns, tools, tokenizer)
     full = _render(tokenizer, rendered, schemas, False)
+    # the template's turns may start with an added system turn: pair assistant turns in order
+    pairs = list(
+        zip(
+            (i for i, m in enumerate(rendered) if m["role"] == "assistant"),
+            (m for m in turns if m["role"] == "assistant"),
+        )
+    )
+    targets = pairs[-1:] if train_on == "last" else [(i, m) for i, m in pairs if m.get("loss_weight") != 0]
     spans = []
-    targets = [i for i, m in enumerate(rendered) if m["role"] == "assistant"]
-    for i in targets[-1:] if train_on == "last" else targets:
+    for i, turn in targets:
         prompt = _render(tokenizer, rendered[:i], schemas, True)
         upto = _render(tokenizer, rendered[: i + 1], schemas, False)
-        if not (full.startswith(upto) and upto.startswith(prompt)):
+        span = _turn_span(full, prompt, upto, turn.get("reasoning"))
+        if span is None:
             raise ValueError(f"row {row_id}: chat template does not extend the conversation turn by turn")
-        spans.append((len(prompt), len(upto)))
+        spans += [span] if reasoning else _without(full, span, turn.get("reasoning"))
     return full, spans
+
+
+def _turn_span(full: str, prompt: str, upto: str, reasoning: str | None) -> tuple[int, int] | None:
+    """Where the turn that ``upto`` ends with lies in ``full``; None if the template does not extend
+    the conversation turn by turn. A turn whose reasoning ``full`` dropped is the rest of the turn."""
+    if full.startswith(upto) and upto.startswith(prompt):
+        return len(prompt), len(upto)
+    if not (reasoning and full.startswith(prompt) and upto.startswith(prompt)):
+        return None
+    body = upto[len(prompt) :]
+    for k in range(len(body) - 1, 0, -1):  # the longest tail of the turn that full renders
+        if full.startswith(body[-k:], len(prompt)) and reasoning.strip() in body[:-k]:
+            return len(prompt), len(prompt) + k
+    return None
+
+
+def _without(full: str, span: tuple[int, int], reasoning: str | None) -> list[tuple[int, int]]:
+    """``span`` less the reasoning text inside it."""
+    a, b = span
+    at = full.find(reasoning, a, b) if reasoning else -1
+    if at < 0:
+        return [span]
+    return [s for s in ((a, at), (at + len(reasoning), b)) if s[0] < s[1]]
 
 
 def tokenize_turns(
@@ -62,9 +110,10 @@ def tokenize_turns(
     row_id: str | None = None,
     tools: str | None = None,
     train_on: str = "assistant",
+    reasoning: bool = True,
 ) -> Example:
     """As :func:`tokenize`, for chat turns."""
-    full, spans = trained_spans(turns, tools, tokenizer, train_on, row_id)
+    full, spans = trained_spans(turns, tools, tokenizer, train_on, row_id, reasoning)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, labels = enc["input_ids"], []
     for token, (start, _) in zip(ids, enc["offset_mapping"]):

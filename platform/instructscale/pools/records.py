@@ -9,9 +9,16 @@ Row styles, detected per record:
   ``function_call`` and ``observation`` turns) or OpenAI ``messages`` (``role``/``content`` with
   ``tool_calls``, role ``tool`` with ``tool_call_id``, content as a string, a list of text parts or
   null), with an optional ``system`` and ``tools`` (JSON schemas, a list or a JSON string).
+A message's content may also be a list of LLaMA-Factory v1 parts (``{"type", "value"}``, or
+``"text"`` for the value): ``text``; ``reasoning`` (an assistant turn's reasoning, kept apart from its
+text); ``tool_call``/``tool_calls`` (a JSON call or list of calls); ``tools`` (the row's tool schemas).
+An assistant turn's ``reasoning_content`` (or ``reasoning``) key is its reasoning too. A message's
+``loss_weight`` (0 or 1) says whether an assistant turn is trained; 1 on another role is refused.
 A per-input ``columns`` mapping (as LLaMA-Factory's dataset_info) renames other field names and role
-tags first. Keys outside the canonical ones are kept in ``metadata``. Non-text parts (images, audio)
-are refused as ``unsupported_modality``.
+tags first. Keys outside the canonical ones are kept in ``metadata``. A row with media (a non-empty
+``images``, ``videos`` or ``audios`` column, or an image, audio or video part) is refused as
+``unsupported_modality``: a text model would learn to answer about media it never sees. Placeholder
+text such as ``<image>`` without media stays text.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ CANONICAL_KEYS = {
     "history",
 }
 TEXT_PARTS = {"text", "input_text", "output_text"}
+MEDIA_COLUMNS = ("images", "videos", "audios")
+MEDIA_PARTS = {"image_url", "image", "input_image", "video", "video_url", "audio", "audio_url", "input_audio", "file"}
 
 
 class RowError(ValueError):
@@ -118,26 +127,53 @@ def _check_size(text: str, where: str, limits: RecordLimits) -> None:
         )
 
 
-def _content(value: Any, where: str, limits: RecordLimits) -> str | None:
-    """A message's text: a string, text parts joined, or None; other parts are refused."""
+@dataclass
+class Parts:
+    """What a message's content holds, by kind."""
+
+    text: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[dict] = field(default_factory=list)
+    tools: list | None = None
+
+
+def _parts(value: Any, where: str, limits: RecordLimits) -> Parts:
+    """A message's content: a string, null, or a list of typed parts (OpenAI's ``text`` key or
+    LLaMA-Factory v1's ``value``); media parts are refused."""
     if value is None or isinstance(value, str):
-        text = value
+        parts = Parts(text=value)
     elif isinstance(value, list):
-        texts = []
+        parts = Parts()
         for j, part in enumerate(value):
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind not in TEXT_PARTS:
-                raise RowError(
-                    "unsupported_modality",
-                    f"field '{where}[{j}]' is a {kind or type(part).__name__!s} part; only text is supported",
-                )
-            texts.append(part.get("text") or "")
-        text = "".join(texts)
+            _add_part(parts, part, f"{where}[{j}]")
     else:
         raise RowError("wrong_type", f"field '{where}' must be a string, a list of parts or null")
-    if text is not None:
-        _check_size(text, where, limits)
-    return text
+    for text in (parts.text, parts.reasoning):
+        if text is not None:
+            _check_size(text, where, limits)
+    return parts
+
+
+def _add_part(parts: Parts, part: Any, where: str) -> None:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in MEDIA_PARTS:
+        raise RowError("unsupported_modality", f"field '{where}' is a {kind} part; only text is supported")
+    if kind is None:
+        raise RowError("wrong_type", f"field '{where}' must be an object with a 'type'")
+    value = part.get("value", part.get("text"))
+    if kind in TEXT_PARTS or kind == "reasoning":
+        if not isinstance(value, str):
+            raise RowError("wrong_type", f"field '{where}.value' must be a string")
+        attr = "text" if kind in TEXT_PARTS else "reasoning"
+        setattr(parts, attr, (getattr(parts, attr) or "") + value)
+    elif kind in ("tool_call", "tool_calls"):
+        calls = _json_value(value, f"{where}.value")
+        parts.tool_calls += _tool_calls(calls if isinstance(calls, list) else [calls], f"{where}.value")
+    elif kind == "tools":
+        tools = _json_value(value, f"{where}.value")
+        parts.tools = (parts.tools or []) + (tools if isinstance(tools, list) else [tools])
+    else:
+        raise RowError("bad_value", f"field '{where}' has unknown part type {kind!r}")
 
 
 def _json_value(value: Any, where: str) -> Any:
@@ -202,18 +238,49 @@ def _turn(turn: Any, where: str, limits: RecordLimits, tags: dict[str, str]) -> 
         return {"role": "assistant", "content": None, "tool_calls": calls}
     if text_key not in turn and not turn.get("tool_calls"):
         raise RowError("missing_field", f"missing field '{where}.{text_key}'")
-    message = {"role": canonical, "content": _content(turn.get(text_key), f"{where}.{text_key}", limits)}
-    if canonical == "assistant" and turn.get("tool_calls"):
-        message["tool_calls"] = _tool_calls(turn["tool_calls"], f"{where}.tool_calls")
-    elif message["content"] is None:
+    parts = _parts(turn.get(text_key), f"{where}.{text_key}", limits)
+    message: dict[str, Any] = {"role": canonical, "content": parts.text}
+    calls = parts.tool_calls + (_tool_calls(turn.get("tool_calls"), f"{where}.tool_calls") or [])
+    reasoning = parts.reasoning or _reasoning_key(turn, where, limits)
+    if (calls or reasoning) and canonical != "assistant":
+        raise RowError("bad_value", f"field '{where}' is a {canonical} turn with tool calls or reasoning")
+    if calls:
+        message["tool_calls"] = calls
+    elif parts.text is None and not (parts.tools and canonical == "system"):
         raise RowError("missing_field", f"field '{where}.{text_key}' is null")
+    if reasoning:
+        message["reasoning"] = reasoning
+    if parts.tools:
+        message["tools"] = parts.tools  # lifted to the row by _messages
+    if "loss_weight" in turn:
+        message["loss_weight"] = _loss_weight(turn["loss_weight"], canonical, where)
     for key in ("tool_call_id", "name"):
         if isinstance(turn.get(key), str):
             message[key] = turn[key]
     return message
 
 
-def _messages(rec: dict, limits: RecordLimits, tags: dict[str, str]) -> list[dict]:
+def _reasoning_key(turn: dict, where: str, limits: RecordLimits) -> str | None:
+    value = turn.get("reasoning_content", turn.get("reasoning"))
+    if value is not None and not isinstance(value, str):
+        raise RowError("wrong_type", f"field '{where}.reasoning_content' must be a string")
+    if value:
+        _check_size(value, f"{where}.reasoning_content", limits)
+    return value or None
+
+
+def _loss_weight(value: Any, role: str, where: str) -> float:
+    """A turn's ``loss_weight``: 0 or 1 (per-token weights are not supported), 1 only on assistant turns."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value not in (0, 1):
+        raise RowError("bad_value", f"field '{where}.loss_weight' is {value!r}; only 0 and 1 are supported")
+    if value == 1 and role != "assistant":
+        raise RowError("bad_value", f"field '{where}.loss_weight' is 1 on a {role} turn; only assistant turns train")
+    return float(value)
+
+
+def _messages(rec: dict, limits: RecordLimits, tags: dict[str, str]) -> tuple[list[dict], list]:
+    """The row's turns, and the tool schemas its turns gave as ``tools`` parts (a system turn that
+    held nothing else is dropped)."""
     key = "conversations" if "conversations" in rec else "messages"
     turns = rec[key]
     if not isinstance(turns, list):
@@ -223,12 +290,14 @@ def _messages(rec: dict, limits: RecordLimits, tags: dict[str, str]) -> list[dic
     if len(turns) > limits.max_messages:
         raise RowError("oversize", f"field '{key}' has {len(turns)} turns, over max_messages={limits.max_messages}")
     out = [_turn(turn, f"{key}[{i}]", limits, tags) for i, turn in enumerate(turns)]
+    tools = [t for m in out for t in m.pop("tools", [])]
+    out = [m for m in out if m["content"] is not None or m.get("tool_calls") or m["role"] != "system"]
     system = _str_field(rec, "system", required=False, limits=limits)
-    if system and out[0]["role"] != "system":
+    if system and (not out or out[0]["role"] != "system"):
         out.insert(0, {"role": "system", "content": system})
     if not any(m["role"] == "user" and (m["content"] or "").strip() for m in out):
         raise RowError("empty_field", f"field '{key}' has no non-empty user turn")
-    return out
+    return out, tools
 
 
 def _history_messages(rec: dict, limits: RecordLimits) -> list[dict] | None:
@@ -255,14 +324,14 @@ def _history_messages(rec: dict, limits: RecordLimits) -> list[dict] | None:
     return messages
 
 
-def _tools(rec: dict) -> str | None:
+def _tools(rec: dict, from_parts: list) -> str | None:
+    """The row's tool schemas as a JSON list: its ``tools`` field and its turns' ``tools`` parts."""
     value = rec.get("tools")
-    if value is None or value == "":
-        return None
-    tools = _json_value(value, "tools")
+    tools = [] if value is None or value == "" else _json_value(value, "tools")
     if not isinstance(tools, list):
         raise RowError("wrong_type", "field 'tools' must be a list of JSON schemas")
-    return json.dumps(tools, sort_keys=True)
+    tools = tools + from_parts
+    return json.dumps(tools, sort_keys=True) if tools else None
 
 
 def _metadata(rec: dict, extra: dict[str, Any]) -> str:
@@ -323,6 +392,14 @@ def _from_seed_task(rec: dict) -> dict:
     }
 
 
+def _refuse_media(rec: dict) -> None:
+    for key in MEDIA_COLUMNS:
+        media = rec.get(key)
+        if media:
+            n = len(media) if isinstance(media, list) else 1
+            raise RowError("unsupported_modality", f"field '{key}' holds {n} media item(s); only text is supported")
+
+
 def normalize_record(
     rec: Any, *, style: str, file: str, line: int, source: str, limits: RecordLimits, columns: ColumnMap = ColumnMap()
 ) -> dict:
@@ -331,6 +408,7 @@ def normalize_record(
     if not isinstance(rec, dict):
         raise RowError("wrong_type", f"row must be a JSON object, got {type(rec).__name__}")
     rec = columns.apply(rec)
+    _refuse_media(rec)
     if style == "seed_task":
         rec, style = _from_seed_task(rec), "instruction"
     is_chat = "conversations" in rec or ("messages" in rec and "instruction" not in rec)
@@ -345,19 +423,19 @@ def normalize_record(
         "id": _row_id(rec, file, line),
         "source": _str_field(rec, "source", required=False, limits=limits) or source,
         "metadata": _metadata(rec, extra),
-        "tools": _tools(rec),
     }
+    tools: list = []
     if is_chat:
-        messages = _messages(rec, limits, columns.tags)
+        messages, tools = _messages(rec, limits, columns.tags)
         instruction, output = _from_messages(messages)
-        return {**row, "instruction": instruction, "input": "", "output": output, "messages": messages}
-    messages = _history_messages(rec, limits)
-    if messages is None and rec.get("messages") is not None:
-        messages = _messages(rec, limits, columns.tags)
-    return {
-        **row,
-        "instruction": _str_field(rec, "instruction", required=True, limits=limits),
-        "input": _str_field(rec, "input", required=False, limits=limits),
-        "output": _str_field(rec, "output", required=False, limits=limits, allow_null=True),
-        "messages": messages,
-    }
+        row |= {"instruction": instruction, "input": "", "output": output}
+    else:
+        messages = _history_messages(rec, limits)
+        if messages is None and rec.get("messages") is not None:
+            messages, tools = _messages(rec, limits, columns.tags)
+        row |= {
+            "instruction": _str_field(rec, "instruction", required=True, limits=limits),
+            "input": _str_field(rec, "input", required=False, limits=limits),
+            "output": _str_field(rec, "output", required=False, limits=limits, allow_null=True),
+        }
+    return {**row, "tools": _tools(rec, tools), "messages": messages}

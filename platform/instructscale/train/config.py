@@ -62,6 +62,7 @@ class TrainOptions(StrictModel):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
     max_length: int = Field(256, ge=8)
+    train_reasoning: bool = Field(True, description="train on assistant turns' reasoning (false: masked)")
     packing: bool = Field(
         True, description="pack each micro-batch's rows into packed sequences (no attention across rows)"
     )

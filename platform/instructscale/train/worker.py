@@ -60,7 +60,7 @@ def _eval_examples(cfg: TrainConfig, tokenizer, rank: int, world: int) -> list[E
     if not cfg.eval_data or not cfg.eval_every:
         return []
     rows = read_training_columns(cfg.eval_data, TEXT_COLUMNS).slice(0, cfg.eval_rows).to_pylist()
-    return [tokenize(r, tokenizer, cfg.max_length) for r in rows[rank::world]]
+    return [tokenize(r, tokenizer, cfg.max_length, reasoning=cfg.train_reasoning) for r in rows[rank::world]]
 
 
 def _device() -> torch.device:
@@ -274,7 +274,10 @@ class _Batches:
     def _read(self, first: int) -> list[tuple[int, float, list[Example]]]:
         """The next window of steps (starting at step ``first``), tokenized and regrouped."""
         window = list(itertools.islice(self.plan, self.window))
-        examples = [[tokenize(r, self.tokenizer, self.cfg.max_length) for r in rows] for _, _, rows in window]
+        examples = [
+            [tokenize(r, self.tokenizer, self.cfg.max_length, reasoning=self.cfg.train_reasoning) for r in rows]
+            for _, _, rows in window
+        ]
         self.no_response += sum(all(v == IGNORE for v in e.labels) for step in examples for e in step)
         if self.window > 1:
             examples = group_by_length(
