@@ -159,3 +159,19 @@ def test_media_rows_are_quarantined_with_file_and_line_placeholders_alone_stay_t
     rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "pool").to_pylist()}
     assert {"placeholder_only", "empty_images"} <= rows.keys()
     assert rows["v1_reasoning"]["messages"][1]["reasoning"] == "12 * 3 = 36."
+
+
+def test_a_pipeline_with_inputs_gets_no_demo_rows_and_builds_no_tiny_models(ray_local, tiny_models, tmp_path):
+    from instructscale.config import parse_config
+    from instructscale.pipeline import PipelineConfig, run_pipeline
+
+    cfg = {
+        "run_dir": str(tmp_path / "run"),
+        "models": {"student": tiny_models["student"], "teacher": tiny_models["teacher"]},
+        "inputs": [{"path": str(DATA / "llamafactory_v1.jsonl"), "format": "jsonl"}],
+        **dict.fromkeys(("generate", "select", "evaluate", "train")),
+    }
+    summary = run_pipeline(parse_config(PipelineConfig, cfg))
+    assert list(summary["stages"]) == ["models", "ingest"] and summary["stages"]["ingest"]["rows"] == 6
+    assert not (tmp_path / "run" / "models").exists() and not (tmp_path / "run" / "demo").exists()
+    assert summary["models"] == {"student": tiny_models["student"], "teacher": tiny_models["teacher"]}

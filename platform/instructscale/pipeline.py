@@ -48,7 +48,9 @@ class PipelineConfig(StageConfig):
     run_dir: str = Field("runs/demo", description="a local path, a shared mount, or an object-store URI")
     ray: RayConfig = Field(default_factory=RayConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
-    demo: DemoOptions | None = Field(default_factory=DemoOptions, description="null: use `inputs` only")
+    demo: DemoOptions | None = Field(
+        None, description="the built-in demo pool and eval split (`demo: {}` for its defaults); absent: no demo rows"
+    )
     inputs: list[PoolInput] = Field(default_factory=list)
     ingest: IngestOptions = Field(default_factory=IngestOptions)
     generate: GenerateOptions | None = Field(
@@ -85,7 +87,7 @@ class PipelineConfig(StageConfig):
     @model_validator(mode="after")
     def _has_data(self) -> PipelineConfig:
         if self.demo is None and not self.inputs:
-            raise ValueError("no data: set `inputs` or keep the `demo` section")
+            raise ValueError("no data: set `inputs`, or `demo: {}` for the built-in demo pool")
         return self
 
     def section(self, stage: str) -> StrictModel | None:
@@ -120,7 +122,7 @@ def _resolve_model(ref: str) -> str:
 
 
 def resolve_models(cfg: ModelsConfig, run: str) -> dict[str, str]:
-    """The student and teacher: the configured ones, tiny local models built for the others."""
+    """The student and teacher: the configured ones, tiny local models built only when a role has none."""
     models = {role: _resolve_model(getattr(cfg, role)) for role in ROLES if getattr(cfg, role)}
     if len(models) < len(ROLES):
         built = ensure_tiny_models(storage.join(run, "models"), cfg.seed)
