@@ -1,6 +1,7 @@
 """Cluster configs validate against Ray's own schema, KubeRay manifests have the expected
 structure, and the demo pipeline runs as a Ray job submitted with the CLI to a real local head."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,8 @@ import sys
 import tempfile
 import time
 import tomllib
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
@@ -55,10 +58,17 @@ def test_cluster_launcher_configs_validate(name):
     assert all(identity in t["node_config"] for t in types.values())
     scheme = "s3://" if name == "aws.yaml" else "gs://"
     assert f"--set run_dir={scheme}YOUR-BUCKET" in (CLUSTER / name).read_text()
+    # no one in without the token: every node with token auth, the dashboard on the head's localhost
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    assert "0.0.0.0" not in (CLUSTER / name).read_text()
+    assert any("--dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"])
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
 
 
 def _check_raycluster_spec(spec: dict) -> None:
     assert spec["enableInTreeAutoscaling"] is True
+    assert spec["authOptions"] == {"mode": "token", "secretName": "instructscale-ray-token"}
     head = spec["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
     assert head["template"]["spec"]["containers"][0]["image"].startswith("rayproject/ray")
@@ -110,9 +120,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def local_head():
-    """A real Ray head on loopback (`ray start --head --block`), torn down with its processes."""
+@contextlib.contextmanager
+def ray_head(env: dict[str, str]) -> Iterator[str]:
+    """A real Ray head on loopback (`ray start --head --block`) with ``env`` added to its
+    environment; yields its dashboard address and is torn down with its processes."""
     port, dash = _free_port(), _free_port()
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths have a length limit
     ray_bin = Path(sys.executable).with_name("ray")
@@ -135,23 +146,69 @@ def local_head():
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         # the cluster's `python` is this environment's, as on a node set up by cluster/*.yaml
-        env={**os.environ, "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        env={**os.environ, "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env},
     )
     address = f"http://127.0.0.1:{dash}"
+    try:
+        _wait_for_dashboard(address)
+        yield address
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the head's whole group; `ray start --block` exits ~30 s after a SIGTERM
+        proc.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_dashboard(address: str) -> None:
+    """Until the dashboard answers at all (a 401 from a token cluster is an answer)."""
+    import urllib.error
+    import urllib.request
+
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            submit._client(address).list_jobs()
-            break
-        except Exception:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
             time.sleep(2)
-    else:
-        os.killpg(proc.pid, signal.SIGTERM)
-        pytest.fail("local Ray head did not come up")
-    yield address
-    os.killpg(proc.pid, signal.SIGKILL)  # the head's whole group; `ray start --block` exits ~30 s after a SIGTERM
-    proc.wait(timeout=60)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    pytest.fail("local Ray head did not come up")
+
+
+@pytest.fixture
+def local_head():
+    with ray_head({}) as address:
+        yield address
+
+
+@pytest.mark.slow
+def test_a_token_cluster_refuses_a_client_without_the_token_and_runs_one_with_it(tmp_path):
+    """Ray token authentication on a real head: a submission from a process with no token (its own
+    HOME, RAY_AUTH_MODE unset) is refused with a message saying where the token goes; one with the
+    token (RAY_AUTH_TOKEN_PATH) runs to the end. The token is never printed."""
+    token = tmp_path / "token"
+    token.write_text(uuid.uuid4().hex)
+    (tmp_path / "home").mkdir()
+    config = tmp_path / "ingest.yaml"
+    inputs = [{"path": str(CLUSTER.parent / "tests" / "data" / "media.jsonl"), "format": "jsonl"}]
+    config.write_text(yaml.safe_dump({"inputs": inputs, "out_dir": str(tmp_path / "out")}))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "HOME": str(tmp_path / "home")}
+    client = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(tmp_path / "home")}
+    args = [sys.executable, "-m", "instructscale", "submit", str(config), "--stage", "ingest", "--address"]
+    with ray_head(auth) as address:
+        refused = subprocess.run([*args, address], env=client, capture_output=True, text=True, timeout=300)
+        accepted = subprocess.run(
+            [*args, address],
+            env={**client, "RAY_AUTH_TOKEN_PATH": str(token)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert refused.returncode == 2 and "refused this client: it needs the cluster's token" in refused.stderr
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+    assert ": SUCCEEDED" in accepted.stdout and (tmp_path / "out" / "_manifest.json").is_file()
+    printed = refused.stdout + refused.stderr + accepted.stdout + accepted.stderr
+    assert token.read_text() not in printed
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,25 @@ def _client(address: str | None):
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # as `ray job submit` does
     try:
         return JobSubmissionClient(address)
-    except Exception as err:  # connection refused, bad scheme, no dashboard
+    except Exception as err:  # connection refused, bad scheme, no dashboard, no or a wrong token
+        if "Unauthorized" in str(err) or "Authentication" in str(err):
+            raise ConfigError(
+                f"--address: the Ray cluster at {address} refused this client: it needs the cluster's token "
+                "(RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token; the token you "
+                "generated for the cluster, `ray get-auth-token` on its head)"
+            ) from None
         raise ConfigError(f"--address: cannot reach a Ray dashboard at {address}: {err}") from None
+
+
+@contextlib.contextmanager
+def _known_job(job_id: str, address: str | None) -> Iterator[None]:
+    """A job the cluster does not know is a clear error, not a traceback."""
+    try:
+        yield
+    except RuntimeError as err:
+        if "does not exist" not in str(err):
+            raise
+        raise ConfigError(f"job {job_id!r}: the cluster at {address or DEFAULT_ADDRESS} has no such job") from None
 
 
 def _cli_name(spec: JobSpec, job_config: dict) -> str:
@@ -222,15 +240,18 @@ def _ship_plugins(job_config: dict, staging: Path) -> tuple[list[str], list[str]
 
 
 def status(job_id: str, address: str | None = None) -> str:
-    return str(_client(address).get_job_status(job_id).value)
+    with _known_job(job_id, address):
+        return str(_client(address).get_job_status(job_id).value)
 
 
 def stop(job_id: str, address: str | None = None) -> bool:
-    return _client(address).stop_job(job_id)
+    with _known_job(job_id, address):
+        return _client(address).stop_job(job_id)
 
 
 def logs(job_id: str, address: str | None = None) -> str:
-    return _client(address).get_job_logs(job_id)
+    with _known_job(job_id, address):
+        return _client(address).get_job_logs(job_id)
 
 
 def follow(job_id: str, address: str | None = None, timeout_s: float | None = None) -> str:
