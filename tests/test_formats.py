@@ -175,3 +175,48 @@ def test_a_pipeline_with_inputs_gets_no_demo_rows_and_builds_no_tiny_models(ray_
     assert list(summary["stages"]) == ["models", "ingest"] and summary["stages"]["ingest"]["rows"] == 6
     assert not (tmp_path / "run" / "models").exists() and not (tmp_path / "run" / "demo").exists()
     assert summary["models"] == {"student": tiny_models["student"], "teacher": tiny_models["teacher"]}
+
+
+def _ingest(tmp_path, name: str, inputs: list, quarantined: int = 0) -> dict[str, dict]:
+    m = ingest(IngestConfig(inputs=inputs, out_dir=str(tmp_path / name)))
+    assert m["quarantined"] == quarantined, m["quarantine_reasons"]
+    return {r["id"]: r for r in pq.read_table(tmp_path / name / "pool").to_pylist()}
+
+
+def _turns(row: dict, inline: bool = False) -> list[tuple]:
+    """What a round trip keeps of each turn (inline: as LLaMA-Factory has it, reasoning in the text and
+    a tool-calling turn holding its calls only)."""
+    out = []
+    for m in row["messages"]:
+        content = m["content"] or ""
+        calls = [(c["name"], json.loads(c["arguments"])) for c in m["tool_calls"] or []]
+        if inline and m["reasoning"]:
+            content = inline_reasoning(m["reasoning"], content)
+        if inline and calls:
+            content = ""
+        out.append((m["role"], content, calls, None if inline else m["reasoning"]))
+    return out
+
+
+def test_export_round_trips_through_ingest_in_all_three_formats_with_ids(ray_local, tmp_path):
+    from instructscale.export import ExportConfig, export
+
+    pool = _ingest(tmp_path, "pool", [PoolInput(path=str(DATA / "llamafactory_v1.jsonl"), format="jsonl")], 2)
+    m = export(ExportConfig(input=str(tmp_path / "pool" / "pool"), out_dir=str(tmp_path / "export"), name="mine"))
+    assert (m["rows"], m["exported"], m["without_response"]) == (6, 6, 0)
+    out = tmp_path / "export"
+    info = json.loads((out / "llamafactory" / "dataset_info.json").read_text())
+    assert info["mine"]["file_name"] == "mine.jsonl" and info["mine"]["formatting"] == "sharegpt"
+
+    openai = _ingest(tmp_path, "oa", [PoolInput(path=str(out / "openai" / "mine.jsonl"), format="jsonl")])
+    hf = _ingest(tmp_path, "hf", [PoolInput(path=str(out / "hf"), format="hf")])
+    lf = _ingest(tmp_path, "lf", [{"dataset_info": str(out / "llamafactory" / "dataset_info.json"), "names": ["mine"]}])
+    assert openai.keys() == hf.keys() == lf.keys() == pool.keys()
+    for row_id, row in pool.items():
+        assert hf[row_id] == row, "the Hugging Face folder holds the canonical rows"
+        back = openai[row_id]
+        assert _turns(back) == _turns(row) and back["tools"] == row["tools"] and back["source"] == row["source"]
+        assert [m["loss_weight"] for m in back["messages"] if m["role"] == "assistant"] == [
+            m["loss_weight"] for m in row["messages"] if m["role"] == "assistant"
+        ]
+        assert _turns(lf[row_id], inline=True) == _turns(row, inline=True) and lf[row_id]["tools"] == row["tools"]

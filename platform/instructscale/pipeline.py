@@ -21,6 +21,7 @@ from instructscale.lifecycle import StageConfig
 from instructscale.models.tiny import ensure_tiny_models
 from instructscale.plugins import register
 from instructscale.pools.ingest import IngestOptions, PoolInput
+from instructscale.pools.registry import RegistryInput
 from instructscale.process import prepare
 from instructscale.redact import redact, redact_text
 from instructscale.report import write_report
@@ -51,7 +52,9 @@ class PipelineConfig(StageConfig):
     demo: DemoOptions | None = Field(
         None, description="the built-in demo pool and eval split (`demo: {}` for its defaults); absent: no demo rows"
     )
-    inputs: list[PoolInput] = Field(default_factory=list)
+    inputs: list[PoolInput | RegistryInput] = Field(
+        default_factory=list, description="files ({path, format}) or LLaMA-Factory registries ({dataset_info, names})"
+    )
     ingest: IngestOptions = Field(default_factory=IngestOptions)
     generate: GenerateOptions | None = Field(
         default_factory=lambda: GenerateOptions(mode={"kind": "distill", "only_missing": True}),

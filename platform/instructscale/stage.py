@@ -36,6 +36,7 @@ BUILTINS = (
     "instructscale.select.stage",
     "instructscale.train.stage",
     "instructscale.evaluate",
+    "instructscale.export",
     "instructscale.tune.search",
 )
 INTERNAL = ("config", "schema_version", "stage")  # manifest keys a summary leaves out

@@ -22,6 +22,7 @@ from instructscale.markdown import markdown_table
 from instructscale.plugins import register
 from instructscale.pools.datasource import FORMATS, PoolDatasource
 from instructscale.pools.records import ColumnMap, RecordLimits
+from instructscale.pools.registry import RegistryInput, registry_inputs
 from instructscale.progress import Progress
 from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA
 from instructscale.stage import Pipe, Stage
@@ -48,6 +49,9 @@ class PoolInput(StrictModel):
         description="role_tag, content_tag, user_tag, assistant_tag, system_tag, "
         "observation_tag, function_tag -> this input's names",
     )
+    weight: float | None = Field(
+        None, ge=0, description="this source's mixture weight (a registry's `weight`), recorded in the manifest"
+    )
 
 
 class IngestOptions(StrictModel):
@@ -61,8 +65,20 @@ class IngestOptions(StrictModel):
 class IngestConfig(IngestOptions, StageConfig):
     """`instructscale ingest`: inputs -> out_dir/pool (Parquet parts) and out_dir/quarantine (JSONL)."""
 
-    inputs: list[PoolInput] = Field(min_length=1)
+    inputs: list[PoolInput | RegistryInput] = Field(
+        min_length=1, description="files ({path, format, ...}) or LLaMA-Factory registries ({dataset_info, names})"
+    )
     out_dir: str
+
+    def file_inputs(self) -> list[PoolInput]:
+        """Every input as a file input: a registry's datasets in its place."""
+        out: list[PoolInput] = []
+        for i, inp in enumerate(self.inputs):
+            if isinstance(inp, RegistryInput):
+                out += [PoolInput(**fields) for fields in registry_inputs(inp, f"inputs[{i}]")]
+            else:
+                out.append(inp)
+        return out
 
 
 def _expand(inp: PoolInput, index: int) -> list[str]:
@@ -83,7 +99,7 @@ def read_pool(cfg: IngestConfig) -> Dataset:
     """A Ray Dataset over every input, with `_file/_line/_reason/_raw` validation columns."""
     limits = RecordLimits(max_field_chars=cfg.max_field_chars, max_messages=cfg.max_messages)
     datasets = []
-    for i, inp in enumerate(cfg.inputs):
+    for i, inp in enumerate(cfg.file_inputs()):
         paths = _expand(inp, i)
         fs, _ = storage.resolve(paths[0])
         prefix = "" if storage.is_local(paths[0]) else f"{storage.scheme(paths[0])}://"
@@ -133,7 +149,7 @@ ID_PARTITION_BYTES = 256 * 2**20  # input bytes per partition of the id groupby
 def id_partitions(cfg: IngestConfig) -> int:
     """Partitions for the id groupby: one per 256 MiB of input files."""
     size = 0
-    for i, inp in enumerate(cfg.inputs):
+    for i, inp in enumerate(cfg.file_inputs()):
         for uri in _expand(inp, i):
             fs, path = storage.resolve(uri)
             size += fs.get_file_info(path).size or 0
@@ -208,6 +224,9 @@ class Ingest(Stage[IngestConfig]):
     rebuilt = ("pool", "quarantine")
     published = ("pool", "quarantine")
 
+    def check(self) -> IngestConfig:
+        return self.cfg.model_copy(update={"inputs": self.cfg.file_inputs()})
+
     def before_start(self, run: StageRun) -> None:
         # the repeated ids are found before the output is touched: a bad input fails the stage early
         self.t0 = time.time()
@@ -233,13 +252,17 @@ class Ingest(Stage[IngestConfig]):
             "quarantined": quarantined,
             "quarantine_reasons": dict(reasons),
             "quarantine_by_file": dict(files),
+            **({"source_weights": weights} if (weights := self._weights()) else {}),
             "seconds": round(time.time() - self.t0, 2),
         }
+
+    def _weights(self) -> dict[str, float]:
+        return {inp.source or inp.path: inp.weight for inp in self.cfg.inputs if inp.weight is not None}
 
     @classmethod
     def wiring(cls, pipe: Pipe) -> dict:
         if not pipe.inputs:
-            raise ConfigError("no data: set `inputs` or keep the `demo` section")
+            raise ConfigError("no data: set `inputs`, or `demo: {}` for the built-in demo pool")
         return {"inputs": pipe.inputs}
 
     @classmethod

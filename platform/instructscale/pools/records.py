@@ -13,7 +13,8 @@ A message's content may also be a list of LLaMA-Factory v1 parts (``{"type", "va
 ``"text"`` for the value): ``text``; ``reasoning`` (an assistant turn's reasoning, kept apart from its
 text); ``tool_call``/``tool_calls`` (a JSON call or list of calls); ``tools`` (the row's tool schemas).
 An assistant turn's ``reasoning_content`` (or ``reasoning``) key is its reasoning too. A message's
-``loss_weight`` (0 or 1) says whether an assistant turn is trained; 1 on another role is refused.
+``loss_weight`` (or OpenAI's ``weight``), 0 or 1, says whether an assistant turn is trained; 1 on
+another role is refused.
 A per-input ``columns`` mapping (as LLaMA-Factory's dataset_info) renames other field names and role
 tags first. Keys outside the canonical ones are kept in ``metadata``. A row with media (a non-empty
 ``images``, ``videos`` or ``audios`` column, or an image, audio or video part) is refused as
@@ -252,8 +253,9 @@ def _turn(turn: Any, where: str, limits: RecordLimits, tags: dict[str, str]) -> 
         message["reasoning"] = reasoning
     if parts.tools:
         message["tools"] = parts.tools  # lifted to the row by _messages
-    if "loss_weight" in turn:
-        message["loss_weight"] = _loss_weight(turn["loss_weight"], canonical, where)
+    weight_key = "loss_weight" if "loss_weight" in turn else "weight"  # OpenAI fine-tuning's name for it
+    if turn.get(weight_key) is not None:  # null: the role's default
+        message["loss_weight"] = _loss_weight(turn[weight_key], canonical, f"{where}.{weight_key}")
     for key in ("tool_call_id", "name"):
         if isinstance(turn.get(key), str):
             message[key] = turn[key]
@@ -272,9 +274,9 @@ def _reasoning_key(turn: dict, where: str, limits: RecordLimits) -> str | None:
 def _loss_weight(value: Any, role: str, where: str) -> float:
     """A turn's ``loss_weight``: 0 or 1 (per-token weights are not supported), 1 only on assistant turns."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value not in (0, 1):
-        raise RowError("bad_value", f"field '{where}.loss_weight' is {value!r}; only 0 and 1 are supported")
+        raise RowError("bad_value", f"field '{where}' is {value!r}; only 0 and 1 are supported")
     if value == 1 and role != "assistant":
-        raise RowError("bad_value", f"field '{where}.loss_weight' is 1 on a {role} turn; only assistant turns train")
+        raise RowError("bad_value", f"field '{where}' is 1 on a {role} turn; only assistant turns train")
     return float(value)
 
 
