@@ -66,6 +66,17 @@ class Broken(Backend):
         raise RuntimeError("device lost")
 
 
+@register("unloadable")
+class Unloadable(Backend):
+    """Test only: an engine that cannot load (a model its version does not support)."""
+
+    class Config(PluginConfig):
+        kind: str = "unloadable"
+
+    def __init__(self, config, model):
+        raise ValueError("this engine does not support the model's architecture")
+
+
 def pool(path: Path, n: int, edits: dict[int, str] | None = None) -> list[dict]:
     rows = list(iter_pool_rows(DemoConfig(out_dir="x", noise=CLEAN), 0, n))
     for i, instruction in (edits or {}).items():
@@ -144,6 +155,16 @@ def test_a_systematic_engine_error_stops_the_stage_instead_of_bisecting_every_ro
     # halving 64 -> 1 (6 calls), 3 single rows, one more pair, each failure but the last probed: 19;
     # bisecting down to every row would take 127 calls and as many probes
     assert calls <= 20, f"{calls} engine calls (probes included) for a 64-row batch"
+
+
+def test_a_replica_that_cannot_load_stops_the_stage_with_one_line(ray_local, tiny_models, tmp_path):
+    pool(tmp_path / "pool", 8)
+    cfg = poison_config(tmp_path, backend={"kind": "unloadable"}).model_copy(update={"model": tiny_models["teacher"]})
+    with pytest.raises(GenerationError) as info:
+        generate(cfg)
+    assert str(info.value) == (
+        "generate: a teacher replica failed to start: ValueError: this engine does not support the model's architecture"
+    )
 
 
 def test_too_many_faulty_rows_fail_the_job_with_a_summary(ray_local, tmp_path):

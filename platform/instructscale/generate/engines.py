@@ -216,8 +216,8 @@ class EnginePool:
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=replicas.start_timeout_s)
         try:
             load_s = ray.get(ready)
-        except GenerationError as err:
-            raise GenerationError(str(err).split("\n", 1)[0]) from None
+        except ray.exceptions.RayActorError as err:  # the replica's constructor (the engine's load) raised
+            raise GenerationError(f"generate: a teacher replica failed to start: {_last_line(err)}") from None
         started = [pending[ref] for ref in ready]
         for engine in set(engines) - set(started):
             ray.kill(engine)
@@ -247,3 +247,9 @@ class EnginePool:
     def close(self) -> None:
         for actor in (*self.engines, self.dispatcher):
             ray.kill(actor)
+
+
+def _last_line(err: BaseException) -> str:
+    """The last line of a remote error's message: the original exception's type and message."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
