@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from instructscale import storage
 from instructscale.backends.base import GenerationError, RowFault, SamplingConfig
@@ -34,6 +35,7 @@ from instructscale.runtime import ModelThread
 from instructscale.schema import POOL_SCHEMA
 
 log = logging.getLogger(__name__)
+LOST_REPLICA_RETRIES = 8  # times a batch moves on when its replica is lost with its node
 
 GEN_SCHEMA = pa.schema(
     [
@@ -187,12 +189,22 @@ class _Dispatcher:
 
 
 def _feed(batch: pa.Table, engines: list, dispatcher, job: Job) -> pa.Table:
-    """A pass's Ray Data task (no resources of its own, a pooled worker): one batch to an idle replica."""
-    replica = ray.get(dispatcher.acquire.remote())
-    try:
-        return ray.get(engines[replica].process.remote(batch, job))
-    finally:
-        dispatcher.release.remote(replica)
+    """A pass's Ray Data task (no resources of its own, a pooled worker): one batch to an idle
+    replica. A replica lost with its node (Ray restarts it elsewhere) leaves the batch to the next
+    free one; the part it may have committed has the same name, so nothing is duplicated."""
+    lost = 0
+    while True:
+        replica = ray.get(dispatcher.acquire.remote())
+        try:
+            return ray.get(engines[replica].process.remote(batch, job))
+        except ray.exceptions.RayActorError as err:  # died, or unreachable while it restarts
+            lost += 1
+            if lost > LOST_REPLICA_RETRIES:
+                raise
+            log.warning("generate: replica %d lost (%s); the batch goes to another", replica, type(err).__name__)
+            time.sleep(2)
+        finally:
+            dispatcher.release.remote(replica)
 
 
 class EnginePool:
@@ -207,7 +219,9 @@ class EnginePool:
         )
         engines = [actor.remote(shipped, writer) for _ in range(replicas.max_replicas)]
         self.engines, self.load_s = self._started(engines)
-        self.dispatcher = _Dispatcher.remote(len(self.engines))
+        # on the driver's node: a lost worker node must not take the queue of free replicas with it
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.dispatcher = _Dispatcher.options(scheduling_strategy=here).remote(len(self.engines))
 
     def _started(self, engines: list) -> tuple[list, list[float]]:
         """The replicas that started within ``replicas.start_timeout_s`` (at least ``min_replicas``)."""
