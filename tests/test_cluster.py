@@ -175,6 +175,18 @@ def _wait_for_dashboard(address: str) -> None:
     pytest.fail("local Ray head did not come up")
 
 
+def _cli(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """`instructscale ARGS` in a process of its own, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "instructscale", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=CLUSTER.parent,
+    )
+
+
 @pytest.mark.slow
 def test_the_demo_pipeline_runs_as_a_job_on_a_token_head_only_for_a_client_with_the_token(tmp_path, capsys):
     """A real head with Ray token authentication: a client with no token (its own HOME, RAY_AUTH_MODE
@@ -200,29 +212,12 @@ def test_the_demo_pipeline_runs_as_a_job_on_a_token_head_only_for_a_client_with_
         "plugins": "[tests/test_plugins.py]",  # shipped with the job, imported there by module name
         "keep_short.max_words": "50",  # a stage that only that file defines, run after select
     }
-    cli = [sys.executable, "-m", "instructscale"]
     with ray_head(auth) as address:
-        refused = subprocess.run(
-            [*cli, "status", "demo-job", "--address", address],
-            env=client,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=CLUSTER.parent,
-        )
+        refused = _cli(["status", "demo-job", "--address", address], client)
         with_token = {**client, "RAY_AUTH_TOKEN_PATH": str(token)}
         args = ["submit", "configs/demo.yaml", "--address", address, "--job-id", "demo-job"]
-        args += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-        job = subprocess.run(
-            [*cli, *args], env=with_token, capture_output=True, text=True, timeout=900, cwd=CLUSTER.parent
-        )
-        status = subprocess.run(
-            [*cli, "status", "demo-job", "--address", address],
-            env=with_token,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        job = _cli(args + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")], with_token, timeout=900)
+        status = _cli(["status", "demo-job", "--address", address], with_token)
     assert refused.returncode == 2 and "refused this client: it needs the cluster's token" in refused.stderr
     assert job.returncode == 0, job.stderr[-3000:]
     assert (
