@@ -44,7 +44,8 @@ def without_operational(model: BaseModel, data: Any) -> Any:
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid config ({err.error_count()} problem(s))"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        # a tagged union's tag (a model's class name) is left out: the key is the user's path
+        key = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p[:1].isupper())) or "<root>"
         if e["type"] == "extra_forbidden":
             lines.append(f"  - {key}: unknown key")
         else:

@@ -20,8 +20,7 @@ from instructscale.generate.config import GenerateOptions
 from instructscale.lifecycle import StageConfig
 from instructscale.models.tiny import ensure_tiny_models
 from instructscale.plugins import register
-from instructscale.pools.ingest import IngestOptions, PoolInput
-from instructscale.pools.registry import RegistryInput
+from instructscale.pools.ingest import IngestOptions, InputSpec
 from instructscale.process import prepare
 from instructscale.redact import redact, redact_text
 from instructscale.report import write_report
@@ -52,7 +51,7 @@ class PipelineConfig(StageConfig):
     demo: DemoOptions | None = Field(
         None, description="the built-in demo pool and eval split (`demo: {}` for its defaults); absent: no demo rows"
     )
-    inputs: list[PoolInput | RegistryInput] = Field(
+    inputs: list[InputSpec] = Field(
         default_factory=list, description="files ({path, format}) or LLaMA-Factory registries ({dataset_info, names})"
     )
     ingest: IngestOptions = Field(default_factory=IngestOptions)

@@ -7,12 +7,12 @@ import json
 import logging
 import time
 from collections import Counter
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 from ray.data import Dataset
 
 from instructscale import storage
@@ -54,6 +54,18 @@ class PoolInput(StrictModel):
     )
 
 
+def _input_kind(value: Any) -> str:
+    """Which kind of input a config entry is: a registry when it names a ``dataset_info``."""
+    is_registry = isinstance(value, RegistryInput) or (isinstance(value, dict) and "dataset_info" in value)
+    return "RegistryInput" if is_registry else "PoolInput"
+
+
+InputSpec = Annotated[
+    Annotated[PoolInput, Tag("PoolInput")] | Annotated[RegistryInput, Tag("RegistryInput")],
+    Discriminator(_input_kind),
+]
+
+
 class IngestOptions(StrictModel):
     """Validation bounds and part size; the `ingest` section of a pipeline config."""
 
@@ -65,7 +77,7 @@ class IngestOptions(StrictModel):
 class IngestConfig(IngestOptions, StageConfig):
     """`instructscale ingest`: inputs -> out_dir/pool (Parquet parts) and out_dir/quarantine (JSONL)."""
 
-    inputs: list[PoolInput | RegistryInput] = Field(
+    inputs: list[InputSpec] = Field(
         min_length=1, description="files ({path, format, ...}) or LLaMA-Factory registries ({dataset_info, names})"
     )
     out_dir: str
