@@ -100,7 +100,7 @@ def test_alpaca_json_array_sharegpt_and_parquet_union(ray_local, tmp_path):
     assert reasons[("x.parquet", 2)] == "missing_field: missing field 'instruction'"
     table = _pool(out)
     by_id = {r["id"]: r for r in table.to_pylist()}
-    plain = {"tool_calls": None, "tool_call_id": None, "name": None}
+    plain = {"tool_calls": None, "tool_call_id": None, "name": None, "reasoning": None, "loss_weight": None}
     assert by_id["s1"]["messages"] == [
         {"role": "user", "content": "Q", **plain},
         {"role": "assistant", "content": "A", **plain},
