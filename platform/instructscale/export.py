@@ -29,7 +29,7 @@ from instructscale.lifecycle import StageConfig, StageRun, part_files, require_d
 from instructscale.plugins import register
 from instructscale.progress import Progress
 from instructscale.schema import POOL_SCHEMA, decode_metadata
-from instructscale.stage import Pipe, Stage
+from instructscale.stage import Stage
 
 FORMATS = ("llamafactory", "hf", "openai")
 LLAMAFACTORY_TAGS = {
@@ -155,10 +155,6 @@ class Export(Stage[ExportConfig]):
             "formats": {f: run.uri(f) for f in cfg.formats},
             "seconds": round(time.time() - t0, 2),
         }
-
-    @classmethod
-    def wiring(cls, pipe: Pipe) -> dict:
-        return {"input": pipe.pool}
 
     @classmethod
     def describe(cls, entry: dict) -> list[str]:
