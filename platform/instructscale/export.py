@@ -30,6 +30,7 @@ from instructscale.plugins import register
 from instructscale.progress import Progress
 from instructscale.schema import POOL_SCHEMA, decode_metadata
 from instructscale.stage import Stage
+from instructscale.train.data import usable_rows
 
 FORMATS = ("llamafactory", "hf", "openai")
 LLAMAFACTORY_TAGS = {
@@ -55,11 +56,6 @@ class ExportConfig(ExportOptions, StageConfig):
 
     input: str = Field(description="canonical Parquet rows (e.g. a selection's `selected`)")
     out_dir: str
-
-
-def _trainable(row: dict) -> bool:
-    """Whether the row ends with a response (rows without one are left out of the chat formats)."""
-    return bool((row.get("output") or "").strip())
 
 
 def llamafactory_row(row: dict) -> dict:
@@ -125,7 +121,7 @@ class Export(Stage[ExportConfig]):
     def run(self, run: StageRun) -> dict:
         t0, cfg = time.time(), self.cfg
         files = part_files(cfg.input)
-        counts = {"rows": 0, "exported": 0}
+        rows = exported = 0
         progress = Progress("export")
         with ExitStack() as stack:
             lf = "llamafactory" in cfg.formats and stack.enter_context(
@@ -136,22 +132,22 @@ class Export(Stage[ExportConfig]):
             )
             for i, uri in enumerate(files):
                 table = storage.read_parquet([uri], schema=POOL_SCHEMA)  # the canonical columns only
-                rows = table.to_pylist()
-                trainable = [r for r in rows if _trainable(r)]
+                trainable = usable_rows(table).to_pylist()  # rows without a response stay out of chat formats
                 if lf:
                     lf.write(_jsonl([llamafactory_row(r) for r in trainable]))
                 if oa:
                     oa.write(_jsonl([openai_row(r) for r in trainable]))
                 if "hf" in cfg.formats:
                     storage.write_parquet(run.uri("hf", "data", f"train-{i:05d}-of-{len(files):05d}.parquet"), table)
-                counts = {"rows": counts["rows"] + len(rows), "exported": counts["exported"] + len(trainable)}
-                progress.update(len(rows))
+                rows, exported = rows + table.num_rows, exported + len(trainable)
+                progress.update(table.num_rows)
         if lf:
             storage.write_json(run.uri("llamafactory", "dataset_info.json"), dataset_info_entry(cfg.name))
         progress.close(f"{', '.join(cfg.formats)}")
         return {
-            **counts,
-            "without_response": counts["rows"] - counts["exported"],
+            "rows": rows,
+            "exported": exported,
+            "without_response": rows - exported,
             "formats": {f: run.uri(f) for f in cfg.formats},
             "seconds": round(time.time() - t0, 2),
         }

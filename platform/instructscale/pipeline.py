@@ -20,7 +20,7 @@ from instructscale.generate.config import GenerateOptions
 from instructscale.lifecycle import StageConfig
 from instructscale.models.tiny import ensure_tiny_models
 from instructscale.plugins import register
-from instructscale.pools.ingest import IngestOptions, InputSpec
+from instructscale.pools.ingest import NO_DATA, IngestOptions, InputSpec
 from instructscale.process import prepare
 from instructscale.redact import redact, redact_text
 from instructscale.report import write_report
@@ -89,7 +89,7 @@ class PipelineConfig(StageConfig):
     @model_validator(mode="after")
     def _has_data(self) -> PipelineConfig:
         if self.demo is None and not self.inputs:
-            raise ValueError("no data: set `inputs`, or `demo: {}` for the built-in demo pool")
+            raise ValueError(NO_DATA)
         return self
 
     def section(self, stage: str) -> StrictModel | None:

@@ -28,6 +28,7 @@ from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA
 from instructscale.stage import Pipe, Stage
 
 log = logging.getLogger(__name__)
+NO_DATA = "no data: set `inputs`, or `demo: {}` for the built-in demo pool"
 
 
 class PoolInput(StrictModel):
@@ -274,7 +275,7 @@ class Ingest(Stage[IngestConfig]):
     @classmethod
     def wiring(cls, pipe: Pipe) -> dict:
         if not pipe.inputs:
-            raise ConfigError("no data: set `inputs`, or `demo: {}` for the built-in demo pool")
+            raise ConfigError(NO_DATA)
         return {"inputs": pipe.inputs}
 
     @classmethod
