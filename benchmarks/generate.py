@@ -13,6 +13,8 @@ Targets: stage >= 0.95x raw vLLM generating, >= 0.9x wall; >= 10x the one-prompt
 (--teacher smollm2) >= 1.5x the HF loop with 64 prompts per call.
     python benchmarks/generate.py --rows 2048                                # -> generate.json
     python benchmarks/generate.py --rows 1024 --teacher smollm2 --max-tokens 64   # -> generate_smollm2.json
+On a CUDA machine the stage's replica and every arm run on the first GPU, and the result's name ends
+in ``_cuda`` (benchmarks/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ import pyarrow as pa
 from harness import Bench
 
 RAW_RESULT = "raw-result: "
+
+
+def has_cuda() -> bool:
+    from instructscale.backends.vllm import has_cuda as cuda
+
+    return cuda()
 
 
 def raw_vllm(args: argparse.Namespace) -> None:
@@ -96,13 +104,15 @@ class Setup:
         self.rows = list(iter_pool_rows(DemoConfig(out_dir="x"), 0, args.rows))
         write_parquet(str(work / "pool" / "part-0.parquet"), pa.Table.from_pylist(self.rows, schema=POOL_SCHEMA))
         self.sampling = SamplingConfig(max_tokens=args.max_tokens, temperature=0.0, seed=0)
-        # one replica on all cores, as the raw engine gets them (on CPU a replica's num_cpus is its thread count)
+        # one replica on all cores, as the raw engine gets them (on CPU a replica's num_cpus is its
+        # thread count); on a CUDA machine one replica on one GPU, as the raw engine runs
+        resources = {"num_cpus": 1, "num_gpus": 1} if has_cuda() else {"num_cpus": os.cpu_count()}
         self.cfg = GenerateConfig(
             input=str(work / "pool"),
             out_dir=str(work / "out"),
             model=self.teacher,
             sampling=self.sampling,
-            replicas={"batch_size": args.batch_size, "num_cpus": os.cpu_count()},
+            replicas={"batch_size": args.batch_size, **resources},
         )
         self.prompts = GenerationMode.registry.build(self.cfg.mode, self.cfg).prompts(self.rows)
 
@@ -225,7 +235,7 @@ def main() -> None:
         ratios["poison_over_clean_wall"] = poison_ratio(bench.results, args.poison)
     name = (
         "generate_poison" if args.poison_only else "generate" + ("" if args.teacher == "tiny" else f"_{args.teacher}")
-    )
+    ) + ("_cuda" if has_cuda() else "")
     bench.write(name, medians=by_method, ratios=ratios)
 
 

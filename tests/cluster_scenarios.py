@@ -97,13 +97,20 @@ def demo_config(run: str, **overrides):
 
 
 def multinode_pipeline(run: str, node_root: Path) -> dict:
-    """The whole pipeline and a small tuning search, every output on the object store."""
+    """A local run_dir refused before any work, then the whole pipeline and a small tuning search,
+    every output on the object store."""
     from instructscale import storage
+    from instructscale.config import ConfigError
     from instructscale.pipeline import run_pipeline
     from instructscale.tune.config import TuneConfig
     from instructscale.tune.search import run_search
 
     start_cluster(node_root, {"a": 4, "b": 4})
+    try:
+        run_pipeline(demo_config(str(node_root / "local-run")))
+        refusal = None
+    except ConfigError as err:
+        refusal = str(err)
     summary = run_pipeline(demo_config(run))
     tune = run_search(
         TuneConfig(
@@ -126,25 +133,48 @@ def multinode_pipeline(run: str, node_root: Path) -> dict:
         )
     )
     again = run_pipeline(demo_config(run))
-    return {"summary": summary, "tune": tune, "rerun_seconds": again["seconds"]}
+    return {"refusal": refusal, "summary": summary, "tune": tune, "rerun_seconds": again["seconds"]}
 
 
-def node_loss_generate(run: str, node_root: Path) -> dict:
-    """A worker node removed while generation runs; the job completes."""
+def node_loss(run: str, node_root: Path) -> dict:
+    """A worker node removed while generation runs, then another while training runs; both jobs
+    complete, training resumed from its checkpoint on the object store."""
+    from instructscale import storage
+    from instructscale.models.tiny import ensure_tiny_models
+
+    cluster, workers = start_cluster(node_root, {"a": 2, "b": 2})
+    models = ensure_tiny_models(storage.join(run, "models"))
+    generated, c = _lose_a_node_while(cluster, node_root, workers["b"], "c", _generate(run, models))
+    trained, _ = _lose_a_node_while(cluster, node_root, c, "d", _train(run, models))  # one worker per node: a, c
+    return {"generate": generated, "train": trained}
+
+
+def _lose_a_node_while(cluster, node_root: Path, node, replacement: str, job) -> tuple[dict, object]:
+    """Run ``job`` (a function, and one that waits until it has committed work) in a thread; then kill
+    ``node`` (a crash, not a drain) and add a ``replacement`` node, as an autoscaler would, and wait for
+    the job. Returns its outcome and the replacement node."""
+    run, ready = job
+    worker, outcome = in_background(run)
+    progress = ready()
+    cluster.remove_node(node, allow_graceful=False)
+    added = add_node(cluster, node_root, replacement, 2)
+    worker.join(timeout=900)
+    return {"progress_before_loss": progress, **outcome}, added
+
+
+def _generate(run: str, models: dict):
     from instructscale import storage
     from instructscale.config import parse_config
     from instructscale.demo.pool import DemoConfig, make_demo
     from instructscale.generate.config import GenerateConfig
     from instructscale.generate.stage import generate
-    from instructscale.models.tiny import ensure_tiny_models
 
-    cluster, workers = start_cluster(node_root, {"a": 2, "b": 2})
-    models = ensure_tiny_models(storage.join(run, "models"))
-    make_demo(DemoConfig(out_dir=storage.join(run, "data"), rows=240, shards=2, eval_rows=0, malformed_jsonl_rows=0))
+    data = storage.join(run, "gen-data")
+    make_demo(DemoConfig(out_dir=data, rows=240, shards=2, eval_rows=0, malformed_jsonl_rows=0))
     cfg = parse_config(
         GenerateConfig,
         {
-            "input": storage.join(run, "data", "pool"),
+            "input": storage.join(data, "pool"),
             "out_dir": storage.join(run, "generate"),
             "model": models["teacher"],
             "backend": "hf",
@@ -153,34 +183,26 @@ def node_loss_generate(run: str, node_root: Path) -> dict:
             "replicas": {"min_replicas": 2, "max_replicas": 2, "batch_size": 8, "num_cpus": 1},
         },
     )
-    worker, outcome = in_background(lambda: generate(cfg))
-    committed = wait_for_commits(storage.join(run, "generate", "rows"), 3)
-    cluster.remove_node(workers["b"], allow_graceful=False)
-    add_node(cluster, node_root, "c", 2)  # the autoscaler's replacement
-    worker.join(timeout=600)
-    return {"committed_before_loss": committed, **outcome}
+    return (lambda: generate(cfg)), (lambda: wait_for_commits(storage.join(run, "generate", "rows"), 3))
 
 
-def node_loss_train(run: str, node_root: Path) -> dict:
-    """A worker node removed while training runs; training resumes from the object store."""
+def _train(run: str, models: dict):
     from instructscale import storage
     from instructscale.config import parse_config
     from instructscale.demo.pool import DemoConfig, make_demo
-    from instructscale.models.tiny import ensure_tiny_models
     from instructscale.train.config import TrainConfig
     from instructscale.train.stage import train
 
-    cluster, workers = start_cluster(node_root, {"a": 2, "b": 2})
-    models = ensure_tiny_models(storage.join(run, "models"))
-    make_demo(DemoConfig(out_dir=storage.join(run, "data"), rows=400, shards=1, eval_rows=0, malformed_jsonl_rows=0))
+    data = storage.join(run, "train-data")
+    make_demo(DemoConfig(out_dir=data, rows=400, shards=1, eval_rows=0, malformed_jsonl_rows=0))
     cfg = parse_config(
         TrainConfig,
         {
-            "data": storage.join(run, "data", "pool"),
+            "data": storage.join(data, "pool"),
             "model": models["student"],
             "out_dir": storage.join(run, "train"),
             "lora": None,
-            "max_steps": 120,
+            "max_steps": 60,
             "epochs": 4,
             "micro_batch_size": 4,
             "max_length": 64,
@@ -189,17 +211,15 @@ def node_loss_train(run: str, node_root: Path) -> dict:
             "scaling": {"num_workers": 2, "cpus_per_worker": 2},
         },
     )  # one worker per node
-    worker, outcome = in_background(lambda: train(cfg))
-    metrics = storage.join(run, "train", "metrics.jsonl")
-    deadline = time.time() + 300
-    while time.time() < deadline and not registered_checkpoint(run):
-        time.sleep(0.5)
-    steps_before = len(storage.read_text(metrics).splitlines()) if storage.is_file(metrics) else 0
-    cluster.remove_node(workers["b"], allow_graceful=False)  # a crash, not a drain
-    add_node(cluster, node_root, "c", 2)
-    worker.join(timeout=900)
-    lines = storage.read_text(metrics).splitlines() if storage.is_file(metrics) else []
-    return {"steps_logged_before_loss": steps_before, "metric_lines": len(lines), **outcome}
+
+    def ready() -> int:
+        deadline = time.time() + 300
+        while time.time() < deadline and not registered_checkpoint(run):
+            time.sleep(0.5)
+        metrics = storage.join(run, "train", "metrics.jsonl")
+        return len(storage.read_text(metrics).splitlines()) if storage.is_file(metrics) else 0
+
+    return (lambda: train(cfg)), ready
 
 
 def registered_checkpoint(run: str) -> bool:
@@ -214,17 +234,166 @@ def registered_checkpoint(run: str) -> bool:
     return bool((storage.read_json_if_exists(snapshot) or {}).get("latest_checkpoint_result"))
 
 
-def local_run_dir(run: str, node_root: Path) -> dict:
-    """A local run_dir on a multi-node cluster is refused before any work."""
-    from instructscale.config import ConfigError
+def autoscaling(run: str, node_root: Path) -> dict:
+    """The demo pipeline on an autoscaling cluster whose worker types mirror cluster/aws.yaml's
+    (same names and custom resources, 2 CPUs each, no GPUs, 0 to 1 node each, a 6 s idle timeout):
+    the teacher replicas ask for ``accelerator_type:L4`` and the training worker for
+    ``accelerator_type:A100``, as a GPU cluster's configs would; no worker node exists before."""
+    import ray
+
+    from instructscale.cluster_fit import node_types
     from instructscale.pipeline import run_pipeline
 
-    start_cluster(node_root, {"a": 1, "b": 1})
-    try:
-        run_pipeline(demo_config(str(node_root / "local-run")))
-    except ConfigError as err:
-        return {"error": str(err)}
-    return {"error": None}
+    types = {name: _scaled(r) for name, r in node_types(str(ROOT / "cluster" / "aws.yaml")).items()}
+    address = start_autoscaling_head(node_root, types, idle_timeout_minutes=0.1)
+    ray.init(address=address, log_to_driver=False)
+    watcher = NodeWatcher(types)
+    before = watcher.alive()
+    cfg = demo_config(
+        run,
+        **{
+            "ray.address": address,
+            "storage.shared_mount": True,  # the fake nodes share this machine's disk
+            "demo.rows": 200,
+            "generate.replicas": {"num_cpus": 2, "batch_size": 64, "resources": {"accelerator_type:L4": 1}},
+            "select.scorers": [],
+            "select.difficulty": {"source": "length"},
+            "select.weights": {},
+            "train.scaling": {"num_workers": 1, "cpus_per_worker": 1, "resources": {"accelerator_type:A100": 1}},
+            "train.max_steps": 4,
+            "evaluate": None,
+        },
+    )
+    summary = run_pipeline(cfg)
+    removed_after_s = watcher.wait_until_no_workers(timeout_s=120)
+    watcher.stop()
+    return {
+        "types": types,
+        "before": before,
+        "seen": watcher.seen,
+        "summary": summary,
+        "removed_after_s": removed_after_s,
+    }
+
+
+def _scaled(resources: dict) -> dict:
+    """A node type's resources at this machine's size: 2 CPUs, no GPUs, the custom resources kept."""
+    return {"CPU": 2.0, **{k: v for k, v in resources.items() if k not in ("CPU", "GPU")}}
+
+
+def start_autoscaling_head(node_root: Path, types: dict, idle_timeout_minutes: float) -> str:
+    """A head with 0 CPUs and Ray's autoscaler over the fake multi-node provider (worker nodes are
+    Ray nodes this machine starts and stops, as a cloud provider would); returns its address.
+    The head runs in its own temp dir, and its process group is killed at exit (never ``ray
+    stop``: other Ray clusters on the machine stay up)."""
+    import signal
+    import socket
+    import subprocess
+    import tempfile
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port, temp = free_port(), tempfile.mkdtemp(prefix="autoscale-", dir="/tmp")  # short: socket paths
+    nodes = {n: {"resources": r, "node_config": {}, "min_workers": 0, "max_workers": 1} for n, r in types.items()}
+    config = {
+        "cluster_name": "drill",
+        "max_workers": len(types),
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": idle_timeout_minutes,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": f"127.0.0.1:{port}",
+        },
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            **nodes,
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+        },
+        "head_node_type": "ray.head.default",
+        **{
+            k: [] for k in ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands")
+        },
+        **{k: [] for k in ("head_start_ray_commands", "worker_start_ray_commands", "rsync_exclude", "rsync_filter")},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+    }
+    config_file = Path(temp) / "autoscaling.json"
+    config_file.write_text(json.dumps(config))
+    # token auth is drilled in tests/test_cluster.py; this head and its fake nodes run without
+    env = {**os.environ, **node_env(node_root, "head"), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    env |= {"RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray_bin = Path(sys.executable).with_name("ray")
+    args = [f"--port={port}", "--num-cpus=0", f"--temp-dir={temp}", f"--autoscaling-config={config_file}"]
+    args += [
+        "--include-dashboard=false",
+        f"--dashboard-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+    ]
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the head, its autoscaler and the nodes it starts: one process group
+    )
+    CLEANUPS.append(lambda: os.killpg(head.pid, signal.SIGKILL))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return f"127.0.0.1:{port}"
+        time.sleep(0.5)
+    raise TimeoutError("the autoscaling head did not come up")
+
+
+class NodeWatcher:
+    """Samples the cluster's alive nodes every 0.5 s: when each worker type was first and last seen."""
+
+    def __init__(self, types: dict):
+        self.types, self.t0, self.seen = types, time.time(), {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def alive(self) -> list[str]:
+        import ray
+
+        return [self._type(n["Resources"]) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]
+
+    def _type(self, resources: dict) -> str:
+        custom = {k for k in resources if k.startswith("accelerator_type:")}
+        return next(n for n, r in self.types.items() if {k for k in r if k.startswith("accelerator_type:")} == custom)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = round(time.time() - self.t0, 1)
+            for name in self.alive():
+                self.seen.setdefault(name, [now, now])[1] = now
+            time.sleep(0.5)
+
+    def wait_until_no_workers(self, timeout_s: float) -> float | None:
+        """Seconds until no worker node is alive, or None after ``timeout_s``."""
+        start = time.time()
+        while time.time() - start < timeout_s:
+            if not self.alive():
+                return round(time.time() - start, 1)
+            time.sleep(1)
+        return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+CLEANUPS: list = []  # run at exit
 
 
 if __name__ == "__main__":
@@ -239,3 +408,5 @@ if __name__ == "__main__":
         ray.shutdown()
         for cluster in CLUSTERS:
             cluster.shutdown()
+        for cleanup in CLEANUPS:
+            cleanup()

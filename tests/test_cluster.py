@@ -1,9 +1,9 @@
 """Cluster configs validate against Ray's own schema, KubeRay manifests have the expected
-structure, and the demo pipeline runs as a Ray job submitted with the CLI to a real local head."""
+structure, and a pipeline runs as a Ray job submitted with the CLI to a real local head."""
 
 import contextlib
-import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -39,6 +39,67 @@ def test_gpu_and_cpu_extras_name_the_same_vllm_minor():
     assert gpu.specifier.contains(f"{minor}.0") and gpu.specifier.contains(f"{minor}.9")
     assert not gpu.specifier.contains(f"{pinned.major}.{pinned.minor + 1}.0"), "the gpu extra admits the next minor"
     assert not gpu.specifier.contains(f"{pinned.major}.{pinned.minor - 1}.0"), "the gpu extra admits an older minor"
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_cluster_nodes_install_the_versions_pyproject_pins(name):
+    """A package a launcher config's setup_commands pins has the same pin as pyproject.toml (its
+    dependencies and the gpu extra): the nodes run the version set the tests ran."""
+    project = tomllib.loads((CLUSTER.parent / "pyproject.toml").read_text())["project"]
+    pinned = {
+        Requirement(r).name: Requirement(r)
+        for r in [*project["dependencies"], *project["optional-dependencies"]["gpu"]]
+    }
+    commands = " ".join(yaml.safe_load((CLUSTER / name).read_text())["setup_commands"])
+    named = [Requirement(r) for r in re.findall(r'"([^"]+)"', commands)]
+    assert "vllm" in {r.name for r in named}, f"{name} installs no vllm"
+    for req in named:
+        assert req.name in pinned, f"{name} installs {req.name}, which pyproject.toml does not name"
+        assert req.specifier == pinned[req.name].specifier, f"{name}: {req} but pyproject.toml has {pinned[req.name]}"
+
+
+CLUSTERS = ["aws.yaml", "gcp.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml"]
+
+
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_every_shipped_pipeline_config_fits_a_node_type_of_each_cluster_config(cluster, capsys):
+    for config in ("configs/demo.yaml", "configs/smollm2.yaml", "jobs/demo.yaml", "jobs/pipeline.yaml"):
+        assert main(["fits", config, "--cluster", str(CLUSTER / cluster)]) == 0, capsys.readouterr().err
+
+
+def test_a_request_no_node_type_can_hold_is_named_with_what_the_cluster_offers(capsys):
+    """Drift between the stage configs and the cluster configs fails here, not as a job that waits forever."""
+    sets = [
+        "--set",
+        'generate.replicas.resources={"accelerator_type:H100": 1}',  # a GPU type no node type has
+        "--set",
+        "train.scaling={use_gpu: true, gpus_per_worker: 16}",  # more GPUs than a node has
+    ]
+    assert main(["fits", "jobs/pipeline.yaml", "--cluster", str(CLUSTER / "aws.yaml"), *sets]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert err[0].startswith("generate.replicas asks for {CPU: 2, accelerator_type:H100: 1}: no node type offers ")
+    assert "accelerator_type:H100 in " in err[0] and "gpu_teacher {CPU: 8, GPU: 1, accelerator_type:L4: 1}" in err[0]
+    assert err[1].startswith("train.scaling asks for {CPU: 1, GPU: 16}: no node type is that large in ")
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_check_plans_within_8_minutes_and_its_dry_run_passes_on_cpu():
+    """`benchmarks/gpu_check.sh --dry-run` imports every module and validates every config and flag
+    the GPU check would use, so that the first minutes on a GPU are not spent on a typo."""
+    venv = Path(sys.executable).parents[1]
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run"],
+        cwd=CLUSTER.parent,
+        env={**os.environ, "VENV": str(venv)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "dry run: OK" in done.stdout
+    budget = int(done.stdout.split("total budget ")[1].split()[0])
+    assert budget <= 8 * 60, f"the GPU check plans {budget} s, over 8 minutes"
 
 
 @pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
@@ -188,35 +249,30 @@ def _cli(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess
 
 
 @pytest.mark.slow
-def test_the_demo_pipeline_runs_as_a_job_on_a_token_head_only_for_a_client_with_the_token(tmp_path, capsys):
+def test_a_pipeline_with_every_plugin_kind_runs_as_a_job_on_a_token_head_only_for_a_client_with_the_token(
+    tmp_path, capsys
+):
     """A real head with Ray token authentication: a client with no token (its own HOME, RAY_AUTH_MODE
     unset) is refused with a message saying where the token goes; `instructscale submit` with the
-    token (RAY_AUTH_TOKEN_PATH) runs the demo pipeline as a job, plug-in file shipped along (a stage
-    only that file defines runs after select), and `status` reads the result. The token is never
-    printed."""
+    token (RAY_AUTH_TOKEN_PATH) runs a pipeline as a job whose plug-ins of every kind come from a file
+    shipped along (tests/test_plugins.py), each run where its kind runs; `status` reads the result.
+    The token is never printed."""
+    from test_plugins import check_every_plugin_ran, plugin_pipeline
+
     token = tmp_path / "token"
     token.write_text(uuid.uuid4().hex)
     (tmp_path / "home").mkdir()
-    run = tmp_path / "run"
+    run, markers = tmp_path / "run", tmp_path / "markers"
+    markers.mkdir()
+    config = plugin_pipeline(run, markers) | {"plugins": ["tests/test_plugins.py"]}  # imported there by module name
+    (tmp_path / "plugins.yaml").write_text(yaml.safe_dump(config))
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "HOME": str(tmp_path / "home")}
     client = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(tmp_path / "home")}
-    sets = {
-        "run_dir": str(run),
-        "demo.rows": "400",
-        "demo.eval_rows": "20",
-        "demo.malformed_jsonl_rows": "8",
-        "generate": "null",
-        "evaluate": "null",
-        "train": "null",  # training as a job on a cluster: tests/test_multinode.py
-        "select.scorers.0.max_replicas": "1",
-        "plugins": "[tests/test_plugins.py]",  # shipped with the job, imported there by module name
-        "keep_short.max_words": "50",  # a stage that only that file defines, run after select
-    }
     with ray_head(auth) as address:
         refused = _cli(["status", "demo-job", "--address", address], client)
         with_token = {**client, "RAY_AUTH_TOKEN_PATH": str(token)}
-        args = ["submit", "configs/demo.yaml", "--address", address, "--job-id", "demo-job"]
-        job = _cli(args + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")], with_token, timeout=900)
+        args = ["submit", str(tmp_path / "plugins.yaml"), "--address", address, "--job-id", "demo-job"]
+        job = _cli(args, with_token, timeout=900)
         status = _cli(["status", "demo-job", "--address", address], with_token)
     assert refused.returncode == 2 and "refused this client: it needs the cluster's token" in refused.stderr
     assert job.returncode == 0, job.stderr[-3000:]
@@ -225,9 +281,7 @@ def test_the_demo_pipeline_runs_as_a_job_on_a_token_head_only_for_a_client_with_
     )
     assert "warning" not in job.stderr, "one node: a local run_dir is fine"
     assert status.stdout.strip() == "SUCCEEDED"
-    summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["stages"]) == {"models", "demo", "ingest", "select", "keep_short"}
-    assert 0 < summary["stages"]["keep_short"]["rows"] <= summary["stages"]["select"]["selected"]
+    check_every_plugin_ran(run, markers)
     printed = "".join(p.stdout + p.stderr for p in (refused, job, status))
     assert token.read_text() not in printed
     assert main(["submit", "configs/nope.yaml", "--address", address]) == 2

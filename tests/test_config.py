@@ -71,10 +71,12 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
         "train",
         "tune",
         "evaluate",
+        "export",
         "submit",
         "status",
         "stop",
         "logs",
+        "fits",
         "build-models",
         "check-model",
     ],
@@ -83,3 +85,18 @@ def test_every_command_has_help(command):
     args = [sys.executable, "-m", "instructscale.cli", *([command] if command else []), "--help"]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     assert "usage: instructscale" in out
+
+
+HEAVY = ("torch", "transformers", "vllm", "deepspeed", "ray.data", "ray.train", "ray.tune", "pandas", "scipy")
+
+
+def test_the_cli_with_every_command_imports_no_ml_library():
+    """`instructscale status` or `--help` starts in a second or two: the libraries a stage runs on
+    (~15 s to import here) are imported where the stage runs, not where its command is declared."""
+    code = (
+        "import sys; sys.argv = ['instructscale']; import instructscale.cli; "
+        "from instructscale.stage import Command; [Command.registry.get(n) for n in Command.registry.names()]; "
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"imported when the CLI starts: {out.strip()}"

@@ -1,6 +1,6 @@
 """A real multi-node Ray cluster on one machine (a head without CPUs and worker nodes, each with its
-own temp root), every output on a real S3 protocol server: the whole pipeline and a search, a node
-lost during generation and during training, and the refusal of a local run_dir. Each scenario is a
+own temp root), every output on a real S3 protocol server: the refusal of a local run_dir, the whole
+pipeline and a search; a node lost during generation, then one during training. Each scenario is a
 driver process of its own (tests/cluster_scenarios.py)."""
 
 import json
@@ -48,9 +48,12 @@ def local_outputs(root: Path) -> list[Path]:
     return found
 
 
-def test_multinode_pipeline_and_search_on_object_storage(bucket, tmp_path):
+def test_multinode_refuses_a_local_run_dir_then_runs_the_pipeline_and_search_on_object_storage(bucket, tmp_path):
     run = f"{bucket}/run"
     result = run_scenario("multinode_pipeline", run, tmp_path / "nodes")
+    assert "is a local path, but this Ray cluster has 3 nodes" in result["refusal"]
+    assert "storage.shared_mount: true" in result["refusal"]
+    assert not (tmp_path / "nodes" / "local-run").exists()
     summary, tune = result["summary"], result["tune"]
     assert set(summary["stages"]) == {"models", "demo", "ingest", "generate", "select", "train", "evaluate"}
     ing = summary["stages"]["ingest"]
@@ -70,31 +73,20 @@ def test_multinode_pipeline_and_search_on_object_storage(bucket, tmp_path):
     assert not Path("s3:").exists()
 
 
-def test_node_loss_during_generate_answers_every_input_once(bucket, tmp_path):
+def test_a_node_lost_during_generate_and_one_during_train_cost_no_row_and_no_step(bucket, tmp_path):
     run = f"{bucket}/run"
-    result = run_scenario("node_loss_generate", run, tmp_path / "nodes")
-    manifest = result.get("manifest")
-    assert manifest and result["committed_before_loss"] >= 3, result
+    result = run_scenario("node_loss", run, tmp_path / "nodes")
+    gen, tr = result["generate"], result["train"]
+    assert gen.get("manifest") and gen["progress_before_loss"] >= 3, gen
     table = read_generated(f"{run}/generate", include_rejected=True)
-    pool = storage.read_parquet(storage.list_files(f"{run}/data/pool", suffix=".parquet"))
+    pool = storage.read_parquet(storage.list_files(f"{run}/gen-data/pool", suffix=".parquet"))
     assert sorted(table["parent_id"].to_pylist()) == sorted(pool["id"].to_pylist()), "each input exactly once"
-    assert manifest["inputs"] == pool.num_rows == 240
+    assert gen["manifest"]["inputs"] == pool.num_rows == 240
 
-
-def test_node_loss_during_train_resumes_from_the_object_store(bucket, tmp_path):
-    run = f"{bucket}/run"
-    result = run_scenario("node_loss_train", run, tmp_path / "nodes")
-    manifest = result.get("manifest")
-    assert manifest and manifest["steps"] == 120, result
+    manifest = tr.get("manifest")
+    assert manifest and manifest["steps"] == 60, tr
     steps = [r["step"] for r in manifest["history"]]
-    assert sorted(set(steps)) == list(range(1, 121))
+    assert sorted(set(steps)) == list(range(1, 61))
     resumed = {r["resumed_from"] for r in manifest["history"] if r["resumed_from"]}
-    assert resumed and all(r % 10 == 0 for r in resumed), result  # restarted from a checkpoint (every 10 steps)
+    assert resumed and all(r % 10 == 0 for r in resumed), tr  # restarted from a checkpoint (every 10 steps)
     assert storage.is_file(f"{run}/train/model/model.safetensors")
-
-
-def test_multinode_local_run_dir_is_refused(tmp_path):
-    result = run_scenario("local_run_dir", "unused", tmp_path / "nodes", timeout_s=300)
-    assert "is a local path, but this Ray cluster has 3 nodes" in result["error"]
-    assert "storage.shared_mount: true" in result["error"]
-    assert not (tmp_path / "nodes" / "local-run").exists()

@@ -90,6 +90,31 @@ def cmd_job(args) -> int:
     return 0
 
 
+def cmd_fits(args) -> int:
+    """Every resource request of a pipeline config (or job spec) against a cluster config's node types."""
+    from instructscale.cluster_fit import misfits, node_types, requests
+    from instructscale.pipeline import PipelineConfig
+    from instructscale.submit import job_spec
+
+    spec = job_spec(args.config, None, args.set)
+    if spec.command != "pipeline":
+        raise ConfigError(f"fits: {args.config} runs {spec.command!r}; fits checks pipeline configs")
+    data = spec.job_config()
+    prepare_for(data)
+    asked = requests(parse_config(PipelineConfig, data, args.config))
+    lines = misfits(asked, node_types(args.cluster), args.cluster)
+    for line in lines:
+        print(line, file=sys.stderr)
+    if not lines:
+        print(f"fits: every request of {args.config} fits a node type of {args.cluster} ({', '.join(asked)})")
+    return 1 if lines else 0
+
+
+def _fits_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p, required=True)
+    p.add_argument("--cluster", required=True, help="cluster/aws.yaml, cluster/gcp.yaml or a KubeRay manifest")
+
+
 def cmd_build_models(args) -> None:
     from instructscale.models.tiny import ensure_tiny_models
 
@@ -220,6 +245,12 @@ TOOLS: list[tuple[str, str, Callable, Callable[[argparse.ArgumentParser], None]]
     ("status", "status of a submitted job", cmd_job, _job_args),
     ("stop", "stop a submitted job", cmd_job, _job_args),
     ("logs", "logs of a submitted job", cmd_job, _job_args),
+    (
+        "fits",
+        "check that every resource request of a pipeline config fits a node type of a cluster config",
+        cmd_fits,
+        _fits_args,
+    ),
     ("build-models", "build the tiny local tokenizer, student and teacher", cmd_build_models, _build_models_args),
     (
         "fetch-model",

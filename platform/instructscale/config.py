@@ -138,12 +138,19 @@ def to_yaml(cfg: BaseModel) -> str:
 class ActorPool(StrictModel):
     """An autoscaling Ray Data actor pool: replica range, rows per call, resources per replica."""
 
-    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"min_replicas", "max_replicas", "num_cpus", "num_gpus"})
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset(
+        {"min_replicas", "max_replicas", "num_cpus", "num_gpus", "resources"}
+    )
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(1, ge=1)
     batch_size: int = Field(256, ge=1, description="rows per actor call")
     num_cpus: float = Field(1, ge=0, description="per replica")
     num_gpus: float = Field(0, ge=0, description="per replica")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description='custom Ray resources per replica, e.g. {"accelerator_type:L4": 1}: the replicas run on '
+        "(and the autoscaler adds) the node types of the cluster config that provide them",
+    )
 
     @model_validator(mode="after")
     def _replica_range(self) -> ActorPool:
@@ -158,6 +165,9 @@ class ActorPool(StrictModel):
         return {
             "compute": ActorPoolStrategy(min_size=self.min_replicas, max_size=self.max_replicas),
             "batch_size": self.batch_size,
-            "num_cpus": self.num_cpus,
-            "num_gpus": self.num_gpus,
+            **self.ray_options(),
         }
+
+    def ray_options(self) -> dict[str, Any]:
+        """A replica's resources as Ray's ``.options()`` arguments."""
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "resources": self.resources}

@@ -7,6 +7,7 @@ model's win rate over the base on the judged suites."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -98,8 +99,7 @@ def _answer(shipped: Shipped, model: str, requests: list[tuple[list[Conversation
 def answer(cfg: EvalConfig, model: str, requests: list, judge: bool = False) -> tuple[list, dict]:
     """:func:`_answer` in a Ray task with the engine's resources (API keys shipped, never logged)."""
     shipped = Shipped.of(cfg, secret_values(secret_envs(cfg)))
-    resources = {"num_cpus": cfg.replicas.num_cpus, "num_gpus": cfg.replicas.num_gpus}
-    return ray.get(_answer.options(**resources).remote(shipped, model, requests, judge))
+    return ray.get(_answer.options(**cfg.replicas.ray_options()).remote(shipped, model, requests, judge))
 
 
 def _record(suite: EvalSuite, row: dict, answered: tuple, extra: dict) -> dict:
@@ -198,9 +198,28 @@ class Evaluate(Stage[EvalConfig]):
             cfg = EvalConfig(
                 **options.model_dump(), model=pipe.model, data=pipe.eval_data, out_dir=dirs["tuned"], **pipe.common
             )
-            entry["tuned"] |= compare(cfg, dirs["base"], dirs["tuned"], pipe.models["teacher"])
-            storage.write_json(storage.join(cls.out_dir(pipe.run_dir), "comparison.json"), entry["tuned"]["vs_base"])
+            entry["tuned"] |= cls._compared(cfg, entry, dirs, pipe)
         return entry
+
+    @classmethod
+    def _compared(cls, cfg: EvalConfig, entry: dict, dirs: dict, pipe: Pipe) -> dict:
+        """:func:`compare`, or the comparison a finished run wrote for the same two evaluations and
+        judge (a rerun reuses it, as it reuses the evaluations: the judge is an engine load)."""
+        teacher = pipe.models["teacher"]
+        inputs = {
+            "base": entry["base"],
+            "tuned": entry["tuned"],
+            "judge": cfg.judge and cfg.judge.model_dump(),
+            "teacher": teacher,
+        }
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+        path = storage.join(cls.out_dir(pipe.run_dir), "comparison.json")
+        done = storage.read_json_if_exists(path)
+        if done and done.pop("inputs_key", None) == key:
+            return done
+        compared = compare(cfg, dirs["base"], dirs["tuned"], teacher)
+        storage.write_json(path, {**compared, "inputs_key": key})
+        return compared
 
     @classmethod
     def describe(cls, entry: dict) -> list[str]:

@@ -18,7 +18,6 @@ from instructscale.demo.pool import DemoOptions
 from instructscale.evaluate import EvalOptions
 from instructscale.generate.config import GenerateOptions
 from instructscale.lifecycle import StageConfig
-from instructscale.models.tiny import ensure_tiny_models
 from instructscale.plugins import register
 from instructscale.pools.ingest import NO_DATA, IngestOptions, InputSpec
 from instructscale.process import prepare
@@ -127,6 +126,8 @@ def resolve_models(cfg: ModelsConfig, run: str) -> dict[str, str]:
     """The student and teacher: the configured ones, tiny local models built only when a role has none."""
     models = {role: _resolve_model(getattr(cfg, role)) for role in ROLES if getattr(cfg, role)}
     if len(models) < len(ROLES):
+        from instructscale.models.tiny import ensure_tiny_models  # torch and transformers: only here
+
         built = ensure_tiny_models(storage.join(run, "models"), cfg.seed)
         models = {role: models.get(role, built[role]) for role in ROLES}
     return models

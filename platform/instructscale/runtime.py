@@ -14,7 +14,6 @@ from typing import TypeVar
 
 import ray
 from pydantic import Field
-from ray.data.context import ShuffleStrategy
 
 from instructscale import storage
 from instructscale.config import ConfigError, StrictModel
@@ -60,7 +59,9 @@ def init_ray(cfg: RayConfig) -> None:
                 **kwargs,
             )
         name_the_accelerator()
-    ctx = ray.data.DataContext.get_current()
+    from ray.data.context import DataContext, ShuffleStrategy
+
+    ctx = DataContext.get_current()
     # Ray 2.60's Parquet reader (DataSourceV2) starts a pool of footer-reading actors for every
     # read_parquet: ~5 s per read on a 2-core machine against ~0.3 s for the V1 reader, which every
     # stage pass and every shuffle input here pays (benchmarks/ray_data_read.py)

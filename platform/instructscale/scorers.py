@@ -39,7 +39,8 @@ def response_losses(model, examples: list, pad_id: int):
     from instructscale.losses import row_losses
     from instructscale.tokens import collate
 
-    sums, counts, pooled = row_losses(model, collate(examples, pad_id))
+    batch = {k: v.to(model.device) for k, v in collate(examples, pad_id).items()}  # cuda when a GPU is given
+    sums, counts, pooled = row_losses(model, batch)
     return [float(s / n) if n > 0 else math.nan for s, n in zip(sums, counts)], pooled
 
 

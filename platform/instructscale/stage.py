@@ -37,7 +37,7 @@ BUILTINS = (
     "instructscale.train.stage",
     "instructscale.evaluate",
     "instructscale.export",
-    "instructscale.tune.search",
+    "instructscale.tune.command",
 )
 INTERNAL = ("config", "schema_version", "stage")  # manifest keys a summary leaves out
 

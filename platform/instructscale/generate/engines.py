@@ -214,9 +214,7 @@ class EnginePool:
         self.cfg, replicas = cfg, cfg.replicas
         # API keys travel with the shipped config (never in the config, a log or the runtime env)
         shipped = Shipped.of(cfg, secret_values(secret_envs(cfg)))
-        actor = ray.remote(Engine).options(
-            num_cpus=replicas.num_cpus, num_gpus=replicas.num_gpus, max_restarts=-1, max_task_retries=-1
-        )
+        actor = ray.remote(Engine).options(**replicas.ray_options(), max_restarts=-1, max_task_retries=-1)
         engines = [actor.remote(shipped, writer) for _ in range(replicas.max_replicas)]
         self.engines, self.load_s = self._started(engines)
         # on the driver's node: a lost worker node must not take the queue of free replicas with it
@@ -239,7 +237,8 @@ class EnginePool:
             raise GenerationError(
                 f"generate: {len(started)} of {len(engines)} teacher replicas started within "
                 f"{replicas.start_timeout_s:.0f} s (min_replicas {replicas.min_replicas}); each asks for "
-                f"{replicas.num_cpus} CPUs and {replicas.num_gpus} GPUs: does the cluster have (or can it add) "
+                f"{replicas.num_cpus} CPUs, {replicas.num_gpus} GPUs and {replicas.resources or 'no custom resources'}: "
+                "does the cluster have (or can it add) "
                 "nodes that size?"
             )
         if len(started) < len(engines):

@@ -20,7 +20,6 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from ray.data.expressions import col
 
 from instructscale import storage
 from instructscale.backends.base import GenerationError, SamplingConfig
@@ -134,6 +133,8 @@ def _pool(cfg: GenerateConfig) -> ray.data.Dataset:
         [storage.resolve(u)[1] for u in files], filesystem=fs, schema=GEN_SCHEMA if generated else POOL_SCHEMA
     )
     if generated:
+        from ray.data.expressions import col
+
         ds = ds.filter(expr=col("reject_reason").is_null())
     ds = ds.select_columns(list(POOL_COLUMNS))
     rows_uri = storage.join(cfg.out_dir, ROWS)

@@ -7,25 +7,26 @@ import json
 import logging
 import time
 from collections import Counter
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 from pydantic import Discriminator, Field, Tag
-from ray.data import Dataset
 
 from instructscale import storage
 from instructscale.config import ConfigError, StrictModel
 from instructscale.lifecycle import StageConfig, StageRun, commit_file, commit_part, part_name
 from instructscale.markdown import markdown_table
 from instructscale.plugins import register
-from instructscale.pools.datasource import FORMATS, PoolDatasource
 from instructscale.pools.records import ColumnMap, RecordLimits
 from instructscale.pools.registry import RegistryInput, registry_inputs
 from instructscale.progress import Progress
 from instructscale.schema import POOL_COLUMNS, POOL_SCHEMA
 from instructscale.stage import Pipe, Stage
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
 
 log = logging.getLogger(__name__)
 NO_DATA = "no data: set `inputs`, or `demo: {}` for the built-in demo pool"
@@ -101,6 +102,8 @@ def _expand(inp: PoolInput, index: int) -> list[str]:
     elif storage.is_file(inp.path):
         paths = [storage.normalize(inp.path)]
     else:
+        from instructscale.pools.datasource import FORMATS  # Ray Data: imported where files are read
+
         extensions = tuple(f".{e}" for e in FORMATS[inp.format][0])
         paths = [p for p in storage.list_files(inp.path) if p.endswith(extensions)]
     if not paths:
@@ -110,6 +113,8 @@ def _expand(inp: PoolInput, index: int) -> list[str]:
 
 def read_pool(cfg: IngestConfig) -> Dataset:
     """A Ray Dataset over every input, with `_file/_line/_reason/_raw` validation columns."""
+    from instructscale.pools.datasource import PoolDatasource
+
     limits = RecordLimits(max_field_chars=cfg.max_field_chars, max_messages=cfg.max_messages)
     datasets = []
     for i, inp in enumerate(cfg.file_inputs()):

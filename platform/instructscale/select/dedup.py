@@ -19,8 +19,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from instructscale.select.config import DedupSettings
 
@@ -187,6 +185,9 @@ def duplicate_pairs(rows: ray.data.Dataset, cfg: DedupSettings, n_rows: int) -> 
 
 
 def _components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     return connected_components(graph, directed=False)[1]
 

@@ -11,7 +11,6 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 import xxhash
-from datasketch import MinHash
 
 from instructscale.chat import prompt_text
 from instructscale.plugins import RowFilter
@@ -60,6 +59,8 @@ def shingle_hashes(text: str, n: int) -> np.ndarray:
 @lru_cache(maxsize=8)
 def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's (legacy scheme) MinHash permutations for this size and seed."""
+    from datasketch import MinHash
+
     a, b = MinHash(num_perm=num_perm, seed=seed, scheme="legacy").permutations
     return a, b
 

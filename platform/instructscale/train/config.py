@@ -43,6 +43,11 @@ class ScalingSettings(StrictModel):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(1, ge=0, description="used when use_gpu is true")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description='custom Ray resources per worker, e.g. {"accelerator_type:A100": 1}: the node types of the '
+        "cluster config that provide them",
+    )
 
 
 class TrainOptions(StrictModel):

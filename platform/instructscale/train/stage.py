@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pyarrow.fs as pafs
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from instructscale import storage
 from instructscale.config import ConfigError
@@ -31,7 +29,6 @@ from instructscale.train.config import TrainConfig, TrainOptions
 from instructscale.train.deepspeed_config import build_deepspeed_config
 from instructscale.train.metrics import METRICS, efficiency, efficiency_text, read_history
 from instructscale.train.plan import PLAN, build_plan
-from instructscale.train.worker import train_loop
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +59,10 @@ def _check_resume(run: StageRun, cfg: TrainConfig) -> None:
         storage.remove(run.uri(name))
 
 
-def _run_config(cfg: TrainConfig) -> RunConfig:
+def _run_config(cfg: TrainConfig):
     """Ray Train keeps the run (checkpoints included) under ``out_dir`` on its own storage."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
     fs, path = storage.resolve(cfg.out_dir)
     return RunConfig(
         name="ray_train",
@@ -204,6 +203,11 @@ def _training_plot(metrics: str, uri: str) -> str | None:
 
 def _fit(cfg: TrainConfig, run: StageRun, steps: int):
     """Ray Train's run of the workers; returns its result and the metric history."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from instructscale.train.worker import train_loop  # torch: imported where training runs
+
     s = cfg.scaling
     trainer = TorchTrainer(
         train_loop,
@@ -211,7 +215,11 @@ def _fit(cfg: TrainConfig, run: StageRun, steps: int):
         scaling_config=ScalingConfig(
             num_workers=s.num_workers,
             use_gpu=s.use_gpu,
-            resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})},
+            resources_per_worker={
+                "CPU": s.cpus_per_worker,
+                **({"GPU": s.gpus_per_worker} if s.use_gpu else {}),
+                **s.resources,
+            },
         ),
         run_config=_run_config(cfg),
     )

@@ -22,12 +22,10 @@ from ray.tune.schedulers import ASHAScheduler
 
 from instructscale import storage
 from instructscale.lifecycle import require_dataset
-from instructscale.plugins import register
-from instructscale.process import Shipped, prepare
+from instructscale.process import Shipped
 from instructscale.progress import verbose
 from instructscale.select.config import SelectConfig
 from instructscale.select.stage import select
-from instructscale.stage import Command
 from instructscale.train.config import TrainConfig
 from instructscale.train.metrics import METRICS
 from instructscale.train.stage import train
@@ -283,16 +281,3 @@ def run_search(cfg: TuneConfig) -> dict:
     }
     storage.write_json(storage.join(cfg.out_dir, "_manifest.json"), summary)
     return summary
-
-
-@register("tune")
-class Tune(Command[TuneConfig]):
-    """A Ray Tune search; rerunning it resumes an interrupted one."""
-
-    Config = TuneConfig
-    summary = "Ray Tune search (Optuna + ASHA) over selection, curriculum and LoRA settings"
-    hide = ()
-
-    def execute(self) -> dict:
-        prepare(self.cfg.plugins, self.cfg.storage)
-        return run_search(self.cfg)
