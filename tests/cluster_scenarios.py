@@ -326,10 +326,10 @@ def start_autoscaling_head(node_root: Path, types: dict, idle_timeout_minutes: f
     }
     config_file = Path(temp) / "autoscaling.json"
     config_file.write_text(json.dumps(config))
-    # token auth is drilled in tests/test_cluster.py; this head and its fake nodes run without
+    # the head, the nodes its autoscaler starts and this driver share one auth mode, set before Ray
+    # was imported (tests/test_autoscaling.py: disabled; token auth is drilled in tests/test_cluster.py)
     env = {**os.environ, **node_env(node_root, "head"), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    env |= {"RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    env |= {"RAY_ADDRESS": ""}
     ray_bin = Path(sys.executable).with_name("ray")
     args = [f"--port={port}", "--num-cpus=0", f"--temp-dir={temp}", f"--autoscaling-config={config_file}"]
     args += [

@@ -11,7 +11,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_autoscaling_brings_up_each_worker_type_from_zero_for_its_stage_and_removes_it_idle(tmp_path):
-    result = run_scenario("autoscaling", str(tmp_path / "run"), tmp_path / "nodes")
+    # one auth mode for the driver, the head and its nodes, whatever an embedded Ray of this test
+    # session left in the environment (a new local cluster turns token auth on when a token exists)
+    result = run_scenario("autoscaling", str(tmp_path / "run"), tmp_path / "nodes", env={"RAY_AUTH_MODE": "disabled"})
     assert set(result["types"]) == {"cpu_worker", "gpu_teacher", "gpu_trainer"}, "cluster/aws.yaml's worker types"
     assert result["before"] == [], "no worker node before the pipeline asks for one"
     seen = result["seen"]

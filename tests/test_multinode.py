@@ -19,14 +19,14 @@ SCENARIOS = Path(__file__).with_name("cluster_scenarios.py")
 pytestmark = pytest.mark.slow
 
 
-def run_scenario(name: str, run: str, node_root: Path, timeout_s: int = 1200) -> dict:
+def run_scenario(name: str, run: str, node_root: Path, timeout_s: int = 1200, env: dict | None = None) -> dict:
     proc = subprocess.Popen(
         [sys.executable, str(SCENARIOS), name, run, str(node_root)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "RAY_ADDRESS": ""},
+        env={**os.environ, "RAY_ADDRESS": "", **(env or {})},
     )
     try:
         out, _ = proc.communicate(timeout=timeout_s)
