@@ -1,5 +1,6 @@
 """Helpers shared by tests."""
 
+import contextlib
 import json
 import os
 import signal
@@ -34,7 +35,24 @@ def kill_generate_when(cfg, cfg_file: Path, ready: Callable[[], bool], timeout_s
     deadline = time.time() + timeout_s
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.2)
+    kill_with_its_ray(proc)
+
+
+def kill_with_its_ray(proc: subprocess.Popen) -> None:
+    """SIGKILL a driver process started in a session of its own, and the embedded Ray it started: its
+    raylet and workers run in process groups of their own, and a worker that outlived the driver
+    could still answer (and log) a request after the kill."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
     os.killpg(proc.pid, signal.SIGKILL)
+    for child in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(family, timeout=30)
     proc.wait()
 
 

@@ -4,7 +4,6 @@ must not leak. Fault-injecting backends are test-only plug-ins registered here."
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from helpers import kill_with_its_ray
 from instructscale.backends.base import Completion, GenerationError
 from instructscale.cli import main
 from instructscale.config import ConfigError, parse_config
@@ -354,8 +354,7 @@ def test_select_killed_half_way_reuses_its_committed_feature_parts(ray_local, ti
     deadline = time.time() + 300
     while len(list(commits.glob("*.json"))) < 4 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_with_its_ray(proc)
     assert 4 <= len(list(commits.glob("*.json"))) < 24, "killed half-way"
     from instructscale.select.config import SelectConfig
     from instructscale.select.stage import select

@@ -67,9 +67,7 @@ def requests(cfg: Any) -> dict[str, Resources]:
             if isinstance(scorer, ActorPool):
                 found[f"select.scorers.{i}"] = _pool(scorer)
     if cfg.train is not None:
-        s = cfg.train.scaling
-        found["train.scaling"] = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
-        found["train.scaling"] |= s.resources
+        found["train.scaling"] = cfg.train.scaling.worker_resources()
     if cfg.evaluate is not None:
         found["evaluate.replicas"] = _pool(cfg.evaluate.replicas)
     return {key: {k: v for k, v in r.items() if v} for key, r in found.items()}

@@ -49,6 +49,14 @@ class ScalingSettings(StrictModel):
         "cluster config that provide them",
     )
 
+    def worker_resources(self) -> dict[str, float]:
+        """What each Ray Train worker asks for."""
+        return {
+            "CPU": self.cpus_per_worker,
+            **({"GPU": self.gpus_per_worker} if self.use_gpu else {}),
+            **self.resources,
+        }
+
 
 class TrainOptions(StrictModel):
     """Everything but the data, the model and the output dir; the `train` section of a pipeline."""

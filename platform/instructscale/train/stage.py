@@ -215,11 +215,7 @@ def _fit(cfg: TrainConfig, run: StageRun, steps: int):
         scaling_config=ScalingConfig(
             num_workers=s.num_workers,
             use_gpu=s.use_gpu,
-            resources_per_worker={
-                "CPU": s.cpus_per_worker,
-                **({"GPU": s.gpus_per_worker} if s.use_gpu else {}),
-                **s.resources,
-            },
+            resources_per_worker=s.worker_resources(),
         ),
         run_config=_run_config(cfg),
     )
