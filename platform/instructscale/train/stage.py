@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
@@ -29,6 +30,9 @@ from instructscale.train.config import TrainConfig, TrainOptions
 from instructscale.train.deepspeed_config import build_deepspeed_config
 from instructscale.train.metrics import METRICS, efficiency, efficiency_text, read_history
 from instructscale.train.plan import PLAN, build_plan
+
+if TYPE_CHECKING:
+    from ray.train import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ def _check_resume(run: StageRun, cfg: TrainConfig) -> None:
         storage.remove(run.uri(name))
 
 
-def _run_config(cfg: TrainConfig):
+def _run_config(cfg: TrainConfig) -> RunConfig:
     """Ray Train keeps the run (checkpoints included) under ``out_dir`` on its own storage."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
