@@ -323,6 +323,13 @@ def test_bad_select_configs_are_named(tmp_path):
     modelled = parse_config(SelectConfig, base)  # the model scorer brings its weights, difficulty and IFD cap
     assert modelled.weights == {"ifd": 1.0, "loss": -0.5} and modelled.difficulty.source == "ifd"
     assert [f.kind for f in modelled.filters][-1] == "max_ifd"
+    with pytest.raises(ConfigError, match="a kind twice needs a `name` on each but one"):
+        parse_config(SelectConfig, base | {"scorers": ["model", "model"]})
+    two = parse_config(SelectConfig, base | {"scorers": ["model", {"kind": "model", "name": "small"}]})
+    assert two.weights == {"ifd": 1.0, "loss": -0.5, "small_ifd": 1.0, "small_loss": -0.5}
+    assert [f.kind for f in two.filters].count("max_ifd") == 1 and "small_ifd" in two.score_columns()
+    with pytest.raises(ConfigError, match=r"filters: min_score reads score column\(s\) \['judge'\]"):
+        parse_config(SelectConfig, base | {"filters": [{"kind": "min_score", "column": "judge", "min": 8}]})
     write_parquet(str(tmp_path / "part-0.parquet"), pa.Table.from_pylist([row(0, "q")], schema=POOL_SCHEMA))
     with pytest.raises(ConfigError, match="the model scorer needs `model`"):
         select(parse_config(SelectConfig, {"input": str(tmp_path), "out_dir": str(tmp_path / "o")}))
@@ -350,10 +357,19 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
             "filters": ["length", "repetition", "control_characters", "refusal", "reference_answer"],
             "scorers": [
                 {"kind": "model", "model": tiny_models["student"], "batch_size": 32, "max_replicas": 2},
+                # Superfiltering's second IFD from another model, and DEITA's second judge aspect
+                {"kind": "model", "name": "small", "model": tiny_models["teacher"], "batch_size": 32},
                 {
                     "kind": "judge",
                     "model": "stub",
                     "backend": {"kind": "openai", "base_url": judge.url, "api_key_env": None},
+                },
+                {
+                    "kind": "judge",
+                    "name": "complexity",
+                    "model": "stub",
+                    "backend": {"kind": "openai", "base_url": judge.url, "api_key_env": None},
+                    "template": "How complex is this instruction, 1-10?\n{instruction}\n(answer: {response})",
                 },
             ],
             "selector": "diverse",
@@ -397,7 +413,13 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
     assert "minhash" not in selected.column_names and "embedding" not in selected.column_names
     assert selected["difficulty"].null_count == 0 and set(selected["difficulty"].to_pylist()) <= {1, 2, 3, 4, 5}
     assert all(v is not None for v in selected["ifd"].to_pylist())
-    assert m["judge_unparsable"] == 0 and set(scores["judge"].to_pylist()) - {None} <= set(range(1, 11))
+    assert m["judge_unparsable"] == m["complexity_judge_unparsable"] == 0
+    assert set(scores["judge"].to_pylist()) - {None} <= set(range(1, 11))
+    # two scorers of one kind side by side: their own columns, their own values
+    scored = [r for r in scores.to_pylist() if r["ifd"] is not None]
+    assert all(r["small_ifd"] is not None and r["complexity_judge"] is not None for r in scored)
+    assert sum(r["small_ifd"] != r["ifd"] for r in scored) > len(scored) // 2
+    assert sum(r["complexity_judge"] != r["judge"] for r in scored) > 0
     judged = [
         (j is not None, f is None) for j, f in zip(scores["judge"].to_pylist(), scores["filter_reason"].to_pylist())
     ]
@@ -432,6 +454,21 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
         )
         alloc[basis] = again["allocation"]
     assert alloc["input"] != alloc["eligible"]
+
+    # AlpaGasus's judge threshold as a filter after scoring, then the longest responses
+    longest = {
+        **cfg.model_dump(mode="json"),
+        "filters": [*cfg.model_dump(mode="json")["filters"], {"kind": "min_score", "column": "judge", "min": 5}],
+        "selector": "longest",
+        "budget": {"budget": 50},
+    }
+    assert select(parse_config(SelectConfig, longest))["features_seconds"] == m["features_seconds"]
+    decided = pads.dataset(str(tmp_path / "sel" / "scores"), format="parquet").to_table().to_pylist()
+    low = [r for r in decided if r["filter_reason"] is None and r["judge"] is not None and r["judge"] < 5]
+    assert low and all(r["reason"] in ("judge_below_min", "verifier_wrong") for r in low)
+    chosen = [r["output_chars"] for r in decided if r["status"] == "selected"]
+    passed = [r["output_chars"] for r in decided if r["status"] == "not_selected"]
+    assert len(chosen) == 50 and min(chosen) >= max(passed)  # the 50 longest of the eligible rows
 
 
 def test_llm_judge_scores_through_the_openai_backend():

@@ -115,3 +115,34 @@ def test_a_row_without_difficulty_is_named(ray_local, tmp_path):
     storage.write_parquet(str(tmp_path / "data" / "part-0.parquet"), pa.Table.from_pylist(rows))
     with pytest.raises(ValueError, match="^row r0: no 'difficulty' column or metadata key for the curriculum$"):
         build_plan(config(tmp_path, {"kind": "easy_to_hard"}, workers=1))
+
+
+def test_a_token_budget_gives_shorter_rows_more_steps_and_the_same_tokens(ray_local, tmp_path, tiny_models):
+    from transformers import AutoTokenizer
+
+    from instructscale.tokens import tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["student"])
+    budget, plans = 6000, {}
+    for name, words in (("short", 3), ("long", 30)):
+        rows = [
+            {"id": f"{name}{k:03d}", "instruction": f"q {k}", "output": " ".join([f"w{k}"] * words)} for k in range(40)
+        ]
+        storage.write_parquet(str(tmp_path / name / "part-0.parquet"), pa.Table.from_pylist(rows))
+        cfg = TrainConfig(
+            data=str(tmp_path / name),
+            model=tiny_models["student"],
+            out_dir=str(tmp_path / f"out-{name}"),
+            micro_batch_size=2,
+            max_tokens=budget,
+            scaling={"num_workers": 2},
+        )
+        plans[name] = info = build_plan(cfg)
+        longest = max(len(tokenize(r, tokenizer, cfg.max_length).input_ids) for r in rows)
+        assert abs(info["tokens"] - budget) <= cfg.global_batch * longest, info  # within one step's tokens
+        assert sum(1 for _ in worker_steps(cfg, 0, 0, info["steps"])) == info["steps"]
+    assert plans["short"]["steps"] > 2 * plans["long"]["steps"]
+    assert plans["short"]["steps"] > 10  # 10 steps an epoch: the budget repeats epochs
+    capped = config(tmp_path, {"kind": "random"}, workers=1, max_steps=2)
+    with pytest.raises(ValueError, match="epochs or max_tokens"):
+        TrainConfig(**{**capped.model_dump(), "max_tokens": 10})

@@ -320,7 +320,8 @@ def _holdout_view(results: dict) -> dict:
     return {"by_group": holdout.pop("by_group", {}), "overall": holdout}
 
 
-def _predictions(out: str, suite: str) -> dict[str, dict]:
+def predictions(out: str, suite: str) -> dict[str, dict]:
+    """A finished evaluation's scored answers on ``suite``, by prompt id."""
     table = storage.read_parquet(part_files(storage.join(out, PREDICTIONS, suite)))
     return {r["id"]: r for r in table.to_pylist()}
 
@@ -340,7 +341,7 @@ def compare(cfg: EvalConfig, base_dir: str, tuned_dir: str, teacher: str) -> dic
     difference (``vs_base``), and the judge's win rate on the judged suites (``win_rate``)."""
     vs, judged = {}, []
     for suite in cfg.suite_plugins():
-        base, tuned = _predictions(base_dir, suite.name), _predictions(tuned_dir, suite.name)
+        base, tuned = predictions(base_dir, suite.name), predictions(tuned_dir, suite.name)
         vs[suite.name] = {m: p for m in suite.metrics if (p := _paired(suite, m, base, tuned))}
         if suite.judged:
             judged.append((suite.name, base, tuned))

@@ -18,6 +18,7 @@ from instructscale.demo.pool import DemoOptions
 from instructscale.evaluate import EvalOptions
 from instructscale.generate.config import GenerateOptions
 from instructscale.lifecycle import StageConfig
+from instructscale.models import catalog
 from instructscale.plugins import register
 from instructscale.pools.ingest import NO_DATA, IngestOptions, InputSpec
 from instructscale.process import prepare
@@ -114,17 +115,9 @@ def _clock(summary: dict, stage: str) -> Iterator[None]:
     summary["seconds"][stage] = round(time.time() - t0, 2)
 
 
-def _resolve_model(ref: str) -> str:
-    if ref.startswith("catalog:"):
-        from instructscale.models.catalog import fetch_model
-
-        return fetch_model(ref.removeprefix("catalog:"))["path"]
-    return ref
-
-
 def resolve_models(cfg: ModelsConfig, run: str) -> dict[str, str]:
     """The student and teacher: the configured ones, tiny local models built only when a role has none."""
-    models = {role: _resolve_model(getattr(cfg, role)) for role in ROLES if getattr(cfg, role)}
+    models = {role: catalog.resolve(getattr(cfg, role)) for role in ROLES if getattr(cfg, role)}
     if len(models) < len(ROLES):
         from instructscale.models.tiny import ensure_tiny_models  # torch and transformers: only here
 

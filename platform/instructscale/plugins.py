@@ -60,7 +60,19 @@ class PluginConfig(StrictModel):
     kind: str
 
 
-class ActorScorerConfig(ActorPool, PluginConfig):
+class ScorerConfig(PluginConfig):
+    """Options of a scorer; ``name`` prefixes its columns, so one kind can run twice in a config."""
+
+    name: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9]*$",
+        description="this scorer's columns become <name>_<column> (e.g. two model scorers: the student's "
+        "ifd and a small model's small_ifd); such a scorer brings its weights and difficulty, prefixed, "
+        "but not its after-scoring filters",
+    )
+
+
+class ActorScorerConfig(ActorPool, ScorerConfig):
     """Options of a scorer that runs in an actor pool: replicas, rows per call, resources."""
 
 
@@ -231,6 +243,11 @@ class RowFilter(Plugin):
     def filter(self, row: dict) -> str | None:
         raise NotImplementedError
 
+    @classmethod
+    def reads(cls, config: PluginConfig) -> tuple[str, ...]:
+        """The score columns this after-scoring filter reads with ``config`` (default: ``columns``)."""
+        return cls.columns
+
 
 class Scorer(Plugin):
     """Adds ``columns`` to a batch of rows (rows that a filter already removed are not scored).
@@ -245,6 +262,7 @@ class Scorer(Plugin):
     columns the decisions never read (embeddings), left out when they scan the rows."""
 
     registry: ClassVar[Registry] = Registry("scorer", ("instructscale.scorers",))
+    Config: ClassVar[type[PluginConfig]] = ScorerConfig
     columns: ClassVar[dict[str, pa.DataType]] = {}
     required: ClassVar[tuple[str, ...]] = ()
     actor: ClassVar[bool] = False
@@ -266,6 +284,17 @@ class Scorer(Plugin):
         """Counts over a batch of scored rows, summed into the stage's manifest (e.g. unparsable ratings)."""
         return {}
 
+    @staticmethod
+    def prefix(spec: Any) -> str:
+        """``<name>_`` for a named scorer's spec (a config or its raw mapping), else ``""``."""
+        name = spec.get("name") if isinstance(spec, dict) else getattr(spec, "name", None)
+        return f"{name}_" if name else ""
+
+    @staticmethod
+    def columns_of(spec: PluginConfig, which: str = "columns") -> list[str]:
+        """The scorer's ``columns`` (or ``required``, ``heavy``) as the rows carry them under ``spec``."""
+        return [Scorer.prefix(spec) + c for c in getattr(Scorer.registry.get(spec.kind), which)]
+
 
 class SelectorConfig(PluginConfig):
     seed: int = 0
@@ -282,13 +311,14 @@ class SelectorConfig(PluginConfig):
 class Selector(Plugin):
     """Spends a budget: picks ``k`` of the eligible rows of one stratum (or one shard of it).
 
-    ``score`` is the weighted score (higher is better); ``embeddings`` (the :data:`EMBEDDING`
-    column) is given when ``needs_embeddings`` (then the stage shards large strata and merges the
-    shards' picks)."""
+    ``score`` is the weighted score (higher is better), or the column ``ranks_by`` names;
+    ``embeddings`` (the :data:`EMBEDDING` column) is given when ``needs_embeddings`` (then the stage
+    shards large strata and merges the shards' picks)."""
 
     registry: ClassVar[Registry] = Registry("selector", ("instructscale.select.selectors",))
     Config: ClassVar[type[PluginConfig]] = SelectorConfig
     needs_embeddings: ClassVar[bool] = False
+    ranks_by: ClassVar[str | None] = None
 
     def select(self, score: np.ndarray, embeddings: np.ndarray | None, k: int, seed: int) -> np.ndarray:
         """Positions of the chosen rows."""

@@ -59,6 +59,12 @@ def init_ray(cfg: RayConfig) -> None:
                 **kwargs,
             )
         name_the_accelerator()
+    configure_ray_data()
+
+
+def configure_ray_data() -> None:
+    """Ray Data's settings for the datasets this process runs: a driver's, and those of a Ray
+    actor that runs stages (DataContext is per process; an actor starts with Ray's defaults)."""
     from ray.data.context import DataContext, ShuffleStrategy
 
     ctx = DataContext.get_current()

@@ -38,6 +38,7 @@ BUILTINS = (
     "instructscale.evaluate",
     "instructscale.export",
     "instructscale.tune.command",
+    "instructscale.experiment.command",
 )
 INTERNAL = ("config", "schema_version", "stage")  # manifest keys a summary leaves out
 

@@ -65,6 +65,11 @@ def _gguf_path(entry: CatalogEntry) -> str:
     return path
 
 
+def resolve(ref: str) -> str:
+    """A model reference as a directory or URI: ``catalog:NAME`` fetched (once) into the model cache."""
+    return fetch_model(ref.removeprefix("catalog:"))["path"] if ref.startswith("catalog:") else ref
+
+
 def fetch_model(name: str, out: str | None = None, dtype: Literal["float32", "bfloat16"] = "float32") -> dict:
     """The catalogue model ``name`` as a Hugging Face directory in ``out``; returns its description."""
     if name not in CATALOG:

@@ -20,10 +20,14 @@ TEXT_FILTERS = ("length", "repetition", "control_characters", "refusal", "trunca
 DEFAULT_SCORERS = ("model",)
 
 
-def _scorer_classes(specs: Any) -> list[type[Scorer]]:
-    """The scorer classes ``specs`` (raw config values) name; unknown ones are left to validation."""
-    kinds = [s if isinstance(s, str) else s.get("kind") if isinstance(s, dict) else s.kind for s in specs or ()]
-    return [Scorer.registry.get(k) for k in kinds if isinstance(k, str) and k in Scorer.registry.names()]
+def _scorer_classes(specs: Any) -> list[tuple[type[Scorer], Any]]:
+    """(class, spec) of the scorers ``specs`` (raw config values) name; unknown ones are left to validation."""
+    out = []
+    for s in specs or ():
+        kind = s if isinstance(s, str) else s.get("kind") if isinstance(s, dict) else s.kind
+        if isinstance(kind, str) and kind in Scorer.registry.names():
+            out.append((Scorer.registry.get(kind), s))
+    return out
 
 
 class DedupSettings(StrictModel):
@@ -95,30 +99,32 @@ class SelectOptions(StrictModel):
         description="score = sum of weight x percentile rank of each column (negative: lower is better); "
         "it ranks rows for the selector and decides which duplicate stays. Default: the scorers' own",
     )
-    selector: SelectorSpec = Field("random", description="random | kcenter | diverse | topk | a plug-in")
+    selector: SelectorSpec = Field("random", description="random | topk | longest | diverse | kcenter | a plug-in")
     batch_size: int = Field(2048, ge=1, description="rows per batch of the cheap features and filters")
 
     def score_columns(self) -> dict[str, object]:
         """Every score column this config produces: text statistics plus each scorer's columns."""
         cols: dict[str, object] = dict.fromkeys(TEXT_COLUMNS)
         for s in self.scorers:
-            cols.update(Scorer.registry.get(s.kind).columns)
+            cols.update(zip(Scorer.columns_of(s), Scorer.registry.get(s.kind).columns.values()))
         return cols
 
     @model_validator(mode="before")
     @classmethod
     def _defaults_follow_the_scorers(cls, data: Any) -> Any:
-        """Filters, weights and the difficulty source left out come from the configured scorers."""
+        """Filters, weights and the difficulty source left out come from the configured scorers
+        (a named scorer's weights and difficulty under its column names; its filters read the
+        unnamed columns, so they are not added)."""
         if not isinstance(data, dict):
             return data
         scorers, data = _scorer_classes(data.get("scorers", DEFAULT_SCORERS)), dict(data)
         if data.get("filters") is None:
-            data["filters"] = [*TEXT_FILTERS, *(f for s in scorers for f in s.filters)]
+            data["filters"] = [*TEXT_FILTERS, *(f for c, s in scorers if not c.prefix(s) for f in c.filters)]
         if data.get("weights") is None:
-            data["weights"] = {k: v for s in scorers for k, v in s.weights.items()}
+            data["weights"] = {c.prefix(s) + k: v for c, s in scorers for k, v in c.weights.items()}
         difficulty = data.get("difficulty") or {}
         if isinstance(difficulty, dict) and "source" not in difficulty:
-            source = next((s.difficulty for s in scorers if s.difficulty), "length")
+            source = next((c.prefix(s) + c.difficulty for c, s in scorers if c.difficulty), "length")
             data["difficulty"] = {**difficulty, "source": source}
         return data
 
@@ -153,16 +159,16 @@ class SelectOptions(StrictModel):
                 f"({sorted(known)}), 'length' or 'metadata'"
             )
         for f in self.filters_after_scoring():
-            missing = [c for c in RowFilter.registry.get(f.kind).columns if c not in known]
+            missing = [c for c in RowFilter.registry.get(f.kind).reads(f) if c not in known]
             if missing:
                 raise ValueError(f"filters: {f.kind} reads score column(s) {missing}, which no configured scorer gives")
         if Selector.registry.get(self.selector.kind).needs_embeddings and EMBEDDING not in known:
             raise ValueError(
                 f"selector {self.selector.kind} needs embeddings (a scorer that gives `{EMBEDDING}`, such as model)"
             )
-        kinds = [s.kind for s in self.scorers]
-        if len(set(kinds)) != len(kinds):
-            raise ValueError(f"scorers: each scorer once, got {kinds}")
+        named = [Scorer.prefix(s) + s.kind for s in self.scorers]
+        if len(set(named)) != len(named):
+            raise ValueError(f"scorers: a kind twice needs a `name` on each but one (its column prefix), got {named}")
         return self
 
 

@@ -81,7 +81,7 @@ def _after_scoring(shipped: Shipped[SelectConfig]) -> list[RowFilter]:
 
 def heavy_columns(cfg: SelectConfig) -> list[str]:
     """Columns the decisions never read: the dedup signatures and the scorers' heavy ones."""
-    return ["minhash", "shingles", *(c for s in cfg.scorers for c in Scorer.registry.get(s.kind).heavy)]
+    return ["minhash", "shingles", *(c for s in cfg.scorers for c in Scorer.columns_of(s, "heavy"))]
 
 
 def read_parquet(files: list[str]) -> ray.data.Dataset:
@@ -115,12 +115,12 @@ def _difficulty(cfg: SelectConfig, table: pa.Table) -> np.ndarray:
 
 def _required(cfg: SelectConfig) -> list[str]:
     """The score columns the configured scorers promise (a row missing one is unscorable)."""
-    return [c for s in cfg.scorers for c in Scorer.registry.get(s.kind).required]
+    return [c for s in cfg.scorers for c in Scorer.columns_of(s, "required")]
 
 
 def filter_columns(cfg: SelectConfig) -> list[str]:
     """The columns :func:`removal_reasons` reads."""
-    after = [c for f in cfg.filters_after_scoring() for c in RowFilter.registry.get(f.kind).columns]
+    after = [c for f in cfg.filters_after_scoring() for c in RowFilter.registry.get(f.kind).reads(f)]
     return list(dict.fromkeys(["id", "reject_reason", "filter_reason", *_required(cfg), *after]))
 
 
@@ -137,7 +137,7 @@ def removal_reasons(ctx: Decide, t: pa.Table) -> list[str | None]:
     columns = [t[c].to_pylist() for c in _required(ctx.cfg)]
     missing = [any(v is None for v in vals) for vals in zip(*columns)] or [False] * n
     after = ctx.after_scoring()
-    read = [c for c in dict.fromkeys(["id", *(c for f in after for c in f.columns)]) if c in t.column_names]
+    read = [c for c in dict.fromkeys(["id", *(c for f in after for c in f.reads(f.config))]) if c in t.column_names]
     rows = t.select(read).to_pylist() if after else []
     reasons: list[str | None] = []
     for i in range(n):
@@ -243,7 +243,10 @@ def _counts(batch: pa.Table, ctx: Decide) -> pa.Table:
     counts = Counter(zip(d["stratum"].to_pylist(), d["reason"].to_pylist()))
     scorers: Counter = Counter()
     for spec in ctx.cfg.scorers:
-        scorers.update(Scorer.registry.get(spec.kind).summarize(batch))
+        scorer, prefix = Scorer.registry.get(spec.kind), Scorer.prefix(spec)
+        own = {c: batch[prefix + c] for c in scorer.columns if prefix + c in batch.column_names}  # no heavy ones
+        own = pa.table({"filter_reason": batch["filter_reason"], **own})
+        scorers.update({prefix + k: v for k, v in scorer.summarize(own).items()})
     return pa.table(
         {"counts": [json.dumps([[s, r, n] for (s, r), n in counts.items()])], "scorers": [json.dumps(scorers)]}
     )
@@ -298,7 +301,9 @@ def _eligible(batch: pa.Table, ctx: Decide, shards: dict, embeddings: bool) -> p
     d = d.filter(keep)
     shard = partition_of(d["id"], np.asarray([shards[s] for s in d["stratum"].to_pylist()], dtype=np.int64))
     groups = [f"{s}/{h}" for s, h in zip(d["stratum"].to_pylist(), shard.to_pylist())]
-    out = pa.table({"id": d["id"], "stratum": d["stratum"], "group": groups, "score": d["score"]})
+    column = Selector.registry.get(ctx.cfg.selector.kind).ranks_by
+    score = batch.filter(keep)[column] if column else d["score"]
+    out = pa.table({"id": d["id"], "stratum": d["stratum"], "group": groups, "score": pc.cast(score, pa.float64())})
     return out.append_column(EMBEDDING, batch.filter(keep)[EMBEDDING]) if embeddings else out
 
 

@@ -165,3 +165,26 @@ class MaxIFD(RowFilter):
     def filter(self, row: dict) -> str | None:
         ifd = row.get("ifd")
         return "ifd_above_max" if ifd is not None and ifd > self.config.limit else None
+
+
+@register("min_score")
+class MinScore(RowFilter):
+    """After scoring: rows whose score ``column`` is below ``min`` (reason ``<column>_below_min``).
+    AlpaGasus (Chen et al. 2024) keeps the rows an LLM judge rates at least 4.5 of 5; here the
+    judge scorer rates 1-10, so ``{kind: min_score, column: judge, min: 9}`` is its threshold.
+    Rows without the score pass (they are ``unscorable`` if the scorer requires it)."""
+
+    after_scoring = True
+
+    class Config(PluginConfig):
+        kind: str = "min_score"
+        column: str = Field(description="a score column of a configured scorer, e.g. judge")
+        min: float
+
+    @classmethod
+    def reads(cls, config: PluginConfig) -> tuple[str, ...]:
+        return (config.column,)
+
+    def filter(self, row: dict) -> str | None:
+        value = row.get(self.config.column)
+        return f"{self.config.column}_below_min" if value is not None and value < self.config.min else None

@@ -15,14 +15,15 @@ from instructscale.select.config import SelectConfig
 
 
 def _append_scores(batch: pa.Table, scorer: Scorer, scorer_call) -> pa.Table:
-    """``batch`` plus the scorer's columns; rows a filter removed get nulls and are not scored."""
+    """``batch`` plus the scorer's columns (prefixed when it is named); rows a filter removed get
+    nulls and are not scored."""
     keep = pc.is_null(batch["filter_reason"]).to_pylist()
     rows = [r for r, k in zip(batch.to_pylist(), keep) if k]
     values = scorer_call(rows) if rows else {c: [] for c in scorer.columns}
     for name, dtype in scorer.columns.items():
         it = iter(values[name])
         full = [next(it) if k else None for k in keep]
-        batch = batch.append_column(name, pa.array(full, dtype))
+        batch = batch.append_column(scorer.prefix(scorer.config) + name, pa.array(full, dtype))
     return batch
 
 

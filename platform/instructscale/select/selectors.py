@@ -1,5 +1,5 @@
 """Spending a row budget: quota allocation per stratum, and the built-in selectors (plug-ins):
-random, top-k, DEITA-style score-first diversity, k-center greedy."""
+random, top-k, longest responses, DEITA-style score-first diversity, k-center greedy."""
 
 from __future__ import annotations
 
@@ -94,6 +94,18 @@ class Random(Selector):
 @register("topk")
 class TopK(Selector):
     """The ``k`` best-scored rows."""
+
+    def select(self, score, embeddings, k, seed):
+        return topk(score, k)
+
+
+@register("longest")
+class Longest(Selector):
+    """The ``k`` rows with the longest responses (characters): the strong baseline of "Long Is More
+    for Alignment" (Zhao et al. 2024), which took the 1,000 longest Alpaca responses. The paper
+    measures length in tokens; characters rank the same rows nearly always, at no tokenizer cost."""
+
+    ranks_by = "output_chars"
 
     def select(self, score, embeddings, k, seed):
         return topk(score, k)

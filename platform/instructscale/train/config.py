@@ -74,6 +74,13 @@ class TrainOptions(StrictModel):
     grad_accum: int = Field(1, ge=1)
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="a training-token budget (prompt and response tokens, as the trainer sees them): "
+        "steps = budget / (global batch x the data's mean row tokens), epochs repeating as needed, so "
+        "that runs on different data train on the same number of tokens. With max_steps: the smaller",
+    )
     max_length: int = Field(256, ge=8)
     train_reasoning: bool = Field(True, description="train on assistant turns' reasoning (false: masked)")
     packing: bool = Field(
@@ -109,6 +116,8 @@ class TrainOptions(StrictModel):
             raise ValueError("deepspeed.precision fp16 needs GPUs (scaling.use_gpu: true); use fp32 or bf16 on CPU")
         if self.deepspeed.offload_params and self.deepspeed.zero_stage != 3:
             raise ValueError("deepspeed.offload_params needs zero_stage 3")
+        if self.max_tokens and self.epochs != 1:
+            raise ValueError("give epochs or max_tokens, not both: a token budget repeats epochs as it needs")
         return self
 
     @property

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Iterator
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +40,7 @@ ROW_GROUP = 512  # rows a worker decodes at a time from each run
 
 def _settings(cfg: TrainConfig) -> dict:
     """What the plan depends on: a plan built for other settings is rebuilt."""
-    keys = ("data", "curriculum", "global_batch", "epochs", "seed", "max_steps")
+    keys = ("data", "curriculum", "global_batch", "epochs", "seed", "max_steps", "max_tokens", "max_length")
     return {**cfg.model_dump(mode="json", include=set(keys)), "workers": cfg.scaling.num_workers}
 
 
@@ -65,14 +66,47 @@ def _difficulty(table: pa.Table, key: str) -> np.ndarray:
     return np.array([difficulty_of(r, key) for r in table.to_pylist()], dtype=float)
 
 
-@ray.remote
-def _difficulties(uri: str, key: str | None) -> np.ndarray:
-    """Pass 1 for one file: each usable row's difficulty (zeros when ``key`` is None)."""
-    out = [
-        _difficulty(t, key) if key else np.zeros(t.num_rows)
-        for t in _chunks(uri, ["id", "metadata", key] if key else [])
-    ]
-    return np.concatenate(out) if out else np.zeros(0)
+@lru_cache(maxsize=1)
+def _tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(storage.local_dir(model))
+
+
+def _row_tokens(table: pa.Table, cfg: TrainConfig) -> np.ndarray:
+    """Each row's training tokens (prompt and response, truncated), as the workers tokenize it."""
+    from instructscale.tokens import tokenize
+
+    tokenizer = _tokenizer(cfg.model)
+    rows = table.to_pylist()
+    return np.array(
+        [len(tokenize(r, tokenizer, cfg.max_length, reasoning=cfg.train_reasoning).input_ids) for r in rows]
+    )
+
+
+@ray.remote(num_returns=2)
+def _difficulties(uri: str, key: str | None, shipped: Shipped[TrainConfig] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1 for one file: each usable row's difficulty (zeros when ``key`` is None) and, with
+    ``shipped`` (a token budget), its training tokens (else zeros)."""
+    cfg = shipped.load() if shipped else None
+    columns = ["id", "metadata", key] if key else []
+    difficulty, tokens = [np.zeros(0)], [np.zeros(0, dtype=np.int64)]
+    for t in _chunks(uri, [*columns, *(TEXT_COLUMNS if cfg else ())]):
+        difficulty.append(_difficulty(t, key) if key else np.zeros(t.num_rows))
+        tokens.append(_row_tokens(t, cfg) if cfg else np.zeros(t.num_rows, dtype=np.int64))
+    return np.concatenate(difficulty), np.concatenate(tokens)
+
+
+def budget_steps(cfg: TrainConfig, tokens: np.ndarray) -> tuple[int | None, int]:
+    """(max_steps, epochs) the schedule is built with: with a token budget, the steps whose global
+    batches of mean-length rows hold ``max_tokens``, and the epochs they take."""
+    if not cfg.max_tokens:
+        return cfg.max_steps, cfg.epochs
+    if len(tokens) < cfg.global_batch:
+        raise ValueError(f"training set has {len(tokens)} rows, fewer than one global batch ({cfg.global_batch})")
+    steps = max(1, round(cfg.max_tokens / (cfg.global_batch * float(tokens.mean()))))
+    steps = min(steps, cfg.max_steps or steps)
+    return steps, -(-steps // (len(tokens) // cfg.global_batch))
 
 
 @ray.remote
@@ -121,16 +155,15 @@ def _build(shipped: Shipped[TrainConfig], plan: str, run_rows: int) -> dict:
     cfg = shipped.load()
     files = part_files(cfg.data)
     key = cfg.curriculum.difficulty_key if Curriculum.registry.get(cfg.curriculum.kind).needs_difficulty else None
+    budget = shipped if cfg.max_tokens else None
     try:
-        per_file = ray.get([_difficulties.remote(f, key) for f in files])
+        passes = [_difficulties.remote(f, key, budget) for f in files]
+        per_file = ray.get([d for d, _ in passes])
         difficulty = np.concatenate(per_file) if per_file else np.zeros(0)
+        tokens = np.concatenate(ray.get([t for _, t in passes])) if passes else np.zeros(0, dtype=np.int64)
+        max_steps, epochs = budget_steps(cfg, tokens)
         schedule = build_schedule(
-            difficulty,
-            cfg.curriculum,
-            global_batch=cfg.global_batch,
-            epochs=cfg.epochs,
-            seed=cfg.seed,
-            max_steps=cfg.max_steps,
+            difficulty, cfg.curriculum, global_batch=cfg.global_batch, epochs=epochs, seed=cfg.seed, max_steps=max_steps
         )
     except ValueError as err:  # a task's error arrives wrapped: report the row's own message
         return {"error": str(getattr(err, "cause", None) or err)}
@@ -147,6 +180,8 @@ def _build(shipped: Shipped[TrainConfig], plan: str, run_rows: int) -> dict:
     if written != flat.size:
         raise RuntimeError(f"train plan: wrote {written} scheduled rows of {flat.size}; did {cfg.data} change?")
     info = {"rows": len(difficulty), "steps": len(schedule), "settings": _settings(cfg)}
+    if cfg.max_tokens:
+        info["tokens"] = int(tokens[schedule].sum())
     storage.write_json(storage.join(plan, DONE), info)
     return info
 

@@ -238,6 +238,7 @@ def _summary(cfg: TrainConfig, run: StageRun, plan: dict, result, history: list[
     return {
         "rows": plan["rows"],
         "steps": plan["steps"],
+        "tokens": plan.get("tokens"),
         "model": run.uri("model"),
         "adapter": run.uri("adapter") if storage.exists(run.uri("adapter")) else None,
         "checkpoint": result.checkpoint.path,

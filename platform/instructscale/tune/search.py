@@ -9,6 +9,8 @@ An interrupted search resumes with ``Tuner.restore``; the best finished trial's 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -24,6 +26,7 @@ from instructscale import storage
 from instructscale.lifecycle import require_dataset
 from instructscale.process import Shipped
 from instructscale.progress import verbose
+from instructscale.runtime import configure_ray_data
 from instructscale.select.config import SelectConfig
 from instructscale.select.stage import select
 from instructscale.train.config import TrainConfig
@@ -77,6 +80,7 @@ def _configs(cfg: TuneConfig, sampled: dict, trial_dir: str) -> tuple[SelectConf
 def _trial(sampled: dict, shipped: Shipped[TuneConfig]) -> None:
     """One Tune trial: (re)select, train in a helper thread, forward held-out losses to Tune."""
     cfg = shipped.load()
+    configure_ray_data()  # the trial's own selection runs Ray Data in this process
     trial_dir = storage.join(cfg.out_dir, "trials", tune.get_context().get_trial_id())
     select_cfg, train_cfg = _configs(cfg, sampled, trial_dir)
     if select_cfg is not None:
@@ -210,20 +214,42 @@ def _check(cfg: TuneConfig) -> TuneConfig:
     )
 
 
+def storage_args(out_dir: str) -> dict:
+    """RunConfig's storage settings for a search under ``out_dir/search`` (any URI)."""
+    fs, root = storage.resolve(out_dir)
+    return {"storage_path": root, "storage_filesystem": None if storage.is_local(out_dir) else fs}
+
+
+def resumed(out_dir: str, trainable) -> tune.Tuner | None:
+    """The interrupted search under ``out_dir/search`` restored (unfinished and errored trials run
+    again), or None when there is none."""
+    fs = storage_args(out_dir)["storage_filesystem"]
+    path = storage.join(out_dir, "search")
+    path = storage.resolve(path)[1] if fs else path
+    if not tune.Tuner.can_restore(path, storage_filesystem=fs):
+        return None
+    return tune.Tuner.restore(
+        path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+    )
+
+
+def fit_quietly(tuner: tune.Tuner) -> tune.ResultGrid:
+    """``tuner.fit()``; what Tune prints whatever its verbosity (a box with the search's settings,
+    where its results are) goes to the log file unless ``-v``."""
+    if verbose():
+        return tuner.fit()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        results = tuner.fit()
+    log.info("ray tune: %s", printed.getvalue().strip())
+    return results
+
+
 def _tuner(cfg: TuneConfig, trainable) -> tune.Tuner:
     """A new search, or the interrupted one under ``out_dir/search`` restored."""
-    fs, root = storage.resolve(cfg.out_dir)
-    fs_arg = None if storage.is_local(cfg.out_dir) else fs
-    path = storage.join(cfg.out_dir, "search")
-    if tune.Tuner.can_restore(storage.resolve(path)[1] if fs_arg else path, storage_filesystem=fs_arg):
-        log.info("tune: resuming the search in %s", path)
-        return tune.Tuner.restore(
-            storage.resolve(path)[1] if fs_arg else path,
-            trainable=trainable,
-            resume_unfinished=True,
-            resume_errored=True,
-            storage_filesystem=fs_arg,
-        )
+    if tuner := resumed(cfg.out_dir, trainable):
+        log.info("tune: resuming the search in %s", storage.join(cfg.out_dir, "search"))
+        return tuner
     search_alg = None
     if cfg.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -249,8 +275,7 @@ def _tuner(cfg: TuneConfig, trainable) -> tune.Tuner:
         ),
         run_config=tune.RunConfig(
             name="search",
-            storage_path=root,
-            storage_filesystem=fs_arg,
+            **storage_args(cfg.out_dir),
             verbose=1 if verbose() else 0,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -272,7 +297,7 @@ def run_search(cfg: TuneConfig) -> dict:
         )
     trainable = tune.with_resources(tune.with_parameters(_trial, shipped=Shipped.of(cfg)), {"cpu": cfg.trial_cpus})
     t0 = time.time()
-    results = _tuner(cfg, trainable).fit()
+    results = fit_quietly(_tuner(cfg, trainable))
     summary = _write_results(cfg, results)
     summary |= {
         "seconds": round(time.time() - t0, 2),

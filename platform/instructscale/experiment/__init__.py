@@ -1,0 +1,1 @@
+"""Experiments: which data decision helped, with seeds and paired intervals."""
