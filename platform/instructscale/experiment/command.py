@@ -14,7 +14,6 @@ class Experiment(Command[ExperimentConfig]):
 
     Config = ExperimentConfig
     summary = "arms (selectors, curricula, mixtures) x seeds on one token budget, with paired intervals"
-    hide = ("config",)
 
     def execute(self) -> dict:
         from instructscale.experiment.run import run_experiment
