@@ -41,6 +41,11 @@ def without_operational(model: BaseModel, data: Any) -> Any:
     return out
 
 
+def problems(err: ValidationError) -> str:
+    """A validation error on one line, ``key.path: message; ...`` (for a section validated inside another)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid config ({err.error_count()} problem(s))"]
     for e in err.errors():

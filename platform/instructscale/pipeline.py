@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from instructscale import storage
-from instructscale.config import StrictModel, to_yaml
+from instructscale.config import StrictModel, problems, to_yaml
 from instructscale.demo.pool import DemoOptions
 from instructscale.evaluate import EvalOptions
 from instructscale.generate.config import GenerateOptions
@@ -103,8 +103,7 @@ def _section(stage: type[Stage], value: Any) -> StrictModel | None:
     try:
         return stage.Options.model_validate(value)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"{stage.name}: {problems}") from None
+        raise ValueError(f"{stage.name}: {problems(err)}") from None
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from instructscale.config import StrictModel
+from instructscale.config import StrictModel, problems
 from instructscale.evaluate import EvalConfig, EvalOptions
 from instructscale.lifecycle import StageConfig
 from instructscale.plugins import EvalSuite
@@ -17,10 +17,11 @@ from instructscale.tune.config import merge
 
 class Warmup(StrictModel):
     """Cherry LLM's "pre-experienced" model: the student briefly trained (the experiment's train
-    settings, ``steps`` steps) on a random sample of ``rows`` filtered rows; the arm's model
-    scorers then score with it instead of the untrained student."""
+    settings, ``steps`` steps) on a k-center-diverse sample of ``rows`` filtered rows (random when
+    the scorers give no embeddings); the arm's model scorers then score with it instead of the
+    untrained student."""
 
-    rows: int = Field(200, ge=1, description="rows of the random sample (Cherry: a cluster-diverse 1k)")
+    rows: int = Field(200, ge=1, description="rows of the diverse sample (Cherry: a cluster-diverse 1k)")
     steps: int = Field(20, ge=1)
 
 
@@ -77,8 +78,7 @@ class ExperimentConfig(StageConfig):
                 try:
                     model.model_validate(merge(base, getattr(arm, section)))
                 except ValidationError as err:
-                    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-                    raise ValueError(f"arms.{arm.name}.{section}: {problems}") from None
+                    raise ValueError(f"arms.{arm.name}.{section}: {problems(err)}") from None
         suites = [self.suite_plugin(self.suite)] if self.suite in ("holdout", *self._suite_names()) else []
         if not suites:
             raise ValueError(f"suite: {self.suite!r} is not evaluated (holdout or one of {self._suite_names()})")

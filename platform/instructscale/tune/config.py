@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from instructscale.config import StrictModel
+from instructscale.config import StrictModel, problems
 from instructscale.lifecycle import StageConfig
 from instructscale.select.config import SelectOptions
 from instructscale.train.config import TrainOptions
@@ -101,6 +101,5 @@ class TuneConfig(TuneSettings, StageConfig):
             try:
                 model.model_validate(merge(base, nest({rest: param.example()})))
             except ValidationError as err:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-                raise ValueError(f"space.{key}: {problems}") from None
+                raise ValueError(f"space.{key}: {problems(err)}") from None
         return self
