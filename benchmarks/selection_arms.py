@@ -7,9 +7,16 @@ to benchmarks/results/selection_arms.json with the settings it ran with. Interru
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pyarrow.dataset as pads
+from scipy.stats import spearmanr
+
 from harness import Bench, print_table, write_result
 from instructscale.config import parse_overrides
 from instructscale.experiment.config import ExperimentConfig
+from instructscale.models.catalog import resolve
 from instructscale.process import load
 from instructscale.runtime import RayConfig, init_ray
 
@@ -34,6 +41,32 @@ init_ray(RayConfig())
 
 from instructscale.experiment.run import run_experiment  # noqa: E402  (Ray Tune: once Ray is up)
 
+
+def ifd_by_scorer(out_dir: str) -> dict[str, dict]:
+    """Each scoring's IFD per row id, keyed by its scorer model (the student, or a warm-up of it)."""
+    out = {}
+    for manifest in sorted(Path(out_dir, "features").glob("*/_manifest.json")):
+        models = [s.get("model") for s in json.loads(manifest.read_text())["config"]["scorers"]]
+        if models:
+            t = pads.dataset(manifest.parent / "features" / "rows", format="parquet").to_table(columns=["id", "ifd"])
+            out[models[0]] = {i: v for i, v in zip(t["id"].to_pylist(), t["ifd"].to_pylist()) if v is not None}
+    return out
+
+
+def warmup_agreement(out_dir: str, student: str) -> dict[str, dict]:
+    """Spearman of each warm-up's IFD with the untrained student's over the rows both scored: how far
+    Cherry's warm-up reorders the pool (the figure Superfiltering reports for a smaller scorer)."""
+    ifd = ifd_by_scorer(out_dir)
+    base = ifd.get(student, {})
+    out = {}
+    for model, values in ifd.items():
+        if model != student and base:
+            ids = sorted(set(base) & set(values))
+            rho = spearmanr([base[i] for i in ids], [values[i] for i in ids]).statistic
+            out[Path(model).parents[1].name] = {"spearman": round(float(rho), 4), "rows": len(ids)}
+    return out
+
+
 result = run_experiment(cfg)
 rows = [
     {
@@ -50,5 +83,11 @@ rows = [
 print_table(rows, list(rows[0]))
 write_result(
     "selection_arms",
-    {**result, "config": cfg.model_dump(mode="json"), "overrides": bench.args.set, "arms_run": bench.args.arms},
+    {
+        **result,
+        "ifd_spearman_warmup_vs_student": warmup_agreement(cfg.out_dir, resolve(cfg.model)),
+        "config": cfg.model_dump(mode="json"),
+        "overrides": bench.args.set,
+        "arms_run": bench.args.arms,
+    },
 )
