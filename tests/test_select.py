@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 import torch
+from scipy.stats import spearmanr
 
 from instructscale.config import ConfigError, parse_config
 from instructscale.demo.pool import DemoConfig, iter_pool_rows
@@ -420,6 +421,14 @@ def test_stage_end_to_end_on_a_demo_pool(ray_local, tiny_models, tmp_path):
     assert all(r["small_ifd"] is not None and r["complexity_judge"] is not None for r in scored)
     assert sum(r["small_ifd"] != r["ifd"] for r in scored) > len(scored) // 2
     assert sum(r["complexity_judge"] != r["judge"] for r in scored) > 0
+    # ... and how alike they rank the pool: scipy's Spearman on the rows both scored
+    agree = m["rank_correlations"]
+    assert set(agree) == {"small_loss", "small_loss_uncond", "small_ppl", "small_ifd", "complexity_judge"}
+    for col in ("ifd", "loss", "judge"):
+        other = "complexity_judge" if col == "judge" else f"small_{col}"
+        both = [(r[col], r[other]) for r in scores.to_pylist() if None not in (r[col], r[other])]
+        assert agree[other]["with"] == col and agree[other]["rows"] == len(both) > 0
+        assert agree[other]["spearman"] == pytest.approx(spearmanr(*zip(*both)).statistic, abs=2e-4)
     judged = [
         (j is not None, f is None) for j, f in zip(scores["judge"].to_pylist(), scores["filter_reason"].to_pylist())
     ]
@@ -525,3 +534,23 @@ def test_rank_summaries_merge_to_the_exact_percentile_ranks_and_stay_bounded():
         small = small.merge(RankSummary.of(block)).compressed(512)
     assert len(small.values) <= 514
     assert np.abs(small.percentile(y) - percentile_ranks(y)).max() < 3 / 512
+
+
+def test_scorer_agreement_is_scipys_spearman_over_the_rows_both_scored(ray_local):
+    from instructscale.select import agreement
+
+    rng = np.random.default_rng(0)
+    a = np.round(rng.normal(size=3000), 1)  # ties
+    b = a + rng.normal(scale=0.8, size=3000)
+    a[rng.random(3000) < 0.05], b[rng.random(3000) < 0.05] = np.nan, np.nan
+    ds = ray_local.data.from_arrow(pa.table({"ifd": a, "small_ifd": b})).repartition(7)
+    got = agreement.spearman(ds, "ifd", "small_ifd")
+    ok = ~(np.isnan(a) | np.isnan(b))
+    assert got["with"] == "ifd" and got["rows"] == ok.sum()
+    assert got["spearman"] == pytest.approx(spearmanr(a[ok], b[ok]).statistic, abs=1e-4)
+    cfg = parse_config(
+        SelectConfig,
+        {"input": "x", "out_dir": "y", "scorers": [{"kind": "model", "name": "small"}, "model"]},
+    )
+    assert ("ifd", "small_ifd") in agreement.pairs(cfg) and ("small_ifd", "ifd") not in agreement.pairs(cfg)
+    assert not agreement.pairs(parse_config(SelectConfig, {"input": "x", "out_dir": "y", "scorers": ["model"]}))
