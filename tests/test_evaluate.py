@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from instructscale.answers import rouge_l, token_f1
+from instructscale.cli import main
 from instructscale.config import parse_config
 from instructscale.demo.pool import DemoConfig, iter_eval_rows
 from instructscale.evaluate import EvalConfig, evaluate
@@ -53,6 +54,15 @@ def test_evaluate_stage_scores_per_task(ray_local, tiny_models, tmp_path):
         assert p["loss"] is not None and p["loss"] > 0
     assert m["overall"]["loss"] == pytest.approx(sum(p["loss"] for p in preds) / 20)
     assert json.loads((tmp_path / "out" / "eval.json").read_text())["overall"] == m["overall"]
+    # the command with a gate the model misses: the finished evaluation is reused, the command fails
+    sets = [f"{k}={v}" for k, v in cfg.model_dump(include={"model", "data", "out_dir", "max_rows"}).items()]
+    gate = "gates=[{suite: holdout, metric: exact_match, rule: min, value: 1.01}]"
+    argv = [
+        "evaluate",
+        *(a for s in [*sets, "backend={kind: hf}", "sampling={max_tokens: 8}", gate] for a in ("--set", s)),
+    ]
+    assert main(argv) == 1
+    assert main([*argv, "--allow-regression"]) == 0
 
     holdout = m["suites"]["holdout"]
     assert holdout["exact_match_ci95"][0] <= holdout["exact_match"] <= holdout["exact_match_ci95"][1]

@@ -69,7 +69,13 @@ def test_pipeline_demo_run_quietly_with_every_stage_and_a_rerun_reuses_them(ray_
     for section in ("## Ingest", "## Selection", "## Training", "## Evaluation", "### ifbench"):
         assert section in report
     assert (run / "training.png").is_file() and (run / "scores.png").is_file()
-    assert main(args) == 0  # second run reuses every finished stage
+    assert summary["status"] == "succeeded" and summary["gates"] == []
+    # a rerun reuses every finished stage; gates are checked on the results, so adding them re-runs nothing
+    gate = "evaluate.gates=[{suite: holdout, metric: exact_match, rule: min, value: 1.01}, {suite: general, metric: rouge_l}]"
+    assert main([*args, "--set", gate]) == 1
     again = json.loads((run / "summary.json").read_text())
     assert again["stages"]["ingest"] == ing and all(s < 5 for s in again["seconds"].values()), again["seconds"]
+    assert again["status"] == "failed" and again["gates"][0]["why"].endswith("< 1.01")
+    assert "regression gate(s) failed: holdout exact_match min 1.01" in capfd.readouterr().err
+    assert main([*args, "--set", gate, "--allow-regression"]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["local"], "nothing written to the working directory"

@@ -41,8 +41,9 @@ def _load(args) -> Command:
     return cls(parse_config(cls.Config, data, args.config or "--set"))
 
 
-def run_command(args) -> None:
-    """Load the command's config, start or join Ray, run it (logging under its output) and print its result."""
+def run_command(args) -> int:
+    """Load the command's config, start or join Ray, run it (logging under its output) and print its
+    result; 1 when the finished run counts as failed (a regression gate)."""
     from instructscale.runtime import RayConfig, check_output_location, init_ray, run_logs
 
     job = _load(args)
@@ -51,14 +52,18 @@ def run_command(args) -> None:
     with run_logs(job.output()):
         result = job.execute()
     job.print_result(result)
+    if why := job.failure(result):
+        print(f"error: {why}", file=sys.stderr)
+        return 1
+    return 0
 
 
-def cmd_run(args) -> None:
+def cmd_run(args) -> int:
     """Run a job specification here (what a KubeRay RayJob's entrypoint does on its cluster)."""
     from instructscale.submit import job_spec
 
     spec = job_spec(args.config, args.stage, args.set)
-    run_command(
+    return run_command(
         argparse.Namespace(command=spec.command, config=spec.config, set=spec.overrides(), overwrite=args.overwrite)
     )
 
@@ -189,7 +194,7 @@ def _command_args(cls: type[Command]) -> Callable[[argparse.ArgumentParser], Non
     def add(p: argparse.ArgumentParser) -> None:
         _config_args(p)
         for flag, help_text in cls.flags.items():
-            p.add_argument(f"--{flag}", action="store_true", help=help_text)
+            p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action="store_true", help=help_text)
         p.set_defaults(flags=tuple(cls.flags))
 
     return add

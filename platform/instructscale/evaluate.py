@@ -17,9 +17,10 @@ import pyarrow as pa
 import ray
 from pydantic import Field, model_validator
 
-from instructscale import stats, storage
+from instructscale import gates, stats, storage
 from instructscale.backends.base import Conversation, RowFault, SamplingConfig
 from instructscale.config import ConfigError, StrictModel
+from instructscale.gates import Gate
 from instructscale.generate.config import ReplicaConfig
 from instructscale.judge import JudgeSettings, pair_prompts, parse_verdict, second_model_score, win_rate
 from instructscale.lifecycle import StageConfig, StageRun, commit_part, part_files, require_dataset
@@ -52,12 +53,32 @@ class EvalOptions(StrictModel):
         default_factory=lambda: ReplicaConfig(batch_size=1024),
         description="the engine's resources: num_cpus (on CPU its threads) and num_gpus",
     )
+    gates: list[Gate] = Field(
+        default_factory=list,
+        description="regression gates {suite, metric, rule: not_worse | min, value}: a failed one fails the run",
+    )
+
+    OPERATIONAL = frozenset({"gates"})  # checked on the results: changing them re-evaluates nothing
 
     @model_validator(mode="after")
     def _names_differ(self) -> EvalOptions:
         names = [s.kind for s in self.suites]
         if "holdout" in names or len(set(names)) != len(names):
             raise ValueError(f"suites: each once, and not holdout (the held-out rows are always evaluated): {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _gates_measured(self) -> EvalOptions:
+        suites = {k: EvalSuite.registry.get(k) for k in ("holdout", *(s.kind for s in self.suites))}
+        for g in self.gates:
+            if g.suite not in suites:
+                raise ValueError(f"gates: {g.name}: suite {g.suite!r} is not evaluated (suites: {sorted(suites)})")
+            cls = suites[g.suite]
+            known = [*cls.metrics, *([gates.WIN_RATE] if cls.judged else [])]
+            if g.metric not in known:
+                raise ValueError(f"gates: {g.name}: {g.suite} has no metric {g.metric!r} (it has {known})")
+            if g.rule == "not_worse" and g.metric in cls.descriptive:
+                raise ValueError(f"gates: {g.name}: {g.metric} is descriptive (neither better nor worse); use min")
         return self
 
 
@@ -67,6 +88,15 @@ class EvalConfig(EvalOptions, StageConfig):
     model: str
     data: str | None = Field(None, description="held-out Parquet rows with reference outputs (the holdout suite)")
     out_dir: str
+    allow_regression: bool = Field(False, description="a failed gate is reported, but the command exits 0")
+
+    OPERATIONAL = frozenset({"gates", "allow_regression"})
+
+    @model_validator(mode="after")
+    def _gates_alone(self) -> EvalConfig:
+        if paired := [g.name for g in self.gates if g.rule == "not_worse"]:
+            raise ValueError(f"gates: {paired}: not_worse compares with the base model, which a pipeline evaluates")
+        return self
 
     def suite_plugins(self) -> list[EvalSuite]:
         """The suites this config evaluates: the held-out rows (when there are any) first."""
@@ -139,6 +169,20 @@ class Evaluate(Stage[EvalConfig]):
     summary = "evaluate a model on held-out rows, IFBench and general prompts, with 95% intervals"
     after = "train"
     rebuilt = (PREDICTIONS,)
+    flags = {"allow_regression": "exit 0 even when a regression gate fails"}
+
+    def execute(self) -> dict:
+        """The evaluation (run, or reused), with its gates' outcomes."""
+        result = super().execute()
+        return {**result, "gates": gates.check(self.cfg.gates, result)} if self.cfg.gates else result
+
+    def failure(self, result: dict) -> str | None:
+        return None if self.cfg.allow_regression else gates.failure(result.get("gates", []))
+
+    def print_result(self, result: dict) -> None:
+        super().print_result({k: v for k, v in result.items() if k != "gates"})
+        for line in gates.lines(result.get("gates", [])):
+            print(line)
 
     def check(self) -> EvalConfig:
         cfg = self.cfg
@@ -186,19 +230,17 @@ class Evaluate(Stage[EvalConfig]):
                 "evaluate: nothing to evaluate: no held-out rows (`eval_data` or a `demo` section) and no suites"
             )
             return None
-        entry, dirs = {}, {}
+        entry, dirs, each = {}, {}, options.model_dump(exclude={"gates"})
         for name, model in (("base", pipe.models["student"]), ("tuned", pipe.model)):
             if model is not None:
                 dirs[name] = storage.join(cls.out_dir(pipe.run_dir), name)
-                cfg = EvalConfig(
-                    **options.model_dump(), model=model, data=pipe.eval_data, out_dir=dirs[name], **pipe.common
-                )
+                cfg = EvalConfig(**each, model=model, data=pipe.eval_data, out_dir=dirs[name], **pipe.common)
                 entry[name] = without_internal(cls(cfg).execute())
         if len(dirs) == 2:
-            cfg = EvalConfig(
-                **options.model_dump(), model=pipe.model, data=pipe.eval_data, out_dir=dirs["tuned"], **pipe.common
-            )
+            cfg = EvalConfig(**each, model=pipe.model, data=pipe.eval_data, out_dir=dirs["tuned"], **pipe.common)
             entry["tuned"] |= cls._compared(cfg, entry, dirs, pipe)
+        if options.gates and "tuned" in entry:  # the pipeline's config refuses gates without training
+            entry["tuned"]["gates"] = gates.check(options.gates, entry["tuned"])
         return entry
 
     @classmethod
@@ -239,13 +281,16 @@ class Evaluate(Stage[EvalConfig]):
                 lines.append(
                     f"  judged win rate over base, {suite}: {w['win_rate']:.3f} {_ci(w['win_rate_ci95'])} {w['verdict']}"
                 )
-        return lines
+        return lines + [f"  {line}" for line in gates.lines(tuned.get("gates", []))]
 
     @classmethod
     def report(cls, entry: dict, run: str) -> list[str]:
         parts = ["## Evaluation", ""]
-        for suite in next(iter(entry.values()))["suites"]:
+        for suite in next(iter(entry.values())).get("suites", {}):
             parts += _suite_section(suite, entry, storage.join(run, f"eval-{suite}.png"))
+        if outcomes := entry.get("tuned", {}).get("gates"):
+            shown = [{**g, "passed": "passed" if g["passed"] else "**failed**"} for g in outcomes]
+            parts += ["### Regression gates", "", markdown_table(shown, ["gate", "passed", "why"]), ""]
         return parts
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from instructscale import storage
+from instructscale import gates, storage
 from instructscale.config import StrictModel, problems, to_yaml
 from instructscale.demo.pool import DemoOptions
 from instructscale.evaluate import EvalOptions
@@ -70,6 +70,7 @@ class PipelineConfig(StageConfig):
         default_factory=TrainOptions, description="fine-tune the student on the pool; null skips it"
     )
     stages: dict[str, Any] = Field(default_factory=dict, description="the sections of plug-in stages, by name")
+    allow_regression: bool = Field(False, description="a failed regression gate marks the run, but exits 0")
 
     @model_validator(mode="before")
     @classmethod
@@ -90,6 +91,8 @@ class PipelineConfig(StageConfig):
     def _has_data(self) -> PipelineConfig:
         if self.demo is None and not self.inputs:
             raise ValueError(NO_DATA)
+        if self.evaluate and self.evaluate.gates and self.train is None:
+            raise ValueError("evaluate.gates judge the trained model against the base: they need a train section")
         return self
 
     def section(self, stage: str) -> StrictModel | None:
@@ -153,6 +156,8 @@ def _run_stages(cfg: PipelineConfig) -> dict:
             summary["stages"][stage.name] = entry
     handed_on = {"eval_split": pipe.eval_data, "pool": pipe.pool, "model": pipe.model}
     summary.update({k: v for k, v in handed_on.items() if v is not None})
+    summary["gates"] = summary["stages"].get("evaluate", {}).get("tuned", {}).get("gates", [])
+    summary["status"] = "failed" if gates.failed(summary["gates"]) else "succeeded"
     summary["report"] = write_report(run, summary)
     storage.write_json(storage.join(run, "summary.json"), redact(summary))
     return summary
@@ -164,12 +169,16 @@ class Pipeline(Command[PipelineConfig]):
 
     Config = PipelineConfig
     summary = "run the whole pipeline from one config"
+    flags = {"allow_regression": "exit 0 even when a regression gate fails (the run is still marked failed)"}
 
     def execute(self) -> dict:
         return run_pipeline(self.cfg)
 
     def output(self) -> str:
         return self.cfg.run_dir
+
+    def failure(self, summary: dict) -> str | None:
+        return None if self.cfg.allow_regression else gates.failure(summary["gates"])
 
     def print_result(self, summary: dict) -> None:
         print(f"\npipeline done: {summary['run_dir']}")

@@ -64,6 +64,10 @@ class Command(Generic[C]):
         """Where the command writes (its log file goes under it)."""
         return self.cfg.out_dir
 
+    def failure(self, result: dict) -> str | None:
+        """Why a finished run counts as failed (the CLI exits 1), or None."""
+        return None
+
     def print_result(self, result: dict) -> None:
         print(json.dumps({k: v for k, v in result.items() if k not in self.hide}, indent=2, default=str))
 
@@ -79,6 +83,7 @@ class Pipe:
     eval_data: str | None = None  # held-out rows
     pool: str | None = None  # the rows the next stage reads
     model: str | None = None  # the trained model
+    source_weights: dict[str, float] = field(default_factory=dict)  # the inputs' mixture weights (registries')
 
 
 class Stage(Command[C]):
