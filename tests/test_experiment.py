@@ -129,6 +129,11 @@ def test_an_interrupted_experiment_resumes_and_pairs_every_arm_with_random(tiny_
             assert got["verdict"] == pair["verdict"]
         assert abs(arm["training_tokens"] - 4000) <= 8 * 64  # the same budget, within one step's tokens
         assert arm["selection_seconds"] > 0 and arm["training_seconds"] > 0
+        holdout = arm["suites"]["holdout"]  # every metric of every suite, the same statistics
+        assert holdout["token_f1"] == pytest.approx(arm["mean"]) and holdout["prompts"] == 40
+        assert len(holdout["exact_match_ci95"]) == 2 and "loss" not in holdout  # loss: off in the preset
+        if arm["arm"] != "random":
+            assert holdout["token_f1_vs_random"]["diff"] == pytest.approx(got["diff"])
     better = [a for a in result["arms"] if a.get("paired_vs_random", {}).get("verdict") == "better"]
     assert result["best"] == (max(better, key=lambda a: a["mean"])["arm"] if better else "random")
     assert (tmp_path / "exp" / "best_selection" / "_manifest.json").exists()

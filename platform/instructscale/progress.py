@@ -115,16 +115,20 @@ def setup_logging(is_verbose: bool, log_dir: str | None = None) -> str | None:
 
 
 def _fmt_rate(n: float, seconds: float) -> str:
-    return f"{n / seconds:,.1f}/s" if seconds > 0 else "-"
+    """Units a second, or seconds a unit for slow ones (experiment trials take minutes)."""
+    if seconds <= 0 or n <= 0:
+        return "-"
+    return f"{n / seconds:,.1f}/s" if n / seconds >= 0.1 else f"{seconds / n:,.0f} s each"
 
 
 class Progress:
     """One line for one stage: done / total, rate, ETA. A terminal sees it redrawn in place; a log or
     a pipe gets the final line only (and a line a minute for long stages)."""
 
-    def __init__(self, stage: str, total: int | None = None, unit: str = "rows", stream=None):
+    def __init__(self, stage: str, total: int | None = None, unit: str = "rows", stream=None, done: int = 0):
+        """``done``: units finished before this run (a resumed one): counted, but not in the rate."""
         self.stage, self.total, self.unit = stage, total, unit
-        self.done, self.t0 = 0, time.time()
+        self.done, self.before, self.t0 = done, done, time.time()
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self._last = 0.0
@@ -144,13 +148,11 @@ class Progress:
         elapsed = time.time() - self.t0
         of = f"/{self.total:,}" if self.total else ""
         eta = ""
-        if self.total and self.done and self.done < self.total:
-            eta = f", ETA {(self.total - self.done) * elapsed / self.done:.0f} s"
+        new = self.done - self.before
+        if self.total and new > 0 and self.done < self.total:
+            eta = f", ETA {(self.total - self.done) * elapsed / new:.0f} s"
         extra = f", {note}" if note else ""
-        return (
-            f"{self.stage:<9} {self.done:,}{of} {self.unit}, {_fmt_rate(self.done, elapsed)}, "
-            f"{elapsed:.1f} s{eta}{extra}"
-        )
+        return f"{self.stage:<9} {self.done:,}{of} {self.unit}, {_fmt_rate(new, elapsed)}, {elapsed:.1f} s{eta}{extra}"
 
     def _write(self, text: str, end: str = "\n") -> None:
         pad = " " * 8 if end == "\r" else ""

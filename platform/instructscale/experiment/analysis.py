@@ -15,25 +15,51 @@ from instructscale.evaluate import predictions
 from instructscale.experiment.config import ExperimentConfig
 from instructscale.lifecycle import MANIFEST
 from instructscale.markdown import markdown_table, pyplot, save_figure
+from instructscale.plugins import EvalSuite
 from instructscale.select import decide
 
 
-def _scores(cfg: ExperimentConfig, trial_dir: Callable) -> tuple[dict[str, np.ndarray], list | None, int]:
-    """(arm -> seeds x prompts scores, per-prompt weights or None, prompts): the prompts every
-    trial scored."""
-    suite, m = cfg.suite_plugin(cfg.suite), cfg.metric
-    preds = {
-        (a.name, s): predictions(storage.join(trial_dir(cfg, a.name, s), "evaluate"), cfg.suite)
+def _predictions(cfg: ExperimentConfig, trial_dir: Callable, suite: str) -> dict[tuple[str, int], dict]:
+    return {
+        (a.name, s): predictions(storage.join(trial_dir(cfg, a.name, s), "evaluate"), suite)
         for a in cfg.arms
         for s in cfg.seeds
     }
-    ids = sorted(set.intersection(*({i for i, r in p.items() if r[m] is not None} for p in preds.values())))
-    if not ids:
-        raise RuntimeError(f"experiment: no prompt has a {m} score in every trial")
+
+
+def _scores(
+    cfg: ExperimentConfig, preds: dict, suite: EvalSuite, m: str
+) -> tuple[dict[str, np.ndarray], list | None, int]:
+    """(arm -> seeds x prompts scores of metric ``m``, per-prompt weights or None, prompts): the
+    prompts every trial scored (none: empty scores)."""
+    ids = sorted(set.intersection(*({i for i, r in p.items() if r.get(m) is not None} for p in preds.values())))
     scores = {a.name: np.array([[preds[(a.name, s)][i][m] for i in ids] for s in cfg.seeds]) for a in cfg.arms}
     first = preds[(cfg.baseline, cfg.seeds[0])]
     weights = [json.loads(first[i]["details"])[suite.weights[m]] for i in ids] if m in suite.weights else None
     return scores, weights, len(ids)
+
+
+def _higher(suite: EvalSuite, m: str) -> bool | None:
+    return None if m in suite.descriptive else m not in suite.lower_is_better
+
+
+def suite_figures(cfg: ExperimentConfig, trial_dir: Callable) -> dict[str, dict[str, dict]]:
+    """arm -> suite -> every metric's mean and ``_ci95`` over seeds and prompts, and its paired
+    difference from the baseline (``<metric>_vs_<baseline>``)."""
+    out: dict[str, dict[str, dict]] = {a.name: {} for a in cfg.arms}
+    for suite in cfg.eval_config("unused", "unused").suite_plugins():
+        preds = _predictions(cfg, trial_dir, suite.name)
+        for m in suite.metrics:
+            scores, weights, prompts = _scores(cfg, preds, suite, m)
+            if not prompts:
+                continue
+            for arm in cfg.arms:
+                figures = out[arm.name].setdefault(suite.name, {"prompts": prompts})
+                figures |= stats.metric(m, scores[arm.name], weights)
+                if arm.name != cfg.baseline:
+                    pair = stats.paired(scores[cfg.baseline], scores[arm.name], _higher(suite, m), weights)
+                    figures[f"{m}_vs_{cfg.baseline}"] = pair
+    return out
 
 
 def _compute(cfg: ExperimentConfig, arm: str, ready: dict, trial_dir: Callable) -> dict:
@@ -58,8 +84,11 @@ def _compute(cfg: ExperimentConfig, arm: str, ready: dict, trial_dir: Callable) 
 def compare_arms(cfg: ExperimentConfig, prepared: dict, trial_dir: Callable) -> dict:
     """experiment.json's content; also writes arms.md, arms.png and best_selection/ under out_dir."""
     suite = cfg.suite_plugin(cfg.suite)
-    higher = None if cfg.metric in suite.descriptive else cfg.metric not in suite.lower_is_better
-    scores, weights, prompts = _scores(cfg, trial_dir)
+    higher = _higher(suite, cfg.metric)
+    scores, weights, prompts = _scores(cfg, _predictions(cfg, trial_dir, cfg.suite), suite, cfg.metric)
+    if not prompts:
+        raise RuntimeError(f"experiment: no prompt has a {cfg.metric} score in every trial")
+    figures = suite_figures(cfg, trial_dir)
     arms = []
     for arm in cfg.arms:
         mean, ci = stats.mean_ci(scores[arm.name], weights)
@@ -67,7 +96,7 @@ def compare_arms(cfg: ExperimentConfig, prepared: dict, trial_dir: Callable) -> 
         row["per_seed"] = [stats.mean_ci(seed_scores, weights)[0] for seed_scores in scores[arm.name]]
         if arm.name != cfg.baseline:
             row[f"paired_vs_{cfg.baseline}"] = stats.paired(scores[cfg.baseline], scores[arm.name], higher, weights)
-        arms.append(row | _compute(cfg, arm.name, prepared[arm.name], trial_dir))
+        arms.append(row | _compute(cfg, arm.name, prepared[arm.name], trial_dir) | {"suites": figures[arm.name]})
     best = _best(cfg, arms, higher)
     out = {
         "metric": cfg.metric,

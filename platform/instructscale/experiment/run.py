@@ -123,12 +123,22 @@ def _trial(params: dict, runner) -> None:
 
 
 class _Lines(tune.Callback):
-    """One progress line for the whole experiment, a trial at a time."""
+    """One progress line for the whole experiment, a trial at a time; a restored experiment counts
+    the trials it finished before, and its clock starts again."""
 
     def __init__(self, total: int, metric: str):
-        self.progress, self.metric = Progress("experiment", total=total, unit="trials"), metric
+        self.total, self.metric, self.progress = total, metric, None
+
+    def setup(self, **info):
+        self.progress = None  # restored with the experiment's state: start again on its first step
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.progress is None:
+            finished = sum(t.status == "TERMINATED" for t in trials)
+            self.progress = Progress("experiment", total=self.total, unit="trials", done=finished)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.on_step_begin(iteration, trials)
         last = trial.last_result or {}
         self.progress.update(1, f"{last.get('arm')} seed {last.get('seed')}: {self.metric} {last.get('value')}")
 
