@@ -26,6 +26,7 @@ def write_files(root, sizes: list[int]) -> list[dict]:
                     "output": "" if bad and k % 2 else f"answer {k}",
                     "reject_reason": "too_long" if bad and not k % 2 else None,
                     "difficulty": float((k * 37) % 11),
+                    "source": "general" if k % 3 == 0 else "task",
                 }
             )
             k += 1
@@ -63,6 +64,11 @@ def test_every_worker_streams_its_slice_of_the_schedule(ray_local, tmp_path, cur
     info = build_plan(cfg, run_rows=8)  # several sorted runs per file
     ids, schedule = expected(rows, cfg)
     assert info["rows"] == len(ids) == 58 and info["steps"] == len(schedule) == 3 * (58 // 6)
+    general = np.mean([sum(i % 3 == 0 for i in (int(ids[j][1:]) for j in b)) / 6 for b in schedule])
+    assert info["source_share"] == {
+        "general": pytest.approx(general, abs=1e-4),
+        "task": pytest.approx(1 - general, abs=1e-4),
+    }
     runs = storage.list_files(storage.join(cfg.out_dir, PLAN, "rank-0000"), suffix=".parquet")
     assert len(runs) > 3, "one run per chunk of a file"
     for rank in range(3):
@@ -70,7 +76,11 @@ def test_every_worker_streams_its_slice_of_the_schedule(ray_local, tmp_path, cur
         assert [s for s, _, _ in got] == list(range(len(schedule)))
         assert [[r["id"] for r in step] for _, _, step in got] == [[ids[i] for i in b[rank::3]] for b in schedule]
         difficulty = np.array([r["difficulty"] for r in rows if r["id"] in set(ids)])
-        assert [m for _, m, _ in got] == pytest.approx(difficulty[schedule].mean(axis=1).tolist())
+        assert [m["difficulty_mean"] for _, m, _ in got] == pytest.approx(difficulty[schedule].mean(axis=1).tolist())
+        # each step's share of each source, the global batch's (a worker sees its slice only)
+        source = {r["id"]: r["source"] for r in rows}
+        shares = [{s: sum(source[ids[i]] == s for i in b) / 6 for s in ("general", "task")} for b in schedule]
+        assert [m["source_share"] for _, m, _ in got] == shares
         resumed = list(worker_steps(cfg, rank, 11, info["steps"]))
         assert [(s, [r["id"] for r in rs]) for s, _, rs in resumed] == [
             (s, [r["id"] for r in rs]) for s, _, rs in got[11:]

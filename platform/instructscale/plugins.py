@@ -313,12 +313,14 @@ class Selector(Plugin):
 
     ``score`` is the weighted score (higher is better), or the column ``ranks_by`` names;
     ``embeddings`` (the :data:`EMBEDDING` column) is given when ``needs_embeddings`` (then the stage
-    shards large strata and merges the shards' picks)."""
+    shards large strata and merges the shards' picks). A mixture in tokens cuts a source's picks
+    at its share, dropping the lowest-scored first, or at random when ``ordered`` is false."""
 
     registry: ClassVar[Registry] = Registry("selector", ("instructscale.select.selectors",))
     Config: ClassVar[type[PluginConfig]] = SelectorConfig
     needs_embeddings: ClassVar[bool] = False
     ranks_by: ClassVar[str | None] = None
+    ordered: ClassVar[bool] = True
 
     def select(self, score: np.ndarray, embeddings: np.ndarray | None, k: int, seed: int) -> np.ndarray:
         """Positions of the chosen rows."""

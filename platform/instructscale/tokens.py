@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, TypeVar
 
 import torch
@@ -43,6 +44,21 @@ def tokenize(
     return tokenize_turns(
         conversation(row), tokenizer, max_length, row.get("id"), row.get("tools"), train_on, reasoning
     )
+
+
+@lru_cache(maxsize=2)
+def load_tokenizer(model: str):
+    """The model's tokenizer (a directory or URI), once per process."""
+    from transformers import AutoTokenizer
+
+    from instructscale import storage
+
+    return AutoTokenizer.from_pretrained(storage.local_dir(model))
+
+
+def row_tokens(rows: list[dict], tokenizer, max_length: int, reasoning: bool = True) -> list[int]:
+    """Each row's training tokens (its templated conversation, truncated), as the trainer tokenizes it."""
+    return [len(tokenize(r, tokenizer, max_length, reasoning=reasoning).input_ids) for r in rows]
 
 
 def _render(tokenizer, turns: Conversation, tools, generation_prompt: bool) -> str:

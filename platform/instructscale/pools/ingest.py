@@ -286,6 +286,7 @@ class Ingest(Stage[IngestConfig]):
     @classmethod
     def hand_on(cls, manifest: dict, pipe: Pipe) -> None:
         pipe.pool = storage.join(cls.out_dir(pipe.run_dir), "pool")
+        pipe.source_weights = manifest.get("source_weights", {})
 
     @classmethod
     def describe(cls, entry: dict) -> list[str]:

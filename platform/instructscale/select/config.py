@@ -56,10 +56,13 @@ class DifficultySettings(StrictModel):
 
 
 class BudgetSettings(StrictModel):
-    """How many rows to select, and how they are shared among strata."""
+    """How many rows (a token mixture: tokens) to select, and how they are shared among strata."""
 
     budget: int | None = Field(None, ge=1, description="rows to select")
-    fraction: float | None = Field(0.5, gt=0, le=1, description="share of the input rows, when budget is unset")
+    tokens: int | None = Field(None, ge=1, description="tokens to select (a mixture in tokens)")
+    fraction: float | None = Field(
+        0.5, gt=0, le=1, description="share of the input rows (a mixture in tokens: of its tokens), when unset"
+    )
     stratify_by: str | None = Field(None, description="column or metadata key, e.g. task or source")
     quotas: dict[str, float] | None = Field(None, description="share of the budget per stratum; default proportional")
     quota_basis: Literal["input", "eligible"] = Field(
@@ -79,6 +82,40 @@ class BudgetSettings(StrictModel):
         return self
 
 
+class MixSettings(StrictModel):
+    """A mixture of sources: each source (a value of the ``by`` column or metadata key) gets its
+    weight's share of the budget, counted in rows or in tokens, and the selector chooses within each
+    source. The shares hold over the selection as a whole (rows: within one row each; tokens: within
+    one row's tokens each); a LLaMA-Factory dataset's ``weight`` is such a weight."""
+
+    by: str = Field("source", description="column or metadata key naming a row's source")
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="relative weight per source (normalised); in a pipeline, default: the inputs' `weight`s",
+    )
+    unit: Literal["rows", "tokens"] = "rows"
+    shortfall: Literal["redistribute", "stop"] = Field(
+        "redistribute",
+        description="a source with too little for its share: the others share what it lacks, or the stage stops",
+    )
+    tokenizer: str | None = Field(
+        None, description="unit tokens: the tokenizer that counts a row's tokens (in a pipeline: the student's)"
+    )
+    max_length: int | None = Field(
+        None, ge=8, description="count at most this many tokens a row, as training truncates"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> MixSettings:
+        if any(w <= 0 for w in self.weights.values()):
+            raise ValueError(f"weights must be positive (leave a source out instead): {self.weights}")
+        return self
+
+    def shares(self) -> dict[str, float]:
+        total = sum(self.weights.values())
+        return {k: w / total for k, w in self.weights.items()}
+
+
 class SelectOptions(StrictModel):
     """Everything but paths; the `select` section of a pipeline."""
 
@@ -94,6 +131,7 @@ class SelectOptions(StrictModel):
     )
     difficulty: DifficultySettings = Field(default_factory=DifficultySettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    mix: MixSettings | None = Field(None, description="a mixture of sources by weight, in rows or tokens")
     weights: dict[str, float] = Field(
         default_factory=dict,
         description="score = sum of weight x percentile rank of each column (negative: lower is better); "
@@ -130,13 +168,25 @@ class SelectOptions(StrictModel):
 
     def with_models(self, models: dict[str, str]) -> SelectOptions:
         """A copy whose scorers that name a model role (the model scorer: ``student``) get
-        ``models[role]``, unless their own ``model`` is set."""
+        ``models[role]``, unless their own ``model`` is set; a token mixture counts with the
+        student's tokenizer unless it names one."""
         scorers = []
         for spec in self.scorers:
             role = Scorer.registry.get(spec.kind).model_role
             unset = role and role in models and getattr(spec, "model", "") is None
             scorers.append(spec.model_copy(update={"model": models[role]}) if unset else spec)
-        return self.model_copy(update={"scorers": scorers})
+        update: dict[str, Any] = {"scorers": scorers}
+        if self.tokens_counted() and self.mix.tokenizer is None and "student" in models:
+            update["mix"] = self.mix.model_copy(update={"tokenizer": models["student"]})
+        return self.model_copy(update=update)
+
+    def tokens_counted(self) -> bool:
+        """Whether every row gets a ``tokens`` feature (a mixture in tokens)."""
+        return bool(self.mix and self.mix.unit == "tokens")
+
+    def strata_key(self) -> str | None:
+        """The column or metadata key the budget is split by: the mixture's sources, or budget.stratify_by."""
+        return self.mix.by if self.mix else self.budget.stratify_by
 
     def filters_before_scoring(self) -> list:
         return [f for f in self.filters if not RowFilter.registry.get(f.kind).after_scoring]
@@ -166,6 +216,12 @@ class SelectOptions(StrictModel):
             raise ValueError(
                 f"selector {self.selector.kind} needs embeddings (a scorer that gives `{EMBEDDING}`, such as model)"
             )
+        if self.mix and (self.budget.stratify_by or self.budget.quotas):
+            raise ValueError(
+                "mix stratifies by its `by` column with its weights: leave budget.stratify_by and quotas out"
+            )
+        if self.budget.tokens is not None and not self.tokens_counted():
+            raise ValueError("budget.tokens is the budget of a mixture in tokens: set mix.unit: tokens")
         named = [Scorer.prefix(s) + s.kind for s in self.scorers]
         if len(set(named)) != len(named):
             raise ValueError(f"scorers: a kind twice needs a `name` on each but one (its column prefix), got {named}")
@@ -190,4 +246,6 @@ class SelectConfig(SelectOptions, StageConfig):
         dedup = self.dedup.model_dump(mode="json", include={"fields", "ngram", "num_perm", "seed"})
         scoring = without_operational(self, self.model_dump(mode="json", include={"input", "scorers", "batch_size"}))
         filters = [f.model_dump(mode="json") for f in self.filters_before_scoring()]
-        return {**scoring, "filters": filters, "dedup": dedup, "features": FEATURES_VERSION}
+        counted = self.mix.model_dump(include={"tokenizer", "max_length"}) if self.tokens_counted() else None
+        tokens = {"tokens": counted} if counted else {}
+        return {**scoring, "filters": filters, "dedup": dedup, "features": FEATURES_VERSION, **tokens}

@@ -37,7 +37,7 @@ from instructscale.lifecycle import commit_part, part_name
 from instructscale.plugins import EMBEDDING, RowFilter, Scorer, Selector
 from instructscale.process import Shipped
 from instructscale.schema import decode_metadata
-from instructscale.select import dedup, selectors
+from instructscale.select import dedup, mixture, selectors
 from instructscale.select.config import SelectConfig
 from instructscale.select.ranks import RankSummary
 from instructscale.shuffle import mark_in, partition_of
@@ -92,7 +92,7 @@ def read_parquet(files: list[str]) -> ray.data.Dataset:
 # -- per-row decisions (computed wherever the row is) -------------------------------------------
 
 
-def _column(table: pa.Table, name: str) -> np.ndarray:
+def float_column(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=float)
 
 
@@ -107,10 +107,10 @@ def _stratum(table: pa.Table, key: str | None) -> list[str]:
 def _difficulty(cfg: SelectConfig, table: pa.Table) -> np.ndarray:
     d = cfg.difficulty
     if d.source == "length":
-        return _column(table, "output_chars")
+        return float_column(table, "output_chars")
     if d.source == "metadata":
         return np.asarray([decode_metadata(m).get(d.key, math.nan) for m in table["metadata"].to_pylist()], dtype=float)
-    return _column(table, d.source)
+    return float_column(table, d.source)
 
 
 def _required(cfg: SelectConfig) -> list[str]:
@@ -156,7 +156,7 @@ def _score(ctx: Decide, t: pa.Table) -> np.ndarray:
     """Sum of weight x percentile rank in the whole pool (no weights: every row scores 0)."""
     score = np.zeros(t.num_rows)
     for name, w in ctx.cfg.weights.items():
-        score += w * ctx.ranks[name].percentile(_column(t, name))
+        score += w * ctx.ranks[name].percentile(float_column(t, name))
     return score
 
 
@@ -172,7 +172,7 @@ def decisions(t: pa.Table, ctx: Decide) -> pa.Table:
             "id": t["id"],
             "reason": reasons,
             "duplicate_of": duplicates["duplicate_of"].take(at),
-            "stratum": pa.array(_stratum(t, cfg.budget.stratify_by), pa.string()),
+            "stratum": pa.array(_stratum(t, cfg.strata_key()), pa.string()),
             "score": _score(ctx, t),
             "difficulty": pa.array(_difficulty(cfg, t), from_pandas=True),
         }
@@ -185,7 +185,7 @@ def decisions(t: pa.Table, ctx: Decide) -> pa.Table:
 def _summaries(batch: pa.Table, columns: list[str]) -> pa.Table:
     rows = []
     for name in columns:
-        s = RankSummary.of(_column(batch, name))
+        s = RankSummary.of(float_column(batch, name))
         rows.append({"column": name, "values": s.values, "below": s.below, "upto": s.upto, "n": s.n})
     return pa.Table.from_pylist(rows)
 
@@ -262,16 +262,45 @@ def count_decisions(ctx: Decide, rows: ray.data.Dataset) -> tuple[Counter, dict[
     return total, dict(scorers)
 
 
-def allocation(cfg: SelectConfig, counts: Counter) -> tuple[int, dict]:
-    """The budget and its split over the strata."""
+def _token_sums(batch: pa.Table, ctx: Decide) -> pa.Table:
+    """Per stratum of the batch: its tokens, and its eligible rows' count, tokens and fewest tokens."""
+    d = decisions(batch, ctx)
+    out: dict[str, dict] = {}
+    for stratum, reason, n in zip(d["stratum"].to_pylist(), d["reason"].to_pylist(), batch["tokens"].to_pylist()):
+        t = out.setdefault(stratum, {"input": 0, "rows": 0, "tokens": 0, "min": n})
+        t["input"] += n
+        if reason is None:
+            t.update(rows=t["rows"] + 1, tokens=t["tokens"] + n, min=min(t["min"], n))
+    return pa.table({"sums": [json.dumps(out)]})
+
+
+def token_totals(ctx: Decide, rows: ray.data.Dataset) -> dict[str, dict]:
+    """Per stratum over the whole pool (a mixture in tokens): ``input`` tokens, and the eligible
+    ``rows``, their ``tokens`` and the fewest ``min`` of any; summed block by block."""
+    totals: dict[str, dict] = {}
+    for r in rows.map_batches(_token_sums, batch_format="pyarrow", fn_kwargs={"ctx": ctx}).iter_rows():
+        for stratum, t in json.loads(r["sums"]).items():
+            acc = totals.setdefault(stratum, {"input": 0, "rows": 0, "tokens": 0, "min": t["min"]})
+            acc.update({k: acc[k] + t[k] for k in ("input", "rows", "tokens")}, min=min(acc["min"], t["min"]))
+    return totals
+
+
+def allocation(cfg: SelectConfig, counts: Counter, tokens: dict[str, dict] | None = None) -> tuple[int, dict, dict]:
+    """The budget, its split over the strata (rows the selector picks), and for a mixture in tokens
+    each source's token target (else empty)."""
     b = cfg.budget
-    n_rows = sum(counts.values())
-    budget = b.budget if b.budget is not None else round(b.fraction * n_rows)
     available, inputs = Counter(), Counter()
     for (stratum, reason), n in counts.items():
         inputs[stratum] += n
         available[stratum] += n if reason is None else 0
     available = Counter({k: v for k, v in available.items() if v})
+    if tokens is not None:
+        budget = b.tokens or round(b.fraction * sum(t["input"] for t in tokens.values()))
+        targets = mixture.allocation(cfg.mix, budget, {s: t["tokens"] for s, t in tokens.items() if t["rows"]})
+        return budget, mixture.candidates(targets, tokens), targets
+    budget = b.budget if b.budget is not None else round(b.fraction * sum(counts.values()))
+    if cfg.mix:
+        return budget, mixture.allocation(cfg.mix, budget, dict(available)), {}
     if b.quotas:
         unknown = set(b.quotas) - set(available)
         if unknown:
@@ -280,7 +309,7 @@ def allocation(cfg: SelectConfig, counts: Counter) -> tuple[int, dict]:
                 f"of {b.stratify_by}; present: {sorted(available)}"
             )
     shares = b.quotas or (dict(inputs) if b.quota_basis == "input" else None)
-    return budget, selectors.allocate(budget, dict(available), shares)
+    return budget, selectors.allocate(budget, dict(available), shares), {}
 
 
 # -- 4. selection --------------------------------------------------------------------------------------
@@ -304,6 +333,8 @@ def _eligible(batch: pa.Table, ctx: Decide, shards: dict, embeddings: bool) -> p
     column = Selector.registry.get(ctx.cfg.selector.kind).ranks_by
     score = batch.filter(keep)[column] if column else d["score"]
     out = pa.table({"id": d["id"], "stratum": d["stratum"], "group": groups, "score": pc.cast(score, pa.float64())})
+    if ctx.cfg.tokens_counted():
+        out = out.append_column("tokens", batch.filter(keep)["tokens"])
     return out.append_column(EMBEDDING, batch.filter(keep)[EMBEDDING]) if embeddings else out
 
 
@@ -357,8 +388,11 @@ def _sizes(eligible: ray.data.Dataset) -> dict[str, Counter]:
     return sizes
 
 
-def chosen_ids(ctx: Decide, rows: ray.data.Dataset, counts: Counter, alloc: dict) -> ray.data.Dataset:
-    """The selected rows (id, stratum), picked by the selector per stratum shard (a Ray dataset)."""
+def chosen_ids(
+    ctx: Decide, rows: ray.data.Dataset, counts: Counter, alloc: dict, targets: dict[str, int]
+) -> ray.data.Dataset:
+    """The selected rows (id, stratum), picked by the selector per stratum shard (a Ray dataset); a
+    mixture in tokens then keeps each source's candidates up to its token ``targets``."""
     cfg, available = ctx.cfg, _available(counts)
     shards = {s: math.ceil(available[s] / cfg.selector.shard_rows) for s, k in alloc.items() if k}
     embeddings = Selector.registry.get(cfg.selector.kind).needs_embeddings
@@ -379,6 +413,15 @@ def chosen_ids(ctx: Decide, rows: ray.data.Dataset, counts: Counter, alloc: dict
             _pick, batch_format="pyarrow", fn_kwargs={**pick, "k": alloc, "key": "stratum"}
         )
         picked = kept.union(merged)
+    if targets:
+        trim = {
+            "targets": targets,
+            "ordered": Selector.registry.get(cfg.selector.kind).ordered,
+            "seed": cfg.selector.seed,
+        }
+        picked = picked.groupby("stratum", num_partitions=_groups(len(targets))).map_groups(
+            mixture.trim, batch_format="pyarrow", fn_kwargs=trim
+        )
     return picked.select_columns(["id", "stratum"])
 
 
@@ -401,12 +444,16 @@ def _write(block: pa.Table, ctx: Decide, out: str) -> pa.Table:
     if selected.num_rows:
         commit_part(storage.join(out, SELECTED), name, selected)
     by_stratum = Counter(d["stratum"].filter(chosen).to_pylist())
-    return pa.table({"rows": [block.num_rows], "selected": [json.dumps(by_stratum)]})
+    tokens = Counter()
+    if "tokens" in block.column_names:
+        for stratum, n in zip(d["stratum"].filter(chosen).to_pylist(), block["tokens"].filter(chosen).to_pylist()):
+            tokens[stratum] += n
+    return pa.table({"rows": [block.num_rows], "selected": [json.dumps(by_stratum)], "tokens": [json.dumps(tokens)]})
 
 
 def write_outputs(ctx: Decide, features: list[str], rows: int, chosen: ray.data.Dataset, out: str):
     """Every features row (heavy columns dropped) with its decisions, written per hash partition:
-    yields (rows, selected per stratum) per committed part."""
+    yields (rows, selected rows per stratum, their tokens per stratum) per committed part."""
     schema, heavy = storage.parquet_schema(features[0]), heavy_columns(ctx.cfg)
     light = pa.schema([f for f in schema if f.name not in heavy])
     marked = mark_in(
@@ -421,4 +468,4 @@ def write_outputs(ctx: Decide, features: list[str], rows: int, chosen: ray.data.
     )
     kwargs = {"ctx": ctx, "out": out}
     for r in marked.map_batches(_write, batch_format="pyarrow", batch_size=None, fn_kwargs=kwargs).iter_rows():
-        yield r["rows"], Counter(json.loads(r["selected"]))
+        yield r["rows"], Counter(json.loads(r["selected"])), Counter(json.loads(r["tokens"]))

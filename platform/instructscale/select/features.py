@@ -89,6 +89,13 @@ def _setup(shipped: Shipped[SelectConfig]) -> tuple[list[RowFilter], DedupSettin
     return [RowFilter.registry.build(f) for f in cfg.filters_before_scoring()], cfg.dedup
 
 
+def token_counts(rows: list[dict], cfg: SelectConfig) -> pa.Array:
+    """Each row's tokens as training counts them (a mixture in tokens), with the mixture's tokenizer."""
+    from instructscale.tokens import load_tokenizer, row_tokens
+
+    return pa.array(row_tokens(rows, load_tokenizer(cfg.mix.tokenizer), cfg.mix.max_length or 1 << 30), pa.int32())
+
+
 def first_failure(row: dict, filters: list[RowFilter]) -> str | None:
     for f in filters:
         reason = f.filter(row)
@@ -101,7 +108,10 @@ def text_features(batch: pa.Table, shipped: Shipped[SelectConfig]) -> pa.Table:
     """``batch`` plus the cheap feature columns and ``filter_reason`` (the filters before scoring)."""
     filters, dedup = _setup(shipped)
     cols: dict[str, list] = {k: [] for k in FEATURE_TYPES if k != "minhash"}
-    for row in batch.to_pylist():
+    rows = batch.to_pylist()
+    if shipped.load().tokens_counted():
+        batch = batch.append_column("tokens", token_counts(rows, shipped.load()))
+    for row in rows:
         prompt, output = prompt_text(row), row.get("output") or ""
         key = normalize_text(prompt if dedup.fields == "prompt" else f"{prompt}\n{output}")
         row.update(prompt=prompt, prompt_chars=len(prompt), output_chars=len(output), repetition=repetition(output))

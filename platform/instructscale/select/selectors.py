@@ -87,6 +87,8 @@ def random_pick(n: int, k: int, seed: int) -> np.ndarray:
 class Random(Selector):
     """A random draw (per stratum) from the rows that survive filters and dedup."""
 
+    ordered = False
+
     def select(self, score, embeddings, k, seed):
         return random_pick(len(score), k, seed)
 

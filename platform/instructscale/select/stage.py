@@ -31,7 +31,7 @@ from instructscale.markdown import markdown_table, pyplot, save_figure
 from instructscale.plugins import EMBEDDING, RowFilter, Scorer, Selector, register, secret_envs
 from instructscale.process import Shipped, secret_values
 from instructscale.progress import Progress
-from instructscale.select import decide
+from instructscale.select import agreement, decide, mixture
 from instructscale.select.config import SelectConfig, SelectOptions
 from instructscale.select.features import text_features
 from instructscale.select.scoring import ScorerActor, score_in_task
@@ -117,6 +117,22 @@ def compute_features(cfg: SelectConfig) -> tuple[str, dict]:
     return run.uri(ROWS), manifest
 
 
+def _mixture_summary(cfg: SelectConfig, rows: Counter, tokens: Counter, targets: dict[str, int]) -> dict:
+    """A mixture's outcome per source: its target share, the rows (and tokens) it got and their share."""
+    if not cfg.mix:
+        return {}
+    counted = cfg.tokens_counted()
+    out = {"budget_unit": cfg.mix.unit, "mix": mixture.report(cfg.mix, dict(rows), dict(tokens) if counted else None)}
+    return out | ({"token_targets": targets, "selected_tokens": sum(tokens.values())} if counted else {})
+
+
+def _agreement(cfg: SelectConfig, features: list[str], heavy: list[str]) -> dict:
+    """``rank_correlations`` of the named scorers' columns with their reference (none: no pairs)."""
+    if not agreement.pairs(cfg):
+        return {}
+    return {"rank_correlations": agreement.rank_correlations(cfg, _light(features, heavy))}
+
+
 def _light(features: list[str], drop: list[str]) -> ray.data.Dataset:
     """The features rows without the ``drop`` columns."""
     return decide.read_parquet(features).select_columns(
@@ -139,6 +155,10 @@ class Select(Stage[SelectConfig]):
     def check(self) -> SelectConfig:
         """Normalised paths; each filter's and scorer's own check (models, eval sets, endpoints)."""
         cfg = self.cfg
+        if cfg.mix and not cfg.mix.weights:
+            raise ConfigError("select.mix.weights: give a weight per source")
+        if cfg.tokens_counted() and not cfg.mix.tokenizer:
+            raise ConfigError("select.mix: a mixture in tokens needs mix.tokenizer (a pipeline uses its student's)")
         source = require_dataset(cfg.input, "input")
         filters = [RowFilter.registry.build(f).checked() for f in cfg.filters]
         scorers = [Scorer.registry.build(s).checked() for s in cfg.scorers]
@@ -156,18 +176,22 @@ class Select(Stage[SelectConfig]):
         ray.wait(ctx.dups, fetch_local=False)
         dedup_seconds = time.time() - t_decide
         counts, scorer_counts = decide.count_decisions(ctx, _light(features, heavy))
-        budget, alloc = decide.allocation(cfg, counts)
+        totals = decide.token_totals(ctx, _light(features, heavy)) if cfg.tokens_counted() else None
+        budget, alloc, targets = decide.allocation(cfg, counts, totals)
         if Selector.registry.get(cfg.selector.kind).needs_embeddings:
             heavy = [c for c in heavy if c != EMBEDDING]
-        chosen = decide.chosen_ids(ctx, _light(features, heavy), counts, alloc)
-        progress, by_stratum = Progress("select", total=feats["rows"]), Counter()
-        for rows, selected in decide.write_outputs(ctx, features, feats["rows"], chosen, run.out):
+        chosen = decide.chosen_ids(ctx, _light(features, heavy), counts, alloc, targets)
+        progress, by_stratum, tokens = Progress("select", total=feats["rows"]), Counter(), Counter()
+        for rows, selected, selected_tokens in decide.write_outputs(ctx, features, feats["rows"], chosen, run.out):
             progress.update(rows)
             by_stratum.update(selected)
+            tokens.update(selected_tokens)
         summary = {
             **_counts_summary(counts, budget, by_stratum),
+            **_mixture_summary(cfg, by_stratum, tokens, targets),
             "allocation": alloc,
             **scorer_counts,
+            **_agreement(cfg, features, heavy),
             "dedup_seconds": round(dedup_seconds, 2),
             "decide_seconds": round(time.time() - t_decide, 2),
             "features_seconds": feats["seconds"],
@@ -183,8 +207,16 @@ class Select(Stage[SelectConfig]):
     @classmethod
     def in_pipeline(cls, options: SelectOptions, pipe: Pipe) -> dict:
         """A scorer that names a model role (the model scorer: ``student``) gets the pipeline's
-        model for it unless its own ``model`` is set."""
-        return super().in_pipeline(options.with_models(pipe.models), pipe)
+        model for it unless its own ``model`` is set; a mixture without weights takes the inputs'
+        (a LLaMA-Factory registry's ``weight``)."""
+        options = options.with_models(pipe.models)
+        if options.mix and not options.mix.weights:
+            if not pipe.source_weights:
+                raise ConfigError("select.mix.weights: none given, and no input has a `weight`")
+            options = options.model_copy(
+                update={"mix": options.mix.model_copy(update={"weights": pipe.source_weights})}
+            )
+        return super().in_pipeline(options, pipe)
 
     @classmethod
     def hand_on(cls, manifest: dict, pipe: Pipe) -> None:
@@ -216,6 +248,19 @@ class Select(Stage[SelectConfig]):
             markdown_table(strata, ["stratum", "selected"]),
             "",
         ]
+        if mix := entry.get("mix"):
+            unit = entry["budget_unit"]
+            shown = [{"source": k, **v} for k, v in mix.items()]
+            columns = ["source", "target_share", "share", "rows", *(["tokens"] if unit == "tokens" else [])]
+            parts += [f"Mixture by {unit}:", "", markdown_table(shown, columns), ""]
+        agree = [{"column": k, **v} for k, v in entry.get("rank_correlations", {}).items()]
+        if agree:
+            parts += [
+                "Scorers' agreement (Spearman over the rows both scored):",
+                "",
+                markdown_table(agree, ["column", "with", "spearman", "rows"]),
+                "",
+            ]
         plot = _score_plot(storage.join(cls.out_dir(run), decide.SCORES), storage.join(run, "scores.png"))
         return parts + ([f"![score distributions]({plot})", ""] if plot else [])
 

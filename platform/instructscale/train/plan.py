@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 from collections.abc import Iterator
-from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,7 @@ from instructscale.train.curriculum import build_schedule
 from instructscale.train.data import FILTER_COLUMNS, TEXT_COLUMNS, difficulty_of, usable_rows
 
 PLAN, DONE = "plan", "_plan.json"
+SOURCE = "source"  # the column naming a row's source (a mixture's)
 RUN_ROWS = 65_536  # data rows per sorted run: a run's scheduled copies are sorted in one task's memory
 ROW_GROUP = 512  # rows a worker decodes at a time from each run
 
@@ -66,35 +67,36 @@ def _difficulty(table: pa.Table, key: str) -> np.ndarray:
     return np.array([difficulty_of(r, key) for r in table.to_pylist()], dtype=float)
 
 
-@lru_cache(maxsize=1)
-def _tokenizer(model: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(storage.local_dir(model))
-
-
 def _row_tokens(table: pa.Table, cfg: TrainConfig) -> np.ndarray:
     """Each row's training tokens (prompt and response, truncated), as the workers tokenize it."""
-    from instructscale.tokens import tokenize
+    from instructscale.tokens import load_tokenizer, row_tokens
 
-    tokenizer = _tokenizer(cfg.model)
-    rows = table.to_pylist()
-    return np.array(
-        [len(tokenize(r, tokenizer, cfg.max_length, reasoning=cfg.train_reasoning).input_ids) for r in rows]
-    )
+    return np.array(row_tokens(table.to_pylist(), load_tokenizer(cfg.model), cfg.max_length, cfg.train_reasoning))
 
 
-@ray.remote(num_returns=2)
-def _difficulties(uri: str, key: str | None, shipped: Shipped[TrainConfig] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 1 for one file: each usable row's difficulty (zeros when ``key`` is None) and, with
-    ``shipped`` (a token budget), its training tokens (else zeros)."""
+@ray.remote(num_returns=3)
+def _difficulties(
+    uri: str, key: str | None, shipped: Shipped[TrainConfig] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pass 1 for one file: each usable row's difficulty (zeros when ``key`` is None), with
+    ``shipped`` (a token budget) its training tokens (else zeros), and its source."""
     cfg = shipped.load() if shipped else None
     columns = ["id", "metadata", key] if key else []
-    difficulty, tokens = [np.zeros(0)], [np.zeros(0, dtype=np.int64)]
-    for t in _chunks(uri, [*columns, *(TEXT_COLUMNS if cfg else ())]):
+    difficulty, tokens, sources = [np.zeros(0)], [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=object)]
+    for t in _chunks(uri, [*columns, SOURCE, *(TEXT_COLUMNS if cfg else ())]):
         difficulty.append(_difficulty(t, key) if key else np.zeros(t.num_rows))
         tokens.append(_row_tokens(t, cfg) if cfg else np.zeros(t.num_rows, dtype=np.int64))
-    return np.concatenate(difficulty), np.concatenate(tokens)
+        sources.append(np.asarray(t[SOURCE].to_pylist() if SOURCE in t.column_names else [""] * t.num_rows, object))
+    return np.concatenate(difficulty), np.concatenate(tokens), np.concatenate(sources)
+
+
+def source_shares(sources: np.ndarray, schedule: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The sources' names and each step's share of each (steps x sources), from the rows' sources
+    and the schedule's row positions."""
+    names, codes = np.unique(sources.astype(str), return_inverse=True)
+    counts = np.stack([np.bincount(step, minlength=len(names)) for step in codes[schedule]]) if len(schedule) else None
+    shares = counts / schedule.shape[1] if counts is not None else np.zeros((0, len(names)))
+    return names.tolist(), shares
 
 
 def budget_steps(cfg: TrainConfig, tokens: np.ndarray) -> tuple[int | None, int]:
@@ -117,6 +119,7 @@ def _write_runs(
     positions: np.ndarray,
     slots: np.ndarray,
     step_means: np.ndarray,
+    step_sources: list[str],
     global_batch: int,
     world: int,
     plan: str,
@@ -135,6 +138,7 @@ def _write_runs(
             .append_column("step", pa.array(step.astype(np.int32)))
             .append_column("pos", pa.array((within // world).astype(np.int32)))
             .append_column("difficulty_mean", pa.array(step_means[step]))
+            .append_column("source_share", pa.array([step_sources[i] for i in step], pa.string()))
         )
         rank = within % world
         for r in range(world):
@@ -158,9 +162,10 @@ def _build(shipped: Shipped[TrainConfig], plan: str, run_rows: int) -> dict:
     budget = shipped if cfg.max_tokens else None
     try:
         passes = [_difficulties.remote(f, key, budget) for f in files]
-        per_file = ray.get([d for d, _ in passes])
+        per_file = ray.get([d for d, _, _ in passes])
         difficulty = np.concatenate(per_file) if per_file else np.zeros(0)
-        tokens = np.concatenate(ray.get([t for _, t in passes])) if passes else np.zeros(0, dtype=np.int64)
+        tokens = np.concatenate(ray.get([t for _, t, _ in passes])) if passes else np.zeros(0, dtype=np.int64)
+        sources = np.concatenate(ray.get([s for _, _, s in passes])) if passes else np.zeros(0, dtype=object)
         max_steps, epochs = budget_steps(cfg, tokens)
         schedule = build_schedule(
             difficulty, cfg.curriculum, global_batch=cfg.global_batch, epochs=epochs, seed=cfg.seed, max_steps=max_steps
@@ -169,7 +174,10 @@ def _build(shipped: Shipped[TrainConfig], plan: str, run_rows: int) -> dict:
         return {"error": str(getattr(err, "cause", None) or err)}
     flat = schedule.ravel()
     slots = np.argsort(flat, kind="stable")
-    shared = [ray.put(a) for a in (flat[slots], slots, difficulty[schedule].mean(axis=1))]
+    names, shares = source_shares(sources, schedule)
+    mixed = len(names) > 1  # one source: nothing to interleave
+    step_sources = [json.dumps(dict(zip(names, map(float, row)))) if mixed else None for row in shares]
+    shared = [ray.put(a) for a in (flat[slots], slots, difficulty[schedule].mean(axis=1), step_sources)]
     offsets = np.cumsum([0] + [len(d) for d in per_file])
     world = cfg.scaling.num_workers
     tasks = [
@@ -182,6 +190,8 @@ def _build(shipped: Shipped[TrainConfig], plan: str, run_rows: int) -> dict:
     info = {"rows": len(difficulty), "steps": len(schedule), "settings": _settings(cfg)}
     if cfg.max_tokens:
         info["tokens"] = int(tokens[schedule].sum())
+    if mixed:
+        info["source_share"] = {n: round(float(v), 4) for n, v in zip(names, shares.mean(axis=0))}
     storage.write_json(storage.join(plan, DONE), info)
     return info
 
@@ -223,9 +233,10 @@ def use_system_allocator() -> None:
     pa.set_memory_pool(pa.system_memory_pool())
 
 
-def worker_steps(cfg: TrainConfig, rank: int, first: int, steps: int) -> Iterator[tuple[int, float, list[dict]]]:
-    """(step, the global batch's mean difficulty, this worker's rows in schedule order) for steps
-    ``first`` to ``steps - 1`` (0-based), read lazily from the worker's sorted runs."""
+def worker_steps(cfg: TrainConfig, rank: int, first: int, steps: int) -> Iterator[tuple[int, dict, list[dict]]]:
+    """(step, the global batch's ``difficulty_mean`` and (several sources) ``source_share``, this
+    worker's rows in schedule order) for steps ``first`` to ``steps - 1`` (0-based), read lazily
+    from the worker's sorted runs."""
     world = cfg.scaling.num_workers
     share = len(range(rank, cfg.global_batch, world))
     runs = storage.list_files(storage.join(cfg.out_dir, PLAN, f"rank-{rank:04d}"), suffix=".parquet")
@@ -235,7 +246,10 @@ def worker_steps(cfg: TrainConfig, rank: int, first: int, steps: int) -> Iterato
         rows = list(group)
         if step != expected or len(rows) != share:
             raise RuntimeError(f"train plan: step {step} has {len(rows)} of worker {rank}'s {share} rows")
-        yield step, rows[0]["difficulty_mean"], rows
+        batch = {"difficulty_mean": rows[0]["difficulty_mean"]}
+        if sources := rows[0].get("source_share"):
+            batch["source_share"] = json.loads(sources)
+        yield step, batch, rows
         expected += 1
     if expected < steps:
         raise RuntimeError(f"train plan: worker {rank}'s rows end at step {expected} of {steps}")

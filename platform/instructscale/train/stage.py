@@ -239,6 +239,7 @@ def _summary(cfg: TrainConfig, run: StageRun, plan: dict, result, history: list[
         "rows": plan["rows"],
         "steps": plan["steps"],
         "tokens": plan.get("tokens"),
+        **({"source_share": plan["source_share"]} if "source_share" in plan else {}),
         "model": run.uri("model"),
         "adapter": run.uri("adapter") if storage.exists(run.uri("adapter")) else None,
         "checkpoint": result.checkpoint.path,

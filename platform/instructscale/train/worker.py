@@ -271,7 +271,7 @@ class _Batches:
         self.no_response = 0  # rows read so far whose response lies beyond max_length
         self.ahead = [s for s in self._read(first) if s[0] >= start]
 
-    def _read(self, first: int) -> list[tuple[int, float, list[Example]]]:
+    def _read(self, first: int) -> list[tuple[int, dict, list[Example]]]:
         """The next window of steps (starting at step ``first``), tokenized and regrouped."""
         window = list(itertools.islice(self.plan, self.window))
         examples = [
@@ -283,16 +283,16 @@ class _Batches:
             examples = group_by_length(
                 examples, lambda e: len(e.input_ids), self.window, self.cfg.seed + self.rank, first
             )
-        return [(step, mean, rows) for (step, mean, _), rows in zip(window, examples)]
+        return [(step, batch, rows) for (step, batch, _), rows in zip(window, examples)]
 
-    def next(self, step: int) -> tuple[float, list[Example]]:
-        """Step ``step``'s mean difficulty (of the global batch) and this worker's examples."""
+    def next(self, step: int) -> tuple[dict, list[Example]]:
+        """Step ``step``'s global batch figures (mean difficulty, source shares) and this worker's examples."""
         if not self.ahead:
             self.ahead = self._read(step)
-        planned, mean, rows = self.ahead.pop(0)
+        planned, batch, rows = self.ahead.pop(0)
         if planned != step:
             raise RuntimeError(f"train plan: worker {self.rank} expected step {step}, read step {planned}")
-        return mean, rows
+        return batch, rows
 
 
 def train_loop(config: dict) -> None:
@@ -320,7 +320,7 @@ def train_loop(config: dict) -> None:
     for step in range(start, steps):
         for callback in callbacks:
             callback.on_step_start(step + 1, rank, cfg.out_dir)
-        difficulty_mean, rows = batches.next(step)
+        batch, rows = batches.next(step)
         result = _train_step(engine, rows, cfg, tokenizer.pad_token_id)
         window.add(result)
         done = step + 1
@@ -335,7 +335,7 @@ def train_loop(config: dict) -> None:
             **window.metrics(batches.no_response),
             "lr": engine.get_lr()[0],
             "resumed_from": start,
-            "difficulty_mean": difficulty_mean,
+            **batch,
             "skipped_nonfinite_steps": nonfinite.total,
         }
         if evaluate:
