@@ -160,9 +160,15 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_result(name: str, payload: dict) -> Path:
-    out = Path(os.environ.get("BENCH_OUT", Path(__file__).parent / "results")) / f"{name}.json"
+def result_path(file: str) -> Path:
+    """Where a result file goes: benchmarks/results/, or ``$BENCH_OUT``."""
+    out = Path(os.environ.get("BENCH_OUT", Path(__file__).parent / "results")) / file
     out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_result(name: str, payload: dict) -> Path:
+    out = result_path(f"{name}.json")
     out.write_text(json.dumps(payload, indent=2))
     print(f"\nwrote {out}")
     return out

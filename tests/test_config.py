@@ -2,12 +2,16 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from instructscale.cli import main
 from instructscale.config import ConfigError, load_config
+from instructscale.experiment.config import ExperimentConfig
+from instructscale.generate.config import GenerateConfig
 from instructscale.pipeline import PipelineConfig
+from instructscale.tune.config import TuneConfig
 
 
 def write(tmp_path, text):
@@ -19,6 +23,24 @@ def write(tmp_path, text):
 def test_demo_config_loads_and_overrides_apply(tmp_path):
     cfg = load_config(PipelineConfig, "configs/demo.yaml", {"demo.rows": 10, "run_dir": str(tmp_path)})
     assert cfg.demo.rows == 10 and cfg.run_dir == str(tmp_path) and cfg.ray.num_cpus == 8
+
+
+SHIPPED = {
+    "demo.yaml": PipelineConfig,
+    "smollm2.yaml": PipelineConfig,
+    "generate.example.yaml": GenerateConfig,
+    "tune.yaml": TuneConfig,
+    "selection_arms.yaml": ExperimentConfig,
+    "mixture.yaml": ExperimentConfig,
+}
+
+
+def test_every_shipped_config_is_valid():
+    assert sorted(p.name for p in Path("configs").glob("*.yaml")) == sorted(SHIPPED)
+    for name, model in SHIPPED.items():
+        load_config(model, f"configs/{name}")
+    main_job = load_config(PipelineConfig, "configs/smollm2.yaml")
+    assert {g.suite for g in main_job.evaluate.gates} == {"general", "ifbench"} and main_job.demo.general_rows
 
 
 def test_unknown_key_is_named_with_its_path(tmp_path):

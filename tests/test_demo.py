@@ -8,8 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from instructscale.answers import check_answer
+from instructscale.chat import prompt_text
+from instructscale.demo.general import iter_general_rows
 from instructscale.demo.pool import DemoConfig, NoiseConfig, _is_eval, iter_eval_rows, iter_pool_rows, make_demo
 from instructscale.demo.tasks import MAX_DIFFICULTY, TASKS
+from instructscale.plugins import RowFilter
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -74,9 +77,14 @@ def test_eval_split_is_disjoint_from_pool():
 
 
 def test_make_demo_writes_shards_and_is_reused(ray_local, tmp_path):
-    cfg = DemoConfig(out_dir=str(tmp_path / "d"), rows=1001, shards=3, eval_rows=20, malformed_jsonl_rows=40)
+    cfg = DemoConfig(
+        out_dir=str(tmp_path / "d"), rows=1001, shards=3, eval_rows=20, malformed_jsonl_rows=40, general_rows=50
+    )
     m = make_demo(cfg)
-    assert m["pool_rows"] == 1001
+    assert m["pool_rows"] == 1001 and m["general_rows"] == 50
+    general = pq.read_table(tmp_path / "d" / "general").to_pylist()
+    assert len(general) == 50 and {r["source"] for r in general} == {"demo/general"}
+    assert all(r["output"] == "" for r in general)  # the teacher answers them
     assert sorted(p.name for p in (tmp_path / "d" / "pool").glob("*.parquet")) == [
         "part-00000.parquet",
         "part-00001.parquet",
@@ -87,3 +95,15 @@ def test_make_demo_writes_shards_and_is_reused(ray_local, tmp_path):
     assert sum(m["side_jsonl_malformed"].values()) == 10
     mtime = (tmp_path / "d" / "_manifest.json").stat().st_mtime_ns
     assert make_demo(cfg) == m and (tmp_path / "d" / "_manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_general_rows_are_distinct_and_kept_apart_from_the_evaluation_suites():
+    rows = list(iter_general_rows(300, seed=0))
+    assert len(rows) == 300 == len({(r["instruction"], r["input"]) for r in rows})
+    assert rows == list(iter_general_rows(300, seed=0))
+    assert len({json.loads(r["metadata"])["template"] for r in rows}) >= 8
+    spec = {"kind": "decontaminate", "suites": ["general", "ifbench"]}
+    f = RowFilter.registry.build(RowFilter.registry.parse(spec))
+    assert [r["id"] for r in rows if f.filter({**r, "prompt": prompt_text(r)})] == []
+    held_out = "What do bees make?"  # one of the general suite's prompts, inside a training row
+    assert f.filter({**rows[0], "prompt": f"Quick question. {held_out}"}) == "contaminated"

@@ -63,8 +63,9 @@ def test_experiment_configs_are_checked_before_anything_runs(tmp_path):
     assert [s.model for s in cfg.select_config(cfg.arm("longest"), 0, "x").scorers] == ["m"]
     with pytest.raises(ConfigError, match="baseline: 'random' is not an arm"):
         parse_config(ExperimentConfig, base | {"arms": ARMS[1:]})
-    with pytest.raises(ConfigError, match="train.max_tokens is required"):
-        parse_config(ExperimentConfig, base | {"train": {"max_steps": 10}})
+    with pytest.raises(ConfigError, match=r"train.max_tokens \(or max_steps\) is required"):
+        parse_config(ExperimentConfig, base | {"train": {"epochs": 2}})
+    assert parse_config(ExperimentConfig, base | {"train": {"max_steps": 10}}).train.max_steps == 10
     with pytest.raises(ConfigError, match=r"arms.longest.select: selector: Value error, unknown selector 'long'"):
         parse_config(
             ExperimentConfig, base | {"arms": [*ARMS[:2], {"name": "longest", "select": {"selector": "long"}}]}

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from instructscale import storage
 from instructscale.config import StrictModel
+from instructscale.demo.general import iter_general_rows
 from instructscale.demo.tasks import MAX_DIFFICULTY, TASKS
 from instructscale.lifecycle import StageConfig, StageRun, commit_part, record_commit
 from instructscale.plugins import register
@@ -49,6 +50,9 @@ class DemoOptions(StrictModel):
     tasks: list[str] = Field(default_factory=lambda: sorted(TASKS))
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     malformed_jsonl_rows: int = Field(200, ge=0, description="rows of a side JSONL file, ~1/4 malformed")
+    general_rows: int = Field(
+        0, ge=0, le=300, description="general instructions without answers (source `demo/general`), for a mixture"
+    )
     chunk_rows: int = Field(8192, ge=1)
 
 
@@ -226,8 +230,8 @@ class Demo(Stage[DemoConfig]):
     summary = "generate the demo instruction pool, eval split and a malformed side file"
     cli_name = "make-demo"
     folder = "data"
-    rebuilt = ("pool", "eval")
-    published = ("pool", "eval")
+    rebuilt = ("pool", "eval", "general")
+    published = ("pool", "eval", "general")
 
     def run(self, run: StageRun) -> dict:
         cfg = self.cfg
@@ -236,6 +240,9 @@ class Demo(Stage[DemoConfig]):
         written = sum(ray.get(refs))
         eval_rows = pa.Table.from_pylist(list(iter_eval_rows(cfg)), schema=POOL_SCHEMA)
         commit_part(run.uri("eval"), "part-00000.parquet", eval_rows)
+        if cfg.general_rows:
+            general = pa.Table.from_pylist(list(iter_general_rows(cfg.general_rows, cfg.seed)), schema=POOL_SCHEMA)
+            commit_part(run.uri("general"), "part-00000.parquet", general)
         planted = {}
         if cfg.malformed_jsonl_rows:
             planted = write_side_jsonl(run.uri("side.jsonl"), cfg.malformed_jsonl_rows, cfg.seed)
@@ -244,6 +251,7 @@ class Demo(Stage[DemoConfig]):
             "eval_rows": cfg.eval_rows,
             "side_jsonl_rows": cfg.malformed_jsonl_rows,
             "side_jsonl_malformed": planted,
+            "general_rows": cfg.general_rows,
         }
 
     @classmethod
@@ -256,6 +264,8 @@ class Demo(Stage[DemoConfig]):
         pipe.inputs.append(PoolInput(path=storage.join(data, "pool"), format="parquet"))
         if manifest["side_jsonl_rows"]:
             pipe.inputs.append(PoolInput(path=storage.join(data, "side.jsonl"), format="alpaca", source="demo/side"))
+        if manifest.get("general_rows"):
+            pipe.inputs.append(PoolInput(path=storage.join(data, "general"), format="parquet"))
         pipe.eval_data = pipe.eval_data or storage.join(data, "eval")
 
 

@@ -66,8 +66,8 @@ class ExperimentConfig(StageConfig):
             raise ValueError(f"arms: names must differ, got {names}")
         if self.baseline not in names:
             raise ValueError(f"baseline: {self.baseline!r} is not an arm ({names})")
-        if not self.train.max_tokens:
-            raise ValueError("train.max_tokens is required: every arm trains on the same number of tokens")
+        if not (self.train.max_tokens or self.train.max_steps):
+            raise ValueError("train.max_tokens (or max_steps) is required: every arm trains on the same budget")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: each once, got {self.seeds}")
         for arm in self.arms:

@@ -8,12 +8,12 @@ from functools import cached_property
 from typing import Literal
 
 import xxhash
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from instructscale import storage
 from instructscale.chat import prompt_text
 from instructscale.lifecycle import part_files, require_dataset
-from instructscale.plugins import PluginConfig, RowFilter, register
+from instructscale.plugins import EvalSuite, PluginConfig, RowFilter, register
 from instructscale.select.features import normalize_text
 
 DEFAULT_REFUSALS = ["as an ai", "i cannot", "i can't", "i'm sorry", "i am sorry", "i am unable", "i'm unable"]
@@ -108,15 +108,26 @@ class Truncated(RowFilter):
 @register("decontaminate")
 class Decontaminate(RowFilter):
     """Rows that contain a word n-gram (13 words by default, as the usual decontamination scripts) of
-    an evaluation or benchmark prompt (reason ``contaminated``). Texts are normalised as for dedup;
-    an eval prompt shorter than ``ngram`` words must appear whole. Each worker process builds the
-    eval sets' n-gram index once: it grows with the eval sets, never with the pool."""
+    an evaluation or benchmark prompt (reason ``contaminated``): the rows of ``eval_sets`` and the
+    prompts of the evaluation ``suites`` (e.g. ``general``, ``ifbench``). Texts are normalised as for
+    dedup; an eval prompt shorter than ``ngram`` words must appear whole. Each worker process builds
+    the n-gram index once: it grows with the eval sets, never with the pool."""
 
     class Config(PluginConfig):
         kind: str = "decontaminate"
         eval_sets: list[str] = Field(
-            min_length=1, description="datasets to keep out of training (Parquet rows, any URI)"
+            default_factory=list, description="datasets to keep out of training (Parquet rows, any URI)"
         )
+        suites: list[str] = Field(
+            default_factory=list, description="evaluation suites (their default prompts) to keep out of training"
+        )
+
+        @model_validator(mode="after")
+        def _needs_prompts(self) -> Decontaminate.Config:
+            if not self.eval_sets and not self.suites:
+                raise ValueError("decontaminate needs `eval_sets` or `suites`")
+            return self
+
         ngram: int = Field(13, ge=1)
         fields: Literal["prompt", "prompt_and_response"] = Field(
             "prompt_and_response", description="what of a training row is searched for eval prompts"
@@ -125,7 +136,16 @@ class Decontaminate(RowFilter):
     def checked(self) -> PluginConfig:
         for uri in self.config.eval_sets:
             require_dataset(uri, "decontaminate.eval_sets")
+        self._suite_prompts()
         return self.config
+
+    def _suite_prompts(self) -> list[str]:
+        prompts = []
+        for kind in self.config.suites:
+            suite = EvalSuite.registry.build(EvalSuite.registry.parse(kind))
+            turns = [turn for row in suite.prompts(None) for turn in row["conversation"]]
+            prompts += [turn["content"] for turn in turns if turn["role"] == "user"]
+        return prompts
 
     @staticmethod
     def _grams(words: list[str], n: int) -> set[int]:
@@ -134,13 +154,16 @@ class Decontaminate(RowFilter):
     @cached_property
     def _index(self) -> dict[int, set[int]]:
         """n-gram length -> hashes of the eval prompts' n-grams of that length."""
-        index: dict[int, set[int]] = {}
+        texts = self._suite_prompts()
         for uri in self.config.eval_sets:
-            for row in storage.read_parquet(part_files(require_dataset(uri, "decontaminate.eval_sets"))).to_pylist():
-                words = normalize_text(prompt_text(row)).split()
-                n = min(self.config.ngram, len(words))
-                if n:
-                    index.setdefault(n, set()).update(self._grams(words, n))
+            rows = storage.read_parquet(part_files(require_dataset(uri, "decontaminate.eval_sets"))).to_pylist()
+            texts += [prompt_text(row) for row in rows]
+        index: dict[int, set[int]] = {}
+        for text in texts:
+            words = normalize_text(text).split()
+            n = min(self.config.ngram, len(words))
+            if n:
+                index.setdefault(n, set()).update(self._grams(words, n))
         return index
 
     def filter(self, row: dict) -> str | None:
