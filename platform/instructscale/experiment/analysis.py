@@ -17,6 +17,7 @@ from instructscale.lifecycle import MANIFEST
 from instructscale.markdown import markdown_table, pyplot, save_figure
 from instructscale.plugins import EvalSuite
 from instructscale.select import decide
+from instructscale.train.metrics import METRICS, read_history
 
 
 def _predictions(cfg: ExperimentConfig, trial_dir: Callable, suite: str) -> dict[tuple[str, int], dict]:
@@ -76,9 +77,16 @@ def _compute(cfg: ExperimentConfig, arm: str, ready: dict, trial_dir: Callable) 
             1,
         ),
         "training_seconds": round(float(np.mean([m["train"]["seconds"] for m in manifests])), 1),
-        "training_tokens": int(np.mean([m["train"]["tokens"] for m in manifests])),
+        "training_tokens": int(
+            np.mean([_trained_tokens(storage.join(trial_dir(cfg, arm, s), "train")) for s in cfg.seeds])
+        ),
         "training_rows": int(np.mean([m["train"]["rows"] for m in manifests])),
     }
+
+
+def _trained_tokens(train_dir: str) -> int:
+    """Tokens a trial trained on, from its logged steps (with a step budget the plan counts none)."""
+    return sum(r.get("tokens", 0) for r in read_history(storage.join(train_dir, METRICS)))
 
 
 def compare_arms(cfg: ExperimentConfig, prepared: dict, trial_dir: Callable) -> dict:
