@@ -23,6 +23,8 @@ def write(tmp_path, text):
 def test_demo_config_loads_and_overrides_apply(tmp_path):
     cfg = load_config(PipelineConfig, "configs/demo.yaml", {"demo.rows": 10, "run_dir": str(tmp_path)})
     assert cfg.demo.rows == 10 and cfg.run_dir == str(tmp_path) and cfg.ray.num_cpus == 8
+    # the train stage's refusal to resume other settings names this override for a pipeline
+    assert load_config(PipelineConfig, "configs/demo.yaml", {"train.restart": True}).train.restart
 
 
 SHIPPED = {

@@ -109,6 +109,7 @@ class TrainOptions(StrictModel):
     eval_every: int | None = Field(None, ge=1, description="steps between held-out loss evaluations (and at the end)")
     eval_rows: int = Field(256, ge=1, description="at most this many rows of eval_data")
     seed: int = 0
+    restart: bool = Field(False, description="discard checkpoints of a run with other settings and start over")
 
     @model_validator(mode="after")
     def _check(self) -> TrainOptions:
@@ -134,7 +135,6 @@ class TrainConfig(TrainOptions, StageConfig):
     model: str = Field(description="student: local directory, URI or hub id")
     out_dir: str
     eval_data: str | None = Field(None, description="held-out Parquet rows: eval_loss in the metrics")
-    restart: bool = Field(False, description="discard checkpoints of a run with other settings and start over")
 
     def identity(self) -> dict:
         """The settings plus the data's version (its manifest), so that changed data is a new run."""

@@ -56,7 +56,7 @@ def _check_resume(run: StageRun, cfg: TrainConfig) -> None:
         changed = ", ".join(_differences(previous.get("config"), run.identity))
         raise ConfigError(
             f"{run.out} holds checkpoints of a run with other settings ({changed}); rerun with "
-            "--restart to discard them and start over, or use another out_dir"
+            "--restart (a pipeline: --set train.restart=true) to discard them and start over, or use another out_dir"
         )
     log.info("train: --restart: discarding the checkpoints in %s", run.uri("ray_train"))
     for name in ("ray_train", METRICS, "tensorboard", PLAN):
