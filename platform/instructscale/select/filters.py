@@ -121,17 +121,16 @@ class Decontaminate(RowFilter):
         suites: list[str] = Field(
             default_factory=list, description="evaluation suites (their default prompts) to keep out of training"
         )
+        ngram: int = Field(13, ge=1)
+        fields: Literal["prompt", "prompt_and_response"] = Field(
+            "prompt_and_response", description="what of a training row is searched for eval prompts"
+        )
 
         @model_validator(mode="after")
         def _needs_prompts(self) -> Decontaminate.Config:
             if not self.eval_sets and not self.suites:
                 raise ValueError("decontaminate needs `eval_sets` or `suites`")
             return self
-
-        ngram: int = Field(13, ge=1)
-        fields: Literal["prompt", "prompt_and_response"] = Field(
-            "prompt_and_response", description="what of a training row is searched for eval prompts"
-        )
 
     def checked(self) -> PluginConfig:
         for uri in self.config.eval_sets:
