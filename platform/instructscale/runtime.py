@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -126,7 +126,10 @@ class ModelThread:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        return self._pool.submit(fn, *args, **kwargs).result()
+        return self.submit(fn, *args, **kwargs).result()
+
+    def submit(self, fn: Callable[..., T], *args, **kwargs) -> Future[T]:
+        return self._pool.submit(fn, *args, **kwargs)
 
 
 @contextmanager

@@ -73,7 +73,11 @@ class Engine:
         self.writer = writer  # (the run's writer file, this run's token): see ``_commit``
         self.cfg = shipped.load()
         self.thread = ModelThread()
-        self.backend = self.thread.run(self._build)
+        loading = self.thread.submit(self._build)
+        # pyarrow imports pandas on its first conversion of Python rows (0.9 s on 2 cores): here,
+        # while the engine loads, rather than in the first batch
+        pa.Table.from_pylist([], schema=GEN_SCHEMA)
+        self.backend = loading.result()
         self._modes: dict[tuple[str, str], GenerationMode] = {}
         self.load_s = time.time() - t0
 
