@@ -167,6 +167,16 @@ def test_a_replica_that_cannot_load_stops_the_stage_with_one_line(ray_local, tin
     )
 
 
+def test_replicas_the_cluster_cannot_place_stop_the_stage_after_the_start_timeout(ray_local, tmp_path):
+    pool(tmp_path / "pool", 8)
+    cfg = poison_config(tmp_path, replicas={"num_cpus": 64, "start_timeout_s": 2})
+    with pytest.raises(GenerationError) as info:
+        generate(cfg)
+    assert str(info.value).startswith(
+        "generate: 0 of 1 teacher replicas started within 2 s (min_replicas 1); each asks for 64.0 CPUs"
+    )
+
+
 def test_too_many_faulty_rows_fail_the_job_with_a_summary(ray_local, tmp_path):
     rows = pool(tmp_path / "pool", 150, {i: f"RAISE-ME {i}" for i in range(0, 150, 5)})
     cfg = poison_config(tmp_path, replicas={"batch_size": 50})
