@@ -14,8 +14,9 @@ from instructscale.plugins import BackendSpec, GenerationMode, ModeSpec
 
 class ReplicaConfig(ActorPool):
     """The teacher replicas: started once per stage run and kept for all its passes; resources are
-    per replica. The stage starts ``max_replicas`` and runs on those that started within
-    ``start_timeout_s`` (a cluster may first have to add nodes), at least ``min_replicas``."""
+    per replica. The stage starts ``max_replicas``; a pass begins with the first to load, the others
+    join as they load, and those not loaded within ``start_timeout_s`` (a cluster may first have to
+    add nodes) are given up: fewer than ``min_replicas`` by then stops the stage."""
 
     OPERATIONAL: ClassVar[frozenset[str]] = ActorPool.OPERATIONAL | {"start_timeout_s"}
     start_timeout_s: float = Field(900, gt=0, description="seconds to wait for the replicas to load")
